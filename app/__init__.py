@@ -1,0 +1,1 @@
+"""jobclass application: settings, database, services, HTTP API and CLI."""

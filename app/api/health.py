@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+from sqlalchemy import text
+
+from app.deps import RuntimeDep
+from app.schemas import ComponentHealth, HealthPublic
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=HealthPublic)
+def health(runtime: RuntimeDep, response: Response) -> HealthPublic:
+    try:
+        with runtime.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        db = ComponentHealth(ok=True, detail=runtime.engine.dialect.name)
+    except Exception as exc:  # report, never raise: health must answer
+        db = ComponentHealth(ok=False, detail=type(exc).__name__)
+    try:
+        collection = runtime.store.active_collection()
+        store = ComponentHealth(
+            ok=collection is not None,
+            detail=f"{collection}: {runtime.store.count()} vectors"
+            if collection
+            else "no collection: run reindex",
+        )
+    except Exception as exc:
+        store = ComponentHealth(ok=False, detail=type(exc).__name__)
+    model = (
+        ComponentHealth(ok=True, detail=f"{runtime.model.version} ({runtime.settings.head_variant})")
+        if runtime.has_model
+        else ComponentHealth(ok=False, detail="no active model: run train")
+    )
+    ok = db.ok and store.ok and model.ok
+    if not ok:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return HealthPublic(status="ok" if ok else "degraded", database=db, vector_store=store, model=model)

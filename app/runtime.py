@@ -1,0 +1,130 @@
+"""The long-lived parts of the service, built once (FastAPI lifespan or a CLI command).
+
+Encoder, vector store, model registry and database engine live here. The active classifier can be
+swapped atomically while requests are being served: readers take one reference to ``LoadedModel``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from qdrant_client import QdrantClient
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import make_engine, make_session_factory
+from app.errors import Unavailable
+from app.settings import Settings
+from app.taxonomy import Taxonomy
+from indexing.cache import EmbeddingCache
+from indexing.embed import Encoder, SentenceEmbedder
+from indexing.store import VectorStore, connect
+from models.classifier import FusedClassifier
+from models.registry import ModelRegistry, RegistryError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    classifier: FusedClassifier
+    version: str
+    metadata: dict[str, Any]
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        encoder: Encoder | None = None,
+        qdrant: QdrantClient | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        self.settings = settings
+        self.taxonomy = Taxonomy.from_csv(settings.taxonomy_path)
+        self.engine = engine or make_engine(settings.db_url)
+        self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
+        self._encoder = encoder
+        self._encoder_lock = threading.Lock()
+        client = qdrant or connect(
+            settings.qdrant_url,
+            settings.qdrant_location,
+            settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+        )
+        self.store = VectorStore(client, alias=settings.collection)
+        self.registry = ModelRegistry(settings.model_dir)
+        self.cache = EmbeddingCache(settings.cache_path) if settings.embedding_cache else None
+        self._model: LoadedModel | None = None
+        self.index_lock = threading.Lock()  # one index rebuild at a time
+
+    # ---- encoder (loaded on first use: CLI commands that never embed stay fast) ------------
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            with self._encoder_lock:
+                if self._encoder is None:
+                    s = self.settings
+                    log.info("loading embedding model %s (%s)", s.embedding_model, s.embedding_dtype)
+                    self._encoder = SentenceEmbedder(
+                        s.embedding_model,
+                        prefix=s.embedding_prefix,
+                        dtype=s.embedding_dtype,
+                        batch_size=s.embedding_batch_size,
+                    )
+        return self._encoder
+
+    # ---- active model ----------------------------------------------------------------------
+    @property
+    def model(self) -> LoadedModel:
+        loaded = self._model
+        if loaded is None:
+            raise Unavailable("no trained model is active: run `jobclass train`")
+        return loaded
+
+    @property
+    def has_model(self) -> bool:
+        return self._model is not None
+
+    def load_active_model(self) -> LoadedModel | None:
+        """Load the registry's active version (if any), checking it fits this embedder and taxonomy."""
+        try:
+            classifier, meta = self.registry.load(variant=self.settings.head_variant)
+        except RegistryError:
+            return None
+        self._check_compatible(meta)
+        self._model = LoadedModel(classifier, meta["version"], meta)
+        return self._model
+
+    def set_model(self, classifier: FusedClassifier, version: str, metadata: dict[str, Any]) -> None:
+        self._check_compatible(metadata)
+        variant = self.settings.head_variant
+        if classifier.variant != variant:
+            classifier = classifier.with_variant(variant)
+        self._model = LoadedModel(classifier, version, metadata)  # one assignment: atomic for readers
+
+    def _check_compatible(self, meta: dict[str, Any]) -> None:
+        if meta.get("embedder") != self.settings.embedding_model:
+            raise RuntimeError(
+                f"model {meta.get('version')} was trained on embeddings of {meta.get('embedder')!r}, but "
+                f"JOBCLASS_EMBEDDING_MODEL is {self.settings.embedding_model!r}: "
+                "run `jobclass reindex` and `jobclass train` after changing the embedder"
+            )
+
+    def check_index_compatible(self) -> None:
+        meta = self.store.collection_metadata()
+        embedder = meta.get("embedder")
+        if embedder is not None and embedder != self.settings.embedding_model:
+            raise RuntimeError(
+                f"the collection behind {self.store.alias!r} holds vectors of {embedder!r}, but "
+                f"JOBCLASS_EMBEDDING_MODEL is {self.settings.embedding_model!r}: run `jobclass reindex`"
+            )
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+        self.store.client.close()
+        self.engine.dispose()

@@ -1,0 +1,172 @@
+"""Request and response models of the HTTP API, one family per resource."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or whitespace only")
+    return value
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+# ---- classify --------------------------------------------------------------------------------
+class ClassifyRequest(_In):
+    text: str = Field(min_length=1, description="The vacancy text (plain text or HTML).")
+    top_k: int = Field(5, ge=1, le=50, description="How many labels to return with probabilities.")
+
+    _text = field_validator("text")(_not_blank)
+
+
+class BatchItem(_In):
+    id: str | None = Field(None, max_length=128, description="Your id for the item; echoed back.")
+    text: str = Field(min_length=1)
+
+    _text = field_validator("text")(_not_blank)
+
+
+class BatchClassifyRequest(_In):
+    items: list[BatchItem] = Field(min_length=1)
+    top_k: int = Field(5, ge=1, le=50)
+
+
+class LabelProbability(BaseModel):
+    label: str
+    display_name: str
+    probability: float
+
+
+class NeighbourPublic(BaseModel):
+    vacancy_id: str
+    label: str
+    score: float
+
+
+class ClassificationPublic(BaseModel):
+    prediction_id: str | None = Field(
+        description="Id to send feedback for; null when the prediction was not stored."
+    )
+    label: str | None = Field(description="The predicted label; null when the model abstains.")
+    confidence: float
+    abstained: bool
+    probabilities: list[LabelProbability]
+    neighbours: list[NeighbourPublic]
+    model_version: str
+    index_used: bool = Field(
+        description="False when the vector store was unavailable and the head answered alone."
+    )
+    stored: bool
+
+
+class BatchItemResult(ClassificationPublic):
+    id: str | None
+
+
+class BatchClassifyResponse(BaseModel):
+    results: list[BatchItemResult]
+
+
+# ---- search ----------------------------------------------------------------------------------
+class SearchFilterIn(_In):
+    labels: list[str] | None = Field(None, min_length=1)
+    source: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class SearchRequest(_In):
+    text: str = Field(min_length=1)
+    k: int = Field(10, ge=1, le=100)
+    filter: SearchFilterIn | None = None
+
+    _text = field_validator("text")(_not_blank)
+
+
+class SearchHit(BaseModel):
+    vacancy_id: str
+    label: str
+    score: float
+    source: str
+    snippet: str
+    created_at: str | None = None
+
+
+class SearchResponse(BaseModel):
+    hits: list[SearchHit]
+
+
+# ---- feedback --------------------------------------------------------------------------------
+class FeedbackCreate(_In):
+    prediction_id: str = Field(min_length=1, max_length=64)
+    label: str = Field(min_length=1, max_length=200)
+    comment: str | None = Field(None, max_length=2000)
+
+
+class FeedbackPublic(BaseModel):
+    id: int
+    prediction_id: str
+    vacancy_id: str
+    label: str
+    comment: str | None
+    created_at: datetime
+    indexed: bool = Field(description="Whether the corrected vacancy is already in the kNN index.")
+
+
+# ---- admin, models, health -------------------------------------------------------------------
+class ReindexPublic(BaseModel):
+    collection: str
+    previous: str | None
+    count: int
+    seconds: float
+
+
+class ModelVersionPublic(BaseModel):
+    version: str
+    created_at: str
+    embedder: str
+    active: bool
+    n_train: int | None = None
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    variant_bytes: dict[str, int] = {}
+
+
+class ModelsResponse(BaseModel):
+    active: str | None
+    variant: str
+    models: list[ModelVersionPublic]
+
+
+class TaxonomyLabel(BaseModel):
+    label: str
+    display_name: str
+
+
+class TaxonomyPublic(BaseModel):
+    digest: str
+    labels: list[TaxonomyLabel]
+
+
+class ComponentHealth(BaseModel):
+    ok: bool
+    detail: str
+
+
+class HealthPublic(BaseModel):
+    status: str
+    database: ComponentHealth
+    vector_store: ComponentHealth
+    model: ComponentHealth
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    field: str | None = None

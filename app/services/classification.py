@@ -1,0 +1,148 @@
+"""Classify vacancies: clean → embed (one batched call) → neighbours → fused probabilities → stored."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from app.db import Prediction, new_id
+from app.errors import InvalidInput
+from app.runtime import Runtime
+from indexing.cache import text_hash
+from indexing.clean import clean_text
+from indexing.store import Hit, StoreError
+from models.classifier import Neighbour
+
+log = logging.getLogger(__name__)
+SHOWN_NEIGHBOURS = 5
+
+
+@dataclass(frozen=True)
+class ClassifyItem:
+    text: str
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class LabelProbability:
+    label: str
+    display_name: str
+    probability: float
+
+
+@dataclass
+class Classification:
+    id: str | None
+    label: str | None
+    confidence: float
+    abstained: bool
+    probabilities: list[LabelProbability]
+    neighbours: list[Hit]
+    model_version: str
+    index_used: bool
+    prediction_id: str | None = None
+    stored: bool = False
+    cleaned_text: str = field(default="", repr=False)
+
+
+def clean_items(runtime: Runtime, items: Sequence[ClassifyItem]) -> list[str]:
+    limit = runtime.settings.max_text_chars
+    cleaned = []
+    for i, item in enumerate(items):
+        where = "text" if len(items) == 1 else f"items[{i}].text"
+        if len(item.text) > limit:
+            raise InvalidInput(f"text is {len(item.text)} characters; the limit is {limit}", field=where)
+        text = clean_text(item.text, max_chars=runtime.settings.clean_max_chars)
+        if not text:
+            raise InvalidInput("text is empty after cleaning (no words left)", field=where)
+        cleaned.append(text)
+    return cleaned
+
+
+def classify(
+    runtime: Runtime, session: Session | None, items: Sequence[ClassifyItem], top_k: int = 5
+) -> list[Classification]:
+    """Classify a batch with one embedding call and one batched neighbour query, then store one
+    prediction row per item (``stored`` says whether that write happened)."""
+    texts = clean_items(runtime, items)
+    loaded = runtime.model  # one reference for the whole batch, even if a new model is swapped in
+    classifier = loaded.classifier
+    vectors = runtime.encoder.encode(texts)
+    k = max(classifier.params.k, SHOWN_NEIGHBOURS)
+    hits: list[list[Hit]] | None
+    try:
+        hits = runtime.store.search_many(vectors, k)
+    except (StoreError, ValueError, RuntimeError) as exc:  # index unavailable: the head answers alone
+        log.warning("vector store unavailable, classifying with the head alone: %s", exc)
+        hits = None
+    neighbours = None if hits is None else [[Neighbour(h.label, h.score) for h in row] for row in hits]
+    probs = classifier.predict_proba(vectors, neighbours)
+    threshold = runtime.settings.abstain_threshold
+    top_k = max(1, min(top_k, classifier.n_classes))
+    results = []
+    for i, item in enumerate(items):
+        order = np.argsort(-probs[i])[:top_k]
+        best = int(order[0])
+        confidence = float(probs[i, best])
+        abstained = confidence < threshold
+        results.append(
+            Classification(
+                id=item.id,
+                label=None if abstained else classifier.labels[best],
+                confidence=confidence,
+                abstained=abstained,
+                probabilities=[
+                    LabelProbability(
+                        classifier.labels[j],
+                        runtime.taxonomy.display_name(classifier.labels[j]),
+                        float(probs[i, j]),
+                    )
+                    for j in order
+                ],
+                neighbours=hits[i][:SHOWN_NEIGHBOURS] if hits is not None else [],
+                model_version=loaded.version,
+                index_used=hits is not None,
+                cleaned_text=texts[i],
+            )
+        )
+    if session is not None:
+        store_predictions(session, results)
+    return results
+
+
+def store_predictions(session: Session, results: Sequence[Classification]) -> None:
+    rows = []
+    for r in results:
+        r.prediction_id = new_id()
+        rows.append(
+            Prediction(
+                id=r.prediction_id,
+                external_id=r.id,
+                text=r.cleaned_text,
+                text_hash=text_hash(r.cleaned_text),
+                label=r.probabilities[0].label,
+                confidence=r.confidence,
+                abstained=r.abstained,
+                probabilities=[{"label": p.label, "probability": p.probability} for p in r.probabilities],
+                neighbours=[
+                    {"vacancy_id": h.vacancy_id, "label": h.label, "score": h.score} for h in r.neighbours
+                ],
+                model_version=r.model_version,
+            )
+        )
+    try:
+        session.add_all(rows)
+        session.commit()
+    except SQLAlchemyError as exc:
+        session.rollback()
+        log.error("could not store %d prediction(s): %s", len(rows), exc)
+        for r in results:
+            r.prediction_id, r.stored = None, False
+        return
+    for r in results:
+        r.stored = True

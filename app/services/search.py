@@ -1,0 +1,45 @@
+"""Similar-vacancy search over the labelled index."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from app.db import Vacancy
+from app.errors import InvalidInput, NotFound, Unavailable
+from app.runtime import Runtime
+from indexing.clean import clean_text
+from indexing.store import Hit, SearchFilter, StoreError
+
+
+def search_text(runtime: Runtime, text: str, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+    if len(text) > runtime.settings.max_text_chars:
+        raise InvalidInput(
+            f"text is over the limit of {runtime.settings.max_text_chars} characters", field="text"
+        )
+    cleaned = clean_text(text, max_chars=runtime.settings.clean_max_chars)
+    if not cleaned:
+        raise InvalidInput("text is empty after cleaning (no words left)", field="text")
+    if flt and flt.labels:
+        unknown = [lab for lab in flt.labels if lab not in runtime.taxonomy]
+        if unknown:
+            raise InvalidInput(f"unknown label(s) in filter: {unknown}", field="filter.labels")
+    vector = runtime.encoder.encode([cleaned])[0]
+    try:
+        return runtime.store.search(vector, k, flt)
+    except StoreError as exc:
+        raise Unavailable(f"vector store unavailable: {exc}") from exc
+
+
+def similar_to(runtime: Runtime, session: Session, vacancy_id: str, k: int) -> list[Hit]:
+    """Nearest vacancies to a stored one, excluding itself and exact duplicates of its text."""
+    vacancy = session.get(Vacancy, vacancy_id)
+    if vacancy is None:
+        raise NotFound(f"no vacancy with id {vacancy_id!r}", field="vacancy_id")
+    try:
+        vector = runtime.store.vector_of(vacancy_id)
+        if vector is None:
+            vector = runtime.encoder.encode([vacancy.text])[0]
+        hits = runtime.store.search(vector, k + 10, SearchFilter(exclude_ids=[vacancy_id]))
+    except StoreError as exc:
+        raise Unavailable(f"vector store unavailable: {exc}") from exc
+    return [h for h in hits if h.text_hash != vacancy.text_hash][:k]

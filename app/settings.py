@@ -1,0 +1,98 @@
+"""All configuration in one pydantic-settings class; environment variables ``JOBCLASS_*``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.compress import Variant
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = PROJECT_ROOT / "data"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JOBCLASS_", env_file=".env", extra="ignore")
+
+    profile: Literal["dev", "production"] = "dev"
+    state_dir: Path = PROJECT_ROOT / "var"
+
+    # Relational database: the source of truth. Default: a SQLite file in the state folder.
+    database_url: str | None = None
+
+    # Vector store: a Qdrant server when ``qdrant_url`` is set, otherwise local mode in the state folder.
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+    qdrant_path: str | None = None  # a folder, or ":memory:"
+    collection: str = "vacancies"
+
+    # Embedding
+    embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    embedding_prefix: str = ""  # e5 models: "query: "
+    embedding_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    embedding_batch_size: int = Field(32, ge=1, le=1024)
+    embedding_cache: bool = True
+
+    # Data
+    taxonomy_path: Path = DATA_DIR / "taxonomy" / "jobnet_categories.csv"
+    sample_path: Path = DATA_DIR / "vacancies.csv"
+
+    # Classification
+    head_variant: Variant = "fp32"
+    abstain_threshold: float = Field(0.25, ge=0.0, le=1.0)
+    search_k: int = Field(30, ge=1, le=200)  # neighbours fetched per classify (the vote uses the tuned k)
+    validation_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    seed: int = 20240601
+
+    # Limits
+    max_text_chars: int = Field(20_000, ge=100)
+    max_batch_items: int = Field(256, ge=1)
+    max_search_k: int = Field(100, ge=1, le=1000)
+    clean_max_chars: int = Field(4_000, ge=100)  # text kept for embedding after cleaning
+
+    # Access
+    admin_token: SecretStr | None = None
+    api_token: SecretStr | None = None
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @field_validator("taxonomy_path", "sample_path", "state_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if not self.taxonomy_path.is_file():
+            raise ValueError(f"taxonomy file not found: {self.taxonomy_path} (JOBCLASS_TAXONOMY_PATH)")
+        if self.profile == "production" and self.admin_token is None:
+            raise ValueError("the production profile needs JOBCLASS_ADMIN_TOKEN")
+        if self.database_url and not self.database_url.startswith(("sqlite", "postgresql")):
+            raise ValueError("JOBCLASS_DATABASE_URL must be a sqlite:// or postgresql+psycopg:// URL")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'jobclass.db'}"
+
+    @property
+    def qdrant_location(self) -> str:
+        return self.qdrant_path or str(self.state_dir / "qdrant")
+
+    @property
+    def model_dir(self) -> Path:
+        return self.state_dir / "models"
+
+    @property
+    def cache_path(self) -> Path:
+        return self.state_dir / "cache" / "embeddings.sqlite"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Text in, vectors and points out: cleaning, embedding and the Qdrant store."""

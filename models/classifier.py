@@ -1,0 +1,114 @@
+"""The fused classifier: label set + linear head (in one of four variants) + fusion parameters.
+
+Like SetFit it is small and self-describing: ``save`` writes the head, its compressed variants and
+a JSON config; ``load`` picks the variant to serve. Neighbours are passed in, so this module stays
+free of any vector-store code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from models.compress import VARIANTS, Variant, compress_linear, empty_linear, state_bytes
+from models.fusion import FusionParams, calibrate, fuse
+from models.head import LinearHead
+from models.knn import knn_vote
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    label: str
+    score: float
+
+
+class FusedClassifier:
+    def __init__(
+        self,
+        labels: Sequence[str],
+        head: LinearHead,
+        params: FusionParams,
+        variant: Variant = "fp32",
+        module: nn.Module | None = None,
+    ) -> None:
+        if head.config.n_classes != len(labels):
+            raise ValueError(f"head has {head.config.n_classes} outputs but {len(labels)} labels were given")
+        self.labels = list(labels)
+        self.index = {label: i for i, label in enumerate(self.labels)}
+        self.head = head
+        self.params = params
+        self.variant: Variant = variant
+        self.module = module if module is not None else compress_linear(head.linear, variant)  # type: ignore[arg-type]
+        self.module.eval()
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.labels)
+
+    @torch.no_grad()
+    def head_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        logits = self.module(torch.as_tensor(embeddings, dtype=torch.float32))
+        return torch.softmax(logits, dim=-1).numpy().astype(np.float64)
+
+    def knn_proba(self, neighbours: Sequence[Sequence[Neighbour]]) -> np.ndarray:
+        width = max((len(n) for n in neighbours), default=0)
+        labels = np.full((len(neighbours), width), -1, dtype=np.int64)
+        scores = np.zeros((len(neighbours), width), dtype=np.float64)
+        for i, row in enumerate(neighbours):
+            for j, nb in enumerate(row):
+                labels[i, j] = self.index.get(nb.label, -1)  # labels outside the head's set do not vote
+                scores[i, j] = nb.score
+        return knn_vote(
+            labels, scores, self.n_classes, k=self.params.k, temperature=self.params.knn_temperature
+        )
+
+    def predict_proba(
+        self, embeddings: np.ndarray, neighbours: Sequence[Sequence[Neighbour]] | None = None
+    ) -> np.ndarray:
+        """Fused probabilities; with no neighbours (index unavailable) the head answers alone."""
+        p_head = self.head_proba(embeddings)
+        if neighbours is None:
+            return calibrate(p_head, self.params.temperature)
+        return fuse(p_head, self.knn_proba(neighbours), self.params)
+
+    def predict(
+        self, embeddings: np.ndarray, neighbours: Sequence[Sequence[Neighbour]] | None = None
+    ) -> list[str]:
+        return [self.labels[i] for i in self.predict_proba(embeddings, neighbours).argmax(axis=1)]
+
+    def with_variant(self, variant: Variant) -> FusedClassifier:
+        return FusedClassifier(self.labels, self.head, self.params, variant)
+
+    # ---- persistence ----------------------------------------------------------------------
+    def save(self, directory: Path | str) -> dict[str, int]:
+        """Write the float32 head, every compressed variant and the config; return variant sizes."""
+        directory = Path(directory)
+        self.head.save(directory)
+        sizes: dict[str, int] = {}
+        for variant in VARIANTS:
+            module = compress_linear(self.head.linear, variant)  # type: ignore[arg-type]
+            state = {k: v.contiguous() for k, v in module.state_dict().items()}
+            save_file(state, str(directory / f"head_{variant}.safetensors"))
+            sizes[variant] = state_bytes(module)
+        config = {"labels": self.labels, "params": self.params.to_dict(), "variant_bytes": sizes}
+        (directory / "classifier.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
+        return sizes
+
+    @classmethod
+    def load(cls, directory: Path | str, variant: Variant = "fp32") -> FusedClassifier:
+        directory = Path(directory)
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown head variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        config: dict[str, Any] = json.loads((directory / "classifier.json").read_text())
+        head = LinearHead.load(directory)
+        module = empty_linear(variant, head.config.dim, head.config.n_classes)
+        module.load_state_dict(load_file(str(directory / f"head_{variant}.safetensors")))
+        return cls(config["labels"], head, FusionParams(**config["params"]), variant, module)

@@ -1,0 +1,120 @@
+"""Multinomial logistic regression on embeddings, as a torch ``nn.Linear``.
+
+``fit`` uses full-batch AdamW with weight decay and early stopping on a validation split, with
+optional class weighting for unbalanced taxonomies.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+@dataclass
+class HeadConfig:
+    dim: int
+    n_classes: int
+    lr: float = 0.05
+    weight_decay: float = 1e-4
+    max_epochs: int = 500
+    patience: int = 25
+    class_weighted: bool = True
+    seed: int = 0
+
+
+class LinearHead(nn.Module):
+    """Logistic regression: ``softmax(x W^T + b)``."""
+
+    def __init__(self, config: HeadConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.linear: nn.Module = nn.Linear(config.dim, config.n_classes)
+        self.best_epoch = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    @torch.no_grad()
+    def predict_proba(self, x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+        self.eval()
+        logits = self.forward(torch.as_tensor(x, dtype=torch.float32))
+        return torch.softmax(logits / temperature, dim=-1).numpy().astype(np.float64)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.predict_proba(x).argmax(axis=1)
+
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        x_val: np.ndarray | None = None,
+        y_val: np.ndarray | None = None,
+    ) -> LinearHead:
+        """Train; with a validation split, keep the weights of the epoch with the lowest val loss."""
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        xt = torch.as_tensor(x, dtype=torch.float32)
+        yt = torch.as_tensor(y, dtype=torch.long)
+        weight = None
+        if cfg.class_weighted:
+            counts = np.bincount(y, minlength=cfg.n_classes).astype(np.float64)
+            w = np.where(counts > 0, len(y) / (cfg.n_classes * np.maximum(counts, 1)), 0.0)
+            weight = torch.as_tensor(w, dtype=torch.float32)
+        loss_fn = nn.CrossEntropyLoss(weight=weight)
+        val_loss_fn = nn.CrossEntropyLoss()
+        opt = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        has_val = x_val is not None and y_val is not None and len(y_val) > 0
+        xv = torch.as_tensor(x_val, dtype=torch.float32) if has_val else None
+        yv = torch.as_tensor(y_val, dtype=torch.long) if has_val else None
+        best = float("inf")
+        best_state = {k: v.clone() for k, v in self.state_dict().items()}
+        stale = 0
+        for epoch in range(cfg.max_epochs):
+            self.train()
+            opt.zero_grad()
+            loss = loss_fn(self.forward(xt), yt)
+            loss.backward()
+            opt.step()
+            if xv is None or yv is None:
+                self.best_epoch = epoch + 1
+                continue
+            self.eval()
+            with torch.no_grad():
+                current = float(val_loss_fn(self.forward(xv), yv))
+            if current < best - 1e-5:
+                best, stale, self.best_epoch = current, 0, epoch + 1
+                best_state = {k: v.clone() for k, v in self.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    break
+        if has_val:
+            self.load_state_dict(best_state)
+        self.eval()
+        return self
+
+    # ---- persistence ----------------------------------------------------------------------
+    def save(self, directory: Path | str) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "head.safetensors")
+        )
+        meta = {"config": asdict(self.config), "best_epoch": self.best_epoch}
+        (directory / "head.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, directory: Path | str) -> LinearHead:
+        directory = Path(directory)
+        meta = json.loads((directory / "head.json").read_text())
+        head = cls(HeadConfig(**meta["config"]))
+        head.load_state_dict(load_file(str(directory / "head.safetensors")))
+        head.best_epoch = int(meta.get("best_epoch", 0))
+        head.eval()
+        return head

@@ -1,0 +1,68 @@
+"""k-nearest-neighbour vote: neighbours' labels and similarities → a class probability vector."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def knn_vote(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    n_classes: int,
+    *,
+    k: int | None = None,
+    temperature: float = 0.05,
+    class_prior: np.ndarray | None = None,
+) -> np.ndarray:
+    """Similarity-weighted vote.
+
+    ``labels`` and ``scores`` are ``(n, m)`` arrays of neighbour class indices and cosine similarities,
+    best first; the first ``k`` columns vote (all when ``k`` is None). Each neighbour weighs
+    ``exp(score / temperature)``: a small temperature trusts the closest neighbours most. With a
+    ``class_prior`` the votes of each class are divided by its prior (class-balanced voting).
+    Rows with no neighbours (label < 0 marks padding) get the uniform distribution.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.ndim != 2 or labels.shape != scores.shape:
+        raise ValueError("labels and scores must be (n, m) arrays of the same shape")
+    if k is not None:
+        labels, scores = labels[:, :k], scores[:, :k]
+    n = labels.shape[0]
+    probs = np.zeros((n, n_classes), dtype=np.float64)
+    if labels.shape[1] == 0:
+        return np.full((n, n_classes), 1.0 / n_classes)
+    valid = labels >= 0
+    # Subtract the row maximum before exponentiating: same weights, no overflow.
+    shifted = np.where(valid, scores, -np.inf) / temperature
+    row_max = np.max(shifted, axis=1, keepdims=True)
+    row_max = np.where(np.isfinite(row_max), row_max, 0.0)
+    weights = np.where(valid, np.exp(shifted - row_max), 0.0)
+    rows = np.repeat(np.arange(n), labels.shape[1])
+    np.add.at(probs, (rows, np.where(valid, labels, 0).ravel()), weights.ravel())
+    if class_prior is not None:
+        probs = probs / np.maximum(np.asarray(class_prior, dtype=np.float64), 1e-12)
+    totals = probs.sum(axis=1, keepdims=True)
+    empty = totals[:, 0] <= 0
+    probs[~empty] /= totals[~empty]
+    probs[empty] = 1.0 / n_classes
+    return probs
+
+
+def exact_neighbours(
+    queries: np.ndarray, corpus: np.ndarray, k: int, *, exclude_self: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force cosine neighbours of L2-normalised vectors: (indices, scores), best first.
+
+    Used to tune the vote offline; in production the neighbours come from the vector store.
+    With ``exclude_self`` the queries are the corpus and each row skips itself (leave-one-out).
+    """
+    sims = queries @ corpus.T
+    if exclude_self:
+        np.fill_diagonal(sims, -np.inf)
+    k = min(k, corpus.shape[0] - (1 if exclude_self else 0))
+    idx = np.argpartition(-sims, kth=k - 1, axis=1)[:, :k]
+    part = np.take_along_axis(sims, idx, axis=1)
+    order = np.argsort(-part, axis=1)
+    idx = np.take_along_axis(idx, order, axis=1)
+    return idx, np.take_along_axis(sims, idx, axis=1)

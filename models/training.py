@@ -1,0 +1,127 @@
+"""Train a fused classifier from embeddings: split, fit the head, tune the fusion, refit.
+
+Pure numpy/torch: the caller embeds the texts. The kNN neighbours used for tuning and evaluation
+are exact (brute-force cosine), which is what the vector store returns for small collections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from models.classifier import FusedClassifier, Neighbour
+from models.fusion import fuse, tune
+from models.head import HeadConfig, LinearHead
+from models.knn import exact_neighbours, knn_vote
+from models.metrics import summary
+
+MAX_K = 30
+
+
+def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): each class with at least two examples gives ``fraction`` of them
+    (at least one) to validation; singletons stay in training."""
+    rng = np.random.default_rng(seed)
+    train: list[int] = []
+    val: list[int] = []
+    for cls in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == cls))
+        if len(members) < 2:
+            train.extend(members.tolist())
+            continue
+        n_val = min(len(members) - 1, max(1, round(len(members) * fraction)))
+        val.extend(members[:n_val].tolist())
+        train.extend(members[n_val:].tolist())
+    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
+
+
+@dataclass
+class TrainReport:
+    n_train: int
+    n_val: int
+    best_epoch: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_train": self.n_train, "n_val": self.n_val, "best_epoch": self.best_epoch, **self.metrics}
+
+
+def neighbour_arrays(
+    queries: np.ndarray,
+    corpus: np.ndarray,
+    corpus_y: np.ndarray,
+    k: int = MAX_K,
+    *,
+    exclude_self: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    idx, scores = exact_neighbours(queries, corpus, k, exclude_self=exclude_self)
+    return corpus_y[idx], scores
+
+
+def train_classifier(
+    x: np.ndarray,
+    y: np.ndarray,
+    labels: Sequence[str],
+    *,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    abstain_threshold: float = 0.0,
+    refit: bool = True,
+    head_config: HeadConfig | None = None,
+) -> tuple[FusedClassifier, TrainReport]:
+    """Fit on ``x``/``y`` (class indices into ``labels``), tune on a validation split (given, or
+    carved out of the data), report validation metrics, and refit the head on all the data for the
+    early-stopped number of epochs when ``refit`` is true."""
+    n_classes = len(labels)
+    if x_val is None or y_val is None:
+        tr, va = stratified_split(y, val_fraction, seed)
+        x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
+    else:
+        x_tr, y_tr, x_va, y_va = x, y, x_val, y_val
+        refit = False  # an explicit validation set is not training data
+    if len(y_va) == 0:
+        raise ValueError("training needs at least two labelled examples of some class for validation")
+    config = head_config or HeadConfig(dim=x.shape[1], n_classes=n_classes, seed=seed)
+    head = LinearHead(config).fit(x_tr, y_tr, x_va, y_va)
+    p_head = head.predict_proba(x_va)
+    nb_labels, nb_scores = neighbour_arrays(x_va, x_tr, y_tr)
+    tuned = tune(p_head, nb_labels, nb_scores, y_va, n_classes, abstain_threshold=abstain_threshold)
+    params = tuned.params
+    p_knn = knn_vote(nb_labels, nb_scores, n_classes, k=params.k, temperature=params.knn_temperature)
+    p_fused = fuse(p_head, p_knn, params)
+    metrics = {
+        "validation": {
+            "head": summary(p_head, y_va, labels),
+            "knn": summary(p_knn, y_va, labels),
+            "fused": summary(p_fused, y_va, labels),
+        }
+    }
+    best_epoch = head.best_epoch
+    if refit:
+        x_all = np.concatenate([x_tr, x_va])
+        y_all = np.concatenate([y_tr, y_va])
+        head = LinearHead(replace(config, max_epochs=max(1, best_epoch))).fit(x_all, y_all)
+        x_tr, y_tr = x_all, y_all
+    report = TrainReport(n_train=len(y_tr), n_val=len(y_va), best_epoch=best_epoch, metrics=metrics)
+    return FusedClassifier(labels, head, params), report
+
+
+def evaluate(
+    classifier: FusedClassifier,
+    x: np.ndarray,
+    y: np.ndarray,
+    corpus_x: np.ndarray,
+    corpus_y: np.ndarray,
+) -> dict[str, Any]:
+    """Score ``classifier`` on (x, y) with neighbours drawn from the labelled corpus."""
+    nb_labels, nb_scores = neighbour_arrays(x, corpus_x, corpus_y)
+    neighbours = [
+        [Neighbour(classifier.labels[int(lab)], float(s)) for lab, s in zip(row_l, row_s, strict=True)]
+        for row_l, row_s in zip(nb_labels, nb_scores, strict=True)
+    ]
+    return summary(classifier.predict_proba(x, neighbours), y, classifier.labels)

@@ -1,0 +1,102 @@
+"""Shared fixtures: settings in a temp state folder, SQLite and real Postgres, in-memory Qdrant.
+
+Database tests run once per backend. Postgres is the real server at JOBCLASS_TEST_POSTGRES_URL
+(default 127.0.0.1:5432/test, trust auth); when it is unreachable the tests skip locally but fail
+under CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from qdrant_client import QdrantClient
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import sessionmaker
+
+from app.db import make_engine, migrate
+from app.runtime import Runtime
+from app.settings import Settings
+from tests.fakes import FakeEncoder
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POSTGRES_URL = os.environ.get(
+    "JOBCLASS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def make_settings(state_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "state_dir": state_dir,
+        "database_url": f"sqlite:///{state_dir / 'test.db'}",
+        "qdrant_path": ":memory:",
+        "embedding_model": "fake-encoder",
+        "abstain_threshold": 0.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+def _postgres_engine() -> Engine:
+    engine = make_engine(POSTGRES_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        engine.dispose()
+        message = f"Postgres at {POSTGRES_URL} is unreachable: {exc}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: Postgres tests must run)", pytrace=False)
+        pytest.skip(message)
+    return engine
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def migrated_engine(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Engine]:
+    """A fresh schema, created by the Alembic migrations, per backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'jobclass.db'}"
+        engine = make_engine(url)
+    else:
+        engine = _postgres_engine()
+        url = POSTGRES_URL
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+    migrate(url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db_sessions(migrated_engine: Engine) -> Iterator[sessionmaker]:  # type: ignore[type-arg]
+    """A session factory bound to one connection whose transaction is rolled back after the test;
+    the code under test may commit freely (commits become savepoints)."""
+    connection = migrated_engine.connect()
+    outer = connection.begin()
+    factory = sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    yield factory
+    outer.rollback()
+    connection.close()
+
+
+@pytest.fixture
+def runtime(settings: Settings, migrated_engine: Engine, db_sessions: sessionmaker) -> Iterator[Runtime]:  # type: ignore[type-arg]
+    rt = Runtime(settings, encoder=FakeEncoder(), qdrant=QdrantClient(":memory:"), engine=migrated_engine)
+    rt.sessions = db_sessions
+    yield rt
+    if rt.cache is not None:
+        rt.cache.close()
+    rt.store.client.close()

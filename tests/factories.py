@@ -1,0 +1,31 @@
+"""Small factories: labelled CSV files and a runtime seeded with data, a model and an index."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+
+from app.runtime import Runtime
+from app.services.index import reindex
+from app.services.training import train
+from app.services.vacancies import ingest_csv
+from tests.fakes import topic_texts
+
+
+def write_csv(path: Path, rows: Iterable[tuple[str, str, str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def seed(runtime: Runtime, tmp_path: Path, n_per_label: int = 12) -> None:
+    """Ingest the topic texts, train a model and build the index."""
+    path = write_csv(tmp_path / "seed.csv", topic_texts(n_per_label))
+    with runtime.sessions() as session:
+        result = ingest_csv(session, path, runtime.taxonomy, source="sample")
+        assert result.ok, result.rejected
+        train(runtime, session)
+        reindex(runtime, session)

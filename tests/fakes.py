@@ -1,0 +1,81 @@
+"""Small deterministic stand-ins and factories for tests."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from indexing.embed import l2_normalise
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class FakeEncoder:
+    """Hashed bag of words: texts sharing words get similar vectors. Deterministic and fast."""
+
+    def __init__(self, dim: int = 64, name: str = "fake-encoder") -> None:
+        self.dim = dim
+        self.name = name
+        self.calls: list[int] = []
+
+    def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
+        self.calls.append(len(texts))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in _WORD.findall(text.lower()):
+                h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+                out[i, h % self.dim] += 1.0 if (h >> 32) & 1 else -1.0
+            if not out[i].any():
+                out[i, 0] = 1.0
+        return l2_normalise(out)
+
+
+# Three easily told apart groups of texts, with labels from the default taxonomy.
+TOPICS: dict[str, list[str]] = {
+    "Bygge og anlæg": [
+        "carpenter",
+        "bricklayer",
+        "scaffolding",
+        "concrete",
+        "roofing",
+        "site",
+        "timber",
+        "building",
+    ],
+    "It og teleteknik": [
+        "developer",
+        "python",
+        "kubernetes",
+        "network",
+        "software",
+        "cloud",
+        "database",
+        "backend",
+    ],
+    "Sundhed, omsorg og personlig pleje": [
+        "nurse",
+        "patients",
+        "care",
+        "hospital",
+        "elderly",
+        "medication",
+        "ward",
+        "health",
+    ],
+}
+
+
+def topic_texts(n_per_label: int = 12, seed: int = 0) -> list[tuple[str, str, str]]:
+    """(id, text, label) rows: each text mixes words of its topic with some shared filler."""
+    rng = np.random.default_rng(seed)
+    filler = ["we", "offer", "a", "good", "team", "and", "salary", "in", "aarhus", "odense", "full", "time"]
+    rows = []
+    for t, (label, words) in enumerate(TOPICS.items()):
+        for i in range(n_per_label):
+            picked = list(rng.choice(words, size=5)) + list(rng.choice(filler, size=4))
+            rng.shuffle(picked)
+            rows.append((f"t{t}-{i:02d}", " ".join(picked), label))
+    return rows

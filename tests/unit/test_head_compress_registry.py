@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.classifier import FusedClassifier, Neighbour
+from models.compress import VARIANTS, Int8Linear, compress_linear, state_bytes, zero_fraction
+from models.fusion import FusionParams
+from models.head import HeadConfig, LinearHead
+from models.registry import ModelRegistry, RegistryError
+from models.training import stratified_split, train_classifier
+
+
+def blobs(n: int = 300, c: int = 4, d: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(c, d))
+    y = rng.integers(0, c, n)
+    x = centres[y] + rng.normal(scale=0.8, size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
+
+
+def test_head_learns_and_stops_early() -> None:
+    x, y = blobs()
+    head = LinearHead(HeadConfig(32, 4, max_epochs=2000, patience=10)).fit(x[:200], y[:200], x[200:], y[200:])
+    assert (head.predict(x[200:]) == y[200:]).mean() > 0.9
+    assert head.best_epoch < 2000
+    probs = head.predict_proba(x[:5])
+    assert probs.shape == (5, 4) and np.allclose(probs.sum(axis=1), 1.0)
+
+
+def test_head_save_load_round_trip(tmp_path: Path) -> None:
+    x, y = blobs()
+    head = LinearHead(HeadConfig(32, 4)).fit(x, y)
+    head.save(tmp_path)
+    loaded = LinearHead.load(tmp_path)
+    assert np.array_equal(loaded.predict_proba(x), head.predict_proba(x))
+    assert loaded.config == head.config
+
+
+def test_int8_variant_is_smaller_and_agrees() -> None:
+    x, y = blobs()
+    linear = LinearHead(HeadConfig(32, 4)).fit(x, y).linear
+    assert isinstance(linear, torch.nn.Linear)
+    q = compress_linear(linear, "int8")
+    assert isinstance(q, Int8Linear)
+    assert state_bytes(q) < state_bytes(linear) / 2
+    xt = torch.as_tensor(x)
+    with torch.no_grad():
+        agree = (q(xt).argmax(1) == linear(xt).argmax(1)).float().mean().item()
+    assert agree > 0.98
+
+
+def test_pruned_variant_zeroes_exactly_twenty_percent() -> None:
+    linear = torch.nn.Linear(50, 10)
+    pruned = compress_linear(linear, "pruned")
+    assert zero_fraction(pruned) == pytest.approx(0.2)
+    assert zero_fraction(linear) == 0.0  # the original is untouched
+    both = compress_linear(linear, "int8_pruned")
+    assert zero_fraction(both) >= 0.2
+
+
+def test_classifier_round_trip_in_every_variant(tmp_path: Path) -> None:
+    x, y = blobs()
+    labels = ["a", "b", "c", "d"]
+    clf, report = train_classifier(x, y, labels, seed=0)
+    assert report.metrics["validation"]["fused"]["accuracy"] > 0.85
+    clf.save(tmp_path)
+    for variant in VARIANTS:
+        loaded = FusedClassifier.load(tmp_path, variant)
+        assert loaded.variant == variant and loaded.params == clf.params
+        agreement = np.mean(np.array(loaded.predict(x)) == np.array(clf.predict(x)))
+        assert agreement > 0.97, variant
+
+
+def test_head_alone_when_no_neighbours() -> None:
+    x, y = blobs()
+    clf, _ = train_classifier(x, y, ["a", "b", "c", "d"], seed=0)
+    with_nb = clf.predict_proba(x[:3], [[Neighbour("zzz-unknown", 0.9)]] * 3)  # unknown labels do not vote
+    alone = clf.predict_proba(x[:3])
+    assert with_nb.shape == alone.shape == (3, 4)
+    assert np.allclose(alone.sum(axis=1), 1.0)
+
+
+def test_stratified_split_keeps_every_class_in_training() -> None:
+    y = np.array([0] * 10 + [1] * 3 + [2])
+    tr, va = stratified_split(y, 0.2, seed=0)
+    assert set(y[tr]) == {0, 1, 2}
+    assert set(y[va]) == {0, 1}
+    assert len(set(tr) & set(va)) == 0 and len(tr) + len(va) == len(y)
+
+
+def test_registry_versions_and_activation(tmp_path: Path) -> None:
+    x, y = blobs()
+    clf, _ = train_classifier(x, y, ["a", "b", "c", "d"], seed=0)
+    registry = ModelRegistry(tmp_path)
+    assert registry.active_version() is None
+    with pytest.raises(RegistryError):
+        registry.load()
+    first = registry.save(clf, {"embedder": "e"})
+    second = registry.save(clf, {"embedder": "e", "parent": first})
+    registry.activate(first)
+    assert registry.active_version() == first
+    loaded, meta = registry.load(variant="int8")
+    assert meta["version"] == first and meta["variant_bytes"]["int8"] < meta["variant_bytes"]["fp32"]
+    assert loaded.variant == "int8"
+    registry.activate(second)
+    assert [m["version"] for m in registry.versions()] == [second, first]
+    with pytest.raises(RegistryError):
+        registry.activate("no-such-version")
+    with pytest.raises(RegistryError):
+        registry.path("../escape")
+
+
+def test_classifier_rejects_mismatched_labels() -> None:
+    head = LinearHead(HeadConfig(8, 3))
+    with pytest.raises(ValueError, match="3 outputs"):
+        FusedClassifier(["a", "b"], head, FusionParams())

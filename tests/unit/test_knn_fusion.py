@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.fusion import FusionParams, calibrate, fuse, tune
+from models.knn import exact_neighbours, knn_vote
+
+
+def test_vote_weights_closer_neighbours_more() -> None:
+    labels = np.array([[0, 1, 1]])
+    scores = np.array([[0.9, 0.5, 0.5]])
+    sharp = knn_vote(labels, scores, 2, temperature=0.05)
+    flat = knn_vote(labels, scores, 2, temperature=100.0)
+    assert sharp[0].argmax() == 0
+    assert flat[0].argmax() == 1  # with no weighting the majority wins
+    assert np.allclose(sharp.sum(axis=1), 1.0)
+
+
+def test_vote_uses_only_the_first_k_and_ignores_padding() -> None:
+    labels = np.array([[2, 2, 0, 0, 0], [1, -1, -1, -1, -1], [-1, -1, -1, -1, -1]])
+    scores = np.array([[0.8, 0.8, 0.9, 0.9, 0.9], [0.7, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
+    p = knn_vote(labels, scores, 3, k=2)
+    assert p[0].argmax() == 2 and p[0, 2] == pytest.approx(1.0)
+    assert p[1, 1] == pytest.approx(1.0)
+    assert np.allclose(p[2], 1 / 3)  # no neighbours: uniform
+
+
+def test_class_prior_rebalances_the_vote() -> None:
+    labels = np.array([[0, 0, 1]])
+    scores = np.array([[0.5, 0.5, 0.5]])
+    assert knn_vote(labels, scores, 2, temperature=1.0)[0].argmax() == 0
+    balanced = knn_vote(labels, scores, 2, temperature=1.0, class_prior=np.array([0.9, 0.1]))
+    assert balanced[0].argmax() == 1
+
+
+def test_exact_neighbours_are_sorted_and_can_skip_self() -> None:
+    corpus = np.eye(4, dtype=np.float32)
+    corpus[1] = np.array([0.8, 0.6, 0, 0])
+    idx, scores = exact_neighbours(corpus, corpus, 2, exclude_self=True)
+    assert idx[0, 0] == 1 and idx[1, 0] == 0
+    assert (np.diff(scores, axis=1) <= 0).all()
+    assert (idx != np.arange(4)[:, None]).all()
+
+
+def test_fuse_interpolates_and_calibrates() -> None:
+    head = np.array([[0.8, 0.2]])
+    knn = np.array([[0.2, 0.8]])
+    assert np.allclose(fuse(head, knn, FusionParams(alpha=1.0)), head)
+    assert np.allclose(fuse(head, knn, FusionParams(alpha=0.0)), knn)
+    assert np.allclose(fuse(head, knn, FusionParams(alpha=0.5)), [[0.5, 0.5]])
+    sharper = calibrate(head, 0.5)
+    assert sharper[0, 0] > 0.8 and np.allclose(sharper.sum(), 1.0)
+
+
+def test_tuning_is_never_worse_than_either_signal_on_its_data() -> None:
+    rng = np.random.default_rng(1)
+    n, c = 300, 4
+    y = rng.integers(0, c, n)
+    # head is right for the first half, kNN for the second: only the blend gets both
+    head = np.full((n, c), 0.1)
+    head[np.arange(n), np.where(np.arange(n) < n // 2, y, (y + 1) % c)] = 0.7
+    nb_labels = np.where(np.arange(n)[:, None] >= n // 2, y[:, None], rng.integers(0, c, (n, 30)))
+    nb_scores = np.sort(rng.uniform(0.3, 0.9, (n, 30)), axis=1)[:, ::-1]
+    result = tune(head, nb_labels, nb_scores, y, c)
+    assert result.accuracy >= result.head_accuracy
+    assert result.accuracy >= result.knn_accuracy
+    assert 0.0 < result.params.alpha < 1.0
