@@ -74,6 +74,7 @@ class Runtime:
                         prefix=s.embedding_prefix,
                         dtype=s.embedding_dtype,
                         batch_size=s.embedding_batch_size,
+                        chunking=s.embedding_chunking,
                     )
         return self._encoder
 
@@ -107,20 +108,20 @@ class Runtime:
         self._model = LoadedModel(classifier, version, metadata)  # one assignment: atomic for readers
 
     def _check_compatible(self, meta: dict[str, Any]) -> None:
-        if meta.get("embedder") != self.settings.embedding_model:
+        expected = self.settings.embedding_signature
+        if meta.get("embedding") != expected:
             raise RuntimeError(
-                f"model {meta.get('version')} was trained on embeddings of {meta.get('embedder')!r}, but "
-                f"JOBCLASS_EMBEDDING_MODEL is {self.settings.embedding_model!r}: "
-                "run `jobclass reindex` and `jobclass train` after changing the embedder"
+                f"model {meta.get('version')} was trained on embeddings {meta.get('embedding')}, but the "
+                f"settings give {expected}: run `jobclass reindex` and `jobclass train` after changing them"
             )
 
     def check_index_compatible(self) -> None:
-        meta = self.store.collection_metadata()
-        embedder = meta.get("embedder")
-        if embedder is not None and embedder != self.settings.embedding_model:
+        found = self.store.collection_metadata().get("embedding")
+        expected = self.settings.embedding_signature
+        if found is not None and found != expected:
             raise RuntimeError(
-                f"the collection behind {self.store.alias!r} holds vectors of {embedder!r}, but "
-                f"JOBCLASS_EMBEDDING_MODEL is {self.settings.embedding_model!r}: run `jobclass reindex`"
+                f"the collection behind {self.store.alias!r} holds vectors of {found}, but the settings "
+                f"give {expected}: run `jobclass reindex`"
             )
 
     def close(self) -> None:

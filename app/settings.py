@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
     embedding_prefix: str = ""  # e5 models: "query: "
     embedding_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    embedding_chunking: Literal["none", "sentences"] = "sentences"  # mean of sentence-chunk embeddings
     embedding_batch_size: int = Field(32, ge=1, le=1024)
     embedding_cache: bool = True
 
@@ -83,6 +84,15 @@ class Settings(BaseSettings):
     @property
     def qdrant_location(self) -> str:
         return self.qdrant_path or str(self.state_dir / "qdrant")
+
+    @property
+    def embedding_signature(self) -> dict[str, str]:
+        """What makes two vectors comparable: a head or a collection is valid only for this signature."""
+        return {
+            "model": self.embedding_model,
+            "prefix": self.embedding_prefix,
+            "chunking": self.embedding_chunking,
+        }
 
     @property
     def model_dir(self) -> Path:

@@ -63,7 +63,8 @@ class EmbeddingCache:
 def cache_key_model(encoder: Encoder) -> str:
     prefix = getattr(encoder, "prefix", "")
     dtype = getattr(encoder, "dtype", "float32")
-    return f"{encoder.name}|{prefix}|{dtype}|{encoder.dim}"
+    chunking = getattr(encoder, "chunking", "none")
+    return f"{encoder.name}|{prefix}|{dtype}|{chunking}|{encoder.dim}"
 
 
 def encode_cached(

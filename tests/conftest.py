@@ -81,7 +81,7 @@ def migrated_engine(
 
 
 @pytest.fixture
-def db_sessions(migrated_engine: Engine) -> Iterator[sessionmaker]:  # type: ignore[type-arg]
+def db_sessions(migrated_engine: Engine) -> Iterator[sessionmaker]:
     """A session factory bound to one connection whose transaction is rolled back after the test;
     the code under test may commit freely (commits become savepoints)."""
     connection = migrated_engine.connect()
@@ -93,7 +93,7 @@ def db_sessions(migrated_engine: Engine) -> Iterator[sessionmaker]:  # type: ign
 
 
 @pytest.fixture
-def runtime(settings: Settings, migrated_engine: Engine, db_sessions: sessionmaker) -> Iterator[Runtime]:  # type: ignore[type-arg]
+def runtime(settings: Settings, migrated_engine: Engine, db_sessions: sessionmaker) -> Iterator[Runtime]:
     rt = Runtime(settings, encoder=FakeEncoder(), qdrant=QdrantClient(":memory:"), engine=migrated_engine)
     rt.sessions = db_sessions
     yield rt

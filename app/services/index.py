@@ -54,7 +54,7 @@ def reindex(runtime: Runtime, session: Session, progress: Progress | None = None
         start = time.perf_counter()
         vacancies = labelled_vacancies(session)
         encoder = runtime.encoder
-        name = runtime.store.create_version(encoder.dim, {"embedder": runtime.settings.embedding_model})
+        name = runtime.store.create_version(encoder.dim, {"embedding": runtime.settings.embedding_signature})
         total = len(vacancies)
         try:
             for offset in range(0, total, BATCH):

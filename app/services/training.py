@@ -59,6 +59,7 @@ def train(
     parent = runtime.registry.active_version()
     metadata = {
         "embedder": settings.embedding_model,
+        "embedding": settings.embedding_signature,
         "embedder_dim": int(x.shape[1]),
         "taxonomy_hash": runtime.taxonomy.digest,
         "data_hash": data_hash([(v.id, v.label or "", v.text_hash) for v in usable]),

@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from app.db import Feedback, Prediction, Vacancy
 from app.main import create_app
 from app.runtime import Runtime
-from tests.fakes import FakeEncoder
 from tests.factories import seed
+from tests.fakes import FakeEncoder
 
 CARPENTER = "carpenter needed for timber roofing and scaffolding on our building site in aarhus"
 DEVELOPER = "python developer for backend software and cloud database work"
@@ -27,7 +27,7 @@ def client(runtime: Runtime, tmp_path: Path) -> Iterator[TestClient]:
         yield test_client
 
 
-def probs(body: dict) -> list[tuple[str, float]]:
+def probs(body: dict) -> list[tuple[str, object]]:
     return [(p["label"], pytest.approx(p["probability"], abs=1e-9)) for p in body["probabilities"]]
 
 
@@ -49,7 +49,9 @@ def test_classify_answers_and_stores_a_prediction(client: TestClient, runtime: R
     assert body["model_version"] == runtime.model.version
     with runtime.sessions() as session:
         row = session.get(Prediction, body["prediction_id"])
-        assert row is not None and row.label == "Bygge og anlæg" and row.model_version == body["model_version"]
+        assert (
+            row is not None and row.label == "Bygge og anlæg" and row.model_version == body["model_version"]
+        )
 
 
 def test_batch_equals_single_and_embeds_once(client: TestClient, runtime: Runtime) -> None:
@@ -58,7 +60,9 @@ def test_batch_equals_single_and_embeds_once(client: TestClient, runtime: Runtim
     encoder = runtime.encoder
     assert isinstance(encoder, FakeEncoder)
     encoder.calls.clear()
-    batch = client.post("/v1/classify/batch", json={"items": [{"id": f"x{i}", "text": t} for i, t in enumerate(texts)]})
+    batch = client.post(
+        "/v1/classify/batch", json={"items": [{"id": f"x{i}", "text": t} for i, t in enumerate(texts)]}
+    )
     assert batch.status_code == 200, batch.text
     assert encoder.calls == [3]  # one embedding call for the whole batch
     results = batch.json()["results"]
@@ -74,7 +78,11 @@ def test_feedback_is_stored_indexed_and_found_by_search(client: TestClient, runt
     prediction = client.post("/v1/classify", json={"text": text}).json()
     sent = client.post(
         "/v1/feedback",
-        json={"prediction_id": prediction["prediction_id"], "label": "Vagt, sikkerhed og overvågning", "comment": "x"},
+        json={
+            "prediction_id": prediction["prediction_id"],
+            "label": "Vagt, sikkerhed og overvågning",
+            "comment": "x",
+        },
     )
     assert sent.status_code == 201, sent.text
     fb = sent.json()
@@ -84,7 +92,11 @@ def test_feedback_is_stored_indexed_and_found_by_search(client: TestClient, runt
     assert hits[0]["label"] == "Vagt, sikkerhed og overvågning" and hits[0]["source"] == "feedback"
     # the next classification of the same text sees the correction among its neighbours
     again = client.post("/v1/classify", json={"text": text}).json()
-    assert again["neighbours"][0] == {"vacancy_id": fb["vacancy_id"], "label": fb["label"], "score": pytest.approx(1.0)}
+    assert again["neighbours"][0] == {
+        "vacancy_id": fb["vacancy_id"],
+        "label": fb["label"],
+        "score": pytest.approx(1.0),
+    }
 
 
 def test_repeated_feedback_last_wins_with_history(client: TestClient, runtime: Runtime) -> None:
@@ -92,7 +104,9 @@ def test_repeated_feedback_last_wins_with_history(client: TestClient, runtime: R
     for label in ("Akademisk arbejde", "It og teleteknik"):
         assert client.post("/v1/feedback", json={"prediction_id": pid, "label": label}).status_code == 201
     with runtime.sessions() as session:
-        history = session.scalars(select(Feedback).where(Feedback.prediction_id == pid).order_by(Feedback.id)).all()
+        history = session.scalars(
+            select(Feedback).where(Feedback.prediction_id == pid).order_by(Feedback.id)
+        ).all()
         assert [f.label for f in history] == ["Akademisk arbejde", "It og teleteknik"]
         vacancy = session.get(Vacancy, history[0].vacancy_id)
         assert vacancy is not None and vacancy.label == "It og teleteknik"
@@ -174,7 +188,12 @@ def test_health_models_and_taxonomy(client: TestClient, runtime: Runtime) -> Non
     health = client.get("/health")
     assert health.status_code == 200
     body = health.json()
-    assert body["status"] == "ok" and body["database"]["ok"] and body["vector_store"]["ok"] and body["model"]["ok"]
+    assert (
+        body["status"] == "ok"
+        and body["database"]["ok"]
+        and body["vector_store"]["ok"]
+        and body["model"]["ok"]
+    )
     models = client.get("/v1/models").json()
     assert models["active"] == runtime.model.version and models["models"][0]["active"] is True
     assert models["models"][0]["variant_bytes"]["int8"] < models["models"][0]["variant_bytes"]["fp32"]
@@ -196,8 +215,25 @@ def test_admin_and_feedback_need_tokens_when_configured(client: TestClient, runt
     runtime.settings.api_token = SecretStr("api-secret")
     assert client.post("/v1/admin/reindex").status_code == 401
     assert client.post("/v1/admin/reindex", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.post("/v1/admin/reindex", headers={"Authorization": "Bearer admin-secret"}).status_code == 200
+    assert (
+        client.post("/v1/admin/reindex", headers={"Authorization": "Bearer admin-secret"}).status_code == 200
+    )
     pid = client.post("/v1/classify", json={"text": CARPENTER}).json()["prediction_id"]
     payload = {"prediction_id": pid, "label": "Bygge og anlæg"}
     assert client.post("/v1/feedback", json=payload).status_code == 401
-    assert client.post("/v1/feedback", json=payload, headers={"Authorization": "Bearer api-secret"}).status_code == 201
+    assert (
+        client.post("/v1/feedback", json=payload, headers={"Authorization": "Bearer api-secret"}).status_code
+        == 201
+    )
+
+
+def test_start_up_refuses_a_model_of_another_embedder(runtime: Runtime, tmp_path: Path) -> None:
+    seed(runtime, tmp_path)
+    runtime.settings.embedding_chunking = "none"
+    with pytest.raises(RuntimeError, match="run `jobclass reindex`"):
+        runtime.load_active_model()
+    with (
+        pytest.raises(RuntimeError, match="run `jobclass reindex`"),
+        TestClient(create_app(runtime.settings, runtime)),
+    ):
+        pass

@@ -28,7 +28,9 @@ def test_taxonomy_is_swappable(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "content", ["", "foo,bar\n1,2\n", "label\nA\nA\n", "label\nA\n\n,\n"], ids=["empty", "no-label", "dup", "blank"]
+    "content",
+    ["", "foo,bar\n1,2\n", "label\nA\nA\n", "label\nA\n\n,\n"],
+    ids=["empty", "no-label", "dup", "blank"],
 )
 def test_bad_taxonomy_files_fail_clearly(tmp_path: Path, content: str) -> None:
     path = tmp_path / "bad.csv"
@@ -51,7 +53,7 @@ def test_settings_fail_fast(tmp_path: Path) -> None:
 def test_settings_read_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBCLASS_HEAD_VARIANT", "int8_pruned")
     monkeypatch.setenv("JOBCLASS_STATE_DIR", str(tmp_path))
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     assert settings.head_variant == "int8_pruned"
     assert settings.db_url == f"sqlite:///{tmp_path / 'jobclass.db'}"
     assert settings.qdrant_location == str(tmp_path / "qdrant")
