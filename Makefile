@@ -39,6 +39,10 @@ setup: install
 test: install-dev
 	$(BIN)/python -m pytest
 
+## Benchmark every dataset in ../shared/datasets; writes docs/benchmarks.md (embeddings cached in var/cache).
+bench: install
+	$(BIN)/jobclass bench-all
+
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

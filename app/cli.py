@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -13,7 +14,7 @@ from tqdm import tqdm
 
 from app.errors import ServiceError
 from app.runtime import Runtime
-from app.settings import Settings, get_settings
+from app.settings import PROJECT_ROOT, Settings, get_settings
 from indexing.store import StoreLockedError
 
 cli = typer.Typer(
@@ -82,8 +83,7 @@ def ingest(
     finally:
         runtime.close()
     typer.echo(
-        f"added {result.added}, updated {result.updated}, unchanged {result.unchanged}, "
-        f"rejected {len(result.rejected)}"
+        f"added {result.added}, updated {result.updated}, unchanged {result.unchanged}, rejected {len(result.rejected)}"
     )
     for line in result.rejected[:50]:
         typer.secho(f"  rejected {line}", fg=typer.colors.YELLOW, err=True)
@@ -199,6 +199,130 @@ def serve(
         raise _fail(exc) from exc
     uvicorn.run(create_app(settings, runtime), host=host or settings.host, port=port or settings.port)
     runtime.close()
+
+
+def _bench_encoder(settings: Settings) -> tuple[Any, Any]:
+    from indexing.cache import EmbeddingCache
+    from indexing.embed import SentenceEmbedder
+
+    encoder = SentenceEmbedder(
+        settings.embedding_model,
+        prefix=settings.embedding_prefix,
+        dtype=settings.embedding_dtype,
+        batch_size=settings.embedding_batch_size,
+        chunking=settings.embedding_chunking,
+    )
+    return encoder, EmbeddingCache(settings.cache_path)
+
+
+@cli.command()
+def bench(
+    train: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="training CSV (id,text,label)")],
+    out: Annotated[Path, typer.Option(help="output folder for metrics.json, report.md, confusion_fused.png")],
+    test: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="test CSV")] = None,
+    val: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="validation CSV (default: 10% of train)")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="dataset name in the report")] = None,
+    folds: Annotated[int, typer.Option(help="k-fold cross-validation over train (+val); 0 = off")] = 0,
+    timing: Annotated[bool, typer.Option(help="measure throughput and latency")] = True,
+) -> None:
+    """Train every method on TRAIN (tuning on VAL), score on TEST; write metrics.json and report.md."""
+    from app.bench import BenchConfig, Split, load_split, run_bench, run_cv, write_outputs
+
+    if test is None and folds < 2:
+        raise _fail(ValueError("give --test, or --folds K (K >= 2) for cross-validation"))
+    settings = get_settings()
+    encoder, cache = _bench_encoder(settings)
+    cfg = BenchConfig(name=name or train.parent.name, abstain_threshold=settings.abstain_threshold)
+    tr = load_split(train, settings.clean_max_chars)
+    va = load_split(val, settings.clean_max_chars) if val else None
+    result: dict[str, Any] = {}
+    if test is not None:
+        result = run_bench(tr, va, load_split(test, settings.clean_max_chars), encoder, cache, cfg, typer.echo)
+    if folds >= 2:
+        pool = Split.concat(tr, va) if va else tr
+        cv = run_cv(pool, folds, encoder, cache, cfg, typer.echo)
+        if not result:
+            typer.echo(json.dumps(cv, indent=2))
+            (out / "cv.json").parent.mkdir(parents=True, exist_ok=True)
+            (out / "cv.json").write_text(json.dumps(cv, indent=2))
+            return
+        result["cv"] = cv
+    write_outputs(result, out)
+    m = result["methods"]
+    for method in ("tfidf_lr", "head", "knn", "fused", "fused_int8", "fused_pruned", "fused_int8_pruned"):
+        typer.echo(f"  {method:18s} accuracy {m[method]['accuracy']:.4f}  macro-F1 {m[method]['macro_f1']:.4f}")
+    typer.echo(f"wrote {out}/metrics.json, report.md, confusion_fused.png")
+
+
+@cli.command("bench-all")
+def bench_all(
+    datasets: Annotated[Path, typer.Option(help="folder of datasets, each with train.csv and val.csv")] = (
+        PROJECT_ROOT.parent / "shared" / "datasets"
+    ),
+    out: Annotated[Path, typer.Option(help="docs folder")] = PROJECT_ROOT / "docs",
+    cv_below: Annotated[int, typer.Option(help="also run 5-fold CV on datasets with fewer training rows")] = 2000,
+) -> None:
+    """Benchmark every shared dataset: train on train.csv (tuning on 10% of it), score on val.csv;
+    write docs/benchmarks.md and docs/benchmarks/<name>/."""
+    from app.bench import BenchConfig, Split, load_split, markdown_report, run_bench, run_cv, write_outputs
+
+    settings = get_settings()
+    encoder, cache = _bench_encoder(settings)
+    sections, summary_rows = [], []
+    started = time.perf_counter()
+    for folder in sorted(p for p in datasets.iterdir() if (p / "train.csv").is_file() and (p / "val.csv").is_file()):
+        cfg = BenchConfig(name=folder.name, abstain_threshold=settings.abstain_threshold)
+        train_split = load_split(folder / "train.csv", settings.clean_max_chars)
+        test_split = load_split(folder / "val.csv", settings.clean_max_chars)
+        result = run_bench(train_split, None, test_split, encoder, cache, cfg, typer.echo)
+        if len(train_split) < cv_below:
+            result["cv"] = run_cv(Split.concat(train_split, test_split), 5, encoder, cache, cfg, typer.echo)
+        target = out / "benchmarks" / folder.name
+        write_outputs(result, target)
+        sections.append(markdown_report(result, f"benchmarks/{folder.name}/confusion_fused.png", heading="###"))
+        m = result["methods"]
+        summary_rows.append(
+            f"| {folder.name} | " + " | ".join(f"{m[k]['accuracy']:.4f}" for k in _SUMMARY_METHODS) + " |"
+        )
+    header = "| dataset | " + " | ".join(_SUMMARY_METHODS) + " |"
+    text = "\n".join(
+        [
+            "# Benchmarks",
+            "",
+            "Generated by `make bench` (`jobclass bench-all`). Each dataset in `../shared/datasets` is trained on its",
+            "`train.csv` (fusion and TF-IDF tuned on a stratified 10% of it) and scored on its `val.csv`, which is",
+            "never used for training or tuning (the official test splits are held back elsewhere). All methods",
+            "share one run, one machine and the same embeddings, so the rows compare side by side.",
+            f"Embedder: `{settings.embedding_model}` ({settings.embedding_dtype}, chunking "
+            f"{settings.embedding_chunking}). Wall time of this run: {time.perf_counter() - started:.0f} s.",
+            "",
+            "## Accuracy on val.csv",
+            "",
+            header,
+            "|---" * (len(_SUMMARY_METHODS) + 1) + "|",
+            *summary_rows,
+            "",
+            "## Per dataset",
+            "",
+            *sections,
+        ]
+    )
+    (out / "benchmarks.md").write_text(text + "\n")
+    typer.echo(f"wrote {out / 'benchmarks.md'}")
+
+
+_SUMMARY_METHODS = (
+    "tfidf_lr",
+    "head",
+    "knn",
+    "fused",
+    "fused_int8",
+    "fused_pruned",
+    "fused_int8_pruned",
+    "fused_tfidf",
+)
 
 
 @models_cli.command("list")

@@ -51,18 +51,14 @@ class NeighbourPublic(BaseModel):
 
 
 class ClassificationPublic(BaseModel):
-    prediction_id: str | None = Field(
-        description="Id to send feedback for; null when the prediction was not stored."
-    )
+    prediction_id: str | None = Field(description="Id to send feedback for; null when the prediction was not stored.")
     label: str | None = Field(description="The predicted label; null when the model abstains.")
     confidence: float
     abstained: bool
     probabilities: list[LabelProbability]
     neighbours: list[NeighbourPublic]
     model_version: str
-    index_used: bool = Field(
-        description="False when the vector store was unavailable and the head answered alone."
-    )
+    index_used: bool = Field(description="False when the vector store was unavailable and the head answered alone.")
     stored: bool
 
 

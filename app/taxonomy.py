@@ -43,6 +43,4 @@ class Taxonomy:
         if len(set(labels)) != len(labels) or any(not lab for lab in labels):
             raise ValueError(f"taxonomy {path} has empty or duplicate labels")
         display = {r[label_col].strip(): (r[display_col] or r[label_col]).strip() for r in rows}
-        return cls(
-            labels=labels, display=display, digest=hashlib.sha256("\n".join(labels).encode()).hexdigest()[:16]
-        )
+        return cls(labels=labels, display=display, digest=hashlib.sha256("\n".join(labels).encode()).hexdigest()[:16])

@@ -110,9 +110,7 @@ class SentenceEmbedder:
         self.batch_size = batch_size
         self.chunking: Chunking = chunking
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-        self._model = SentenceTransformer(
-            resolve_model_path(model), device=device, model_kwargs={"dtype": torch_dtype}
-        )
+        self._model = SentenceTransformer(resolve_model_path(model), device=device, model_kwargs={"dtype": torch_dtype})
         if max_seq_length is not None:
             self._model.max_seq_length = max_seq_length
         dim = self._model.get_embedding_dimension()

@@ -83,9 +83,7 @@ class SearchFilter:
             must.append(models.FieldCondition(key="source", match=models.MatchValue(value=self.source)))
         if self.since or self.until:
             must.append(
-                models.FieldCondition(
-                    key="created_at", range=models.DatetimeRange(gte=self.since, lte=self.until)
-                )
+                models.FieldCondition(key="created_at", range=models.DatetimeRange(gte=self.since, lte=self.until))
             )
         if self.exclude_ids:
             must_not.append(models.HasIdCondition(has_id=[point_id(v) for v in self.exclude_ids]))
@@ -218,9 +216,7 @@ class VectorStore:
             return []
         query_filter = flt.to_qdrant() if flt else None
         requests = [
-            models.QueryRequest(
-                query=v.astype(np.float32).tolist(), limit=k, filter=query_filter, with_payload=True
-            )
+            models.QueryRequest(query=v.astype(np.float32).tolist(), limit=k, filter=query_filter, with_payload=True)
             for v in vectors
         ]
         responses = self.client.query_batch_points(self._require_active(), requests=requests)

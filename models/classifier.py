@@ -66,9 +66,7 @@ class FusedClassifier:
             for j, nb in enumerate(row):
                 labels[i, j] = self.index.get(nb.label, -1)  # labels outside the head's set do not vote
                 scores[i, j] = nb.score
-        return knn_vote(
-            labels, scores, self.n_classes, k=self.params.k, temperature=self.params.knn_temperature
-        )
+        return knn_vote(labels, scores, self.n_classes, k=self.params.k, temperature=self.params.knn_temperature)
 
     def predict_proba(
         self, embeddings: np.ndarray, neighbours: Sequence[Sequence[Neighbour]] | None = None
@@ -79,10 +77,12 @@ class FusedClassifier:
             return calibrate(p_head, self.params.temperature)
         return fuse(p_head, self.knn_proba(neighbours), self.params)
 
-    def predict(
-        self, embeddings: np.ndarray, neighbours: Sequence[Sequence[Neighbour]] | None = None
-    ) -> list[str]:
+    def predict(self, embeddings: np.ndarray, neighbours: Sequence[Sequence[Neighbour]] | None = None) -> list[str]:
         return [self.labels[i] for i in self.predict_proba(embeddings, neighbours).argmax(axis=1)]
+
+    def variant_bytes(self) -> dict[str, int]:
+        """Bytes of the tensors each head variant stores."""
+        return {v: state_bytes(compress_linear(self.head.linear, v)) for v in VARIANTS}  # type: ignore[arg-type]
 
     def with_variant(self, variant: Variant) -> FusedClassifier:
         return FusedClassifier(self.labels, self.head, self.params, variant)

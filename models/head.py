@@ -103,9 +103,7 @@ class LinearHead(nn.Module):
     def save(self, directory: Path | str) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "head.safetensors")
-        )
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "head.safetensors"))
         meta = {"config": asdict(self.config), "best_epoch": self.best_epoch}
         (directory / "head.json").write_text(json.dumps(meta, indent=2))
 

@@ -65,11 +65,7 @@ def coverage_at(probs: np.ndarray, y_true: np.ndarray, threshold: float) -> dict
     """Share of items answered (confidence ≥ threshold) and the accuracy on those."""
     confidence = probs.max(axis=1)
     answered = confidence >= threshold
-    acc = (
-        float(np.mean(probs[answered].argmax(axis=1) == np.asarray(y_true)[answered]))
-        if answered.any()
-        else 0.0
-    )
+    acc = float(np.mean(probs[answered].argmax(axis=1) == np.asarray(y_true)[answered])) if answered.any() else 0.0
     return {
         "threshold": threshold,
         "coverage": float(answered.mean()) if len(probs) else 0.0,
@@ -85,9 +81,7 @@ def summary(probs: np.ndarray, y_true: np.ndarray, labels: Sequence[str]) -> dic
         "macro_f1": macro_f1(y_true, y_pred, len(labels)),
         "ece": expected_calibration_error(probs, y_true),
         "per_class_f1": {
-            label: float(f1)
-            for label, f1, n in zip(labels, scores["f1"], scores["support"], strict=True)
-            if n > 0
+            label: float(f1) for label, f1, n in zip(labels, scores["f1"], scores["support"], strict=True) if n > 0
         },
     }
 

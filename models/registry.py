@@ -81,9 +81,7 @@ class ModelRegistry:
             raise RegistryError(f"unknown model version {version!r}")
         return json.loads(path.read_text())
 
-    def load(
-        self, version: str | None = None, variant: Variant = "fp32"
-    ) -> tuple[FusedClassifier, dict[str, Any]]:
+    def load(self, version: str | None = None, variant: Variant = "fp32") -> tuple[FusedClassifier, dict[str, Any]]:
         version = version or self.active_version()
         if version is None:
             raise RegistryError(f"no active model in {self.root}: run `jobclass train`")

@@ -75,15 +75,14 @@ def train_classifier(
     head_config: HeadConfig | None = None,
 ) -> tuple[FusedClassifier, TrainReport]:
     """Fit on ``x``/``y`` (class indices into ``labels``), tune on a validation split (given, or
-    carved out of the data), report validation metrics, and refit the head on all the data for the
-    early-stopped number of epochs when ``refit`` is true."""
+    carved out of the data), report validation metrics, and, when ``refit`` is true, refit the head on
+    training + validation data for the early-stopped number of epochs (the fusion parameters stay)."""
     n_classes = len(labels)
     if x_val is None or y_val is None:
         tr, va = stratified_split(y, val_fraction, seed)
         x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
     else:
         x_tr, y_tr, x_va, y_va = x, y, x_val, y_val
-        refit = False  # an explicit validation set is not training data
     if len(y_va) == 0:
         raise ValueError("training needs at least two labelled examples of some class for validation")
     config = head_config or HeadConfig(dim=x.shape[1], n_classes=n_classes, seed=seed)
@@ -102,13 +101,21 @@ def train_classifier(
         }
     }
     best_epoch = head.best_epoch
+    classifier = FusedClassifier(labels, head, params)
+    n_train = len(y_tr)
     if refit:
-        x_all = np.concatenate([x_tr, x_va])
-        y_all = np.concatenate([y_tr, y_va])
-        head = LinearHead(replace(config, max_epochs=max(1, best_epoch))).fit(x_all, y_all)
-        x_tr, y_tr = x_all, y_all
-    report = TrainReport(n_train=len(y_tr), n_val=len(y_va), best_epoch=best_epoch, metrics=metrics)
-    return FusedClassifier(labels, head, params), report
+        classifier = refit_head(classifier, np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va]), best_epoch)
+        n_train += len(y_va)
+    report = TrainReport(n_train=n_train, n_val=len(y_va), best_epoch=best_epoch, metrics=metrics)
+    return classifier, report
+
+
+def refit_head(classifier: FusedClassifier, x: np.ndarray, y: np.ndarray, epochs: int) -> FusedClassifier:
+    """The same classifier with its head retrained from scratch on (x, y) for a fixed number of epochs."""
+    config = replace(classifier.head.config, max_epochs=max(1, epochs))
+    head = LinearHead(config).fit(x, y)
+    head.best_epoch = epochs
+    return FusedClassifier(classifier.labels, head, classifier.params, classifier.variant)
 
 
 def evaluate(

@@ -12,9 +12,7 @@ router = APIRouter(prefix="/v1", tags=["admin"])
 @router.post("/admin/reindex", response_model=ReindexPublic, dependencies=[AdminDep])
 def admin_reindex(runtime: RuntimeDep, session: SessionDep) -> ReindexPublic:
     done = reindex(runtime, session)
-    return ReindexPublic(
-        collection=done.collection, previous=done.previous, count=done.count, seconds=done.seconds
-    )
+    return ReindexPublic(collection=done.collection, previous=done.previous, count=done.count, seconds=done.seconds)
 
 
 @router.get("/models", response_model=ModelsResponse)

@@ -36,9 +36,7 @@ def to_public(result: Classification) -> dict[str, object]:
 
 # Plain ``def`` routes: embedding is CPU-bound and runs in FastAPI's worker threads, not on the event loop.
 @router.post("", response_model=ClassificationPublic)
-def classify_one(
-    body: ClassifyRequest, runtime: RuntimeDep, session: SessionDep, _: ModelDep
-) -> ClassificationPublic:
+def classify_one(body: ClassifyRequest, runtime: RuntimeDep, session: SessionDep, _: ModelDep) -> ClassificationPublic:
     [result] = classify(runtime, session, [ClassifyItem(body.text)], top_k=body.top_k)
     return ClassificationPublic.model_validate(to_public(result))
 

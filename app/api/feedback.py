@@ -9,9 +9,7 @@ from app.services.feedback import submit_feedback
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
 
 
-@router.post(
-    "", response_model=FeedbackPublic, status_code=status.HTTP_201_CREATED, dependencies=[ApiTokenDep]
-)
+@router.post("", response_model=FeedbackPublic, status_code=status.HTTP_201_CREATED, dependencies=[ApiTokenDep])
 def create_feedback(body: FeedbackCreate, runtime: RuntimeDep, session: SessionDep) -> FeedbackPublic:
     result = submit_feedback(runtime, session, body.prediction_id, body.label, body.comment)
     row = result.feedback

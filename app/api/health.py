@@ -21,9 +21,7 @@ def health(runtime: RuntimeDep, response: Response) -> HealthPublic:
         collection = runtime.store.active_collection()
         store = ComponentHealth(
             ok=collection is not None,
-            detail=f"{collection}: {runtime.store.count()} vectors"
-            if collection
-            else "no collection: run reindex",
+            detail=f"{collection}: {runtime.store.count()} vectors" if collection else "no collection: run reindex",
         )
     except Exception as exc:
         store = ComponentHealth(ok=False, detail=type(exc).__name__)

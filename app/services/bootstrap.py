@@ -15,9 +15,7 @@ from app.services.vacancies import count_labelled, ingest_csv
 log = logging.getLogger(__name__)
 
 
-def bootstrap(
-    runtime: Runtime, say: Callable[[str], None] = log.info, *, show_progress: bool = False
-) -> None:
+def bootstrap(runtime: Runtime, say: Callable[[str], None] = log.info, *, show_progress: bool = False) -> None:
     settings = runtime.settings
     migrate(settings.db_url)
     say(f"database ready: {runtime.engine.url.render_as_string(hide_password=True)}")

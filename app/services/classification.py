@@ -129,9 +129,7 @@ def store_predictions(session: Session, results: Sequence[Classification]) -> No
                 confidence=r.confidence,
                 abstained=r.abstained,
                 probabilities=[{"label": p.label, "probability": p.probability} for p in r.probabilities],
-                neighbours=[
-                    {"vacancy_id": h.vacancy_id, "label": h.label, "score": h.score} for h in r.neighbours
-                ],
+                neighbours=[{"vacancy_id": h.vacancy_id, "label": h.label, "score": h.score} for h in r.neighbours],
                 model_version=r.model_version,
             )
         )

@@ -30,18 +30,14 @@ def submit_feedback(
     runtime: Runtime, session: Session, prediction_id: str, label: str, comment: str | None = None
 ) -> FeedbackResult:
     if label not in runtime.taxonomy:
-        raise InvalidInput(
-            f"unknown label {label!r}: it is not in the taxonomy (GET /v1/taxonomy)", field="label"
-        )
+        raise InvalidInput(f"unknown label {label!r}: it is not in the taxonomy (GET /v1/taxonomy)", field="label")
     prediction = session.get(Prediction, prediction_id)
     if prediction is None:
         raise NotFound(f"no prediction with id {prediction_id!r}", field="prediction_id")
     vid = feedback_vacancy_id(prediction_id)
     vacancy = session.get(Vacancy, vid)
     if vacancy is None:
-        vacancy = Vacancy(
-            id=vid, text=prediction.text, text_hash=prediction.text_hash, label=label, source="feedback"
-        )
+        vacancy = Vacancy(id=vid, text=prediction.text, text_hash=prediction.text_hash, label=label, source="feedback")
         session.add(vacancy)
     else:  # repeated or conflicting feedback: the latest wins, every row stays in history
         vacancy.label = label

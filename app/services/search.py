@@ -13,9 +13,7 @@ from indexing.store import Hit, SearchFilter, StoreError
 
 def search_text(runtime: Runtime, text: str, k: int, flt: SearchFilter | None = None) -> list[Hit]:
     if len(text) > runtime.settings.max_text_chars:
-        raise InvalidInput(
-            f"text is over the limit of {runtime.settings.max_text_chars} characters", field="text"
-        )
+        raise InvalidInput(f"text is over the limit of {runtime.settings.max_text_chars} characters", field="text")
     cleaned = clean_text(text, max_chars=runtime.settings.clean_max_chars)
     if not cleaned:
         raise InvalidInput("text is empty after cleaning (no words left)", field="text")

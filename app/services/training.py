@@ -36,9 +36,7 @@ def data_hash(rows: list[tuple[str, str, str]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def train(
-    runtime: Runtime, session: Session, *, show_progress: bool = False, activate: bool = True
-) -> TrainResult:
+def train(runtime: Runtime, session: Session, *, show_progress: bool = False, activate: bool = True) -> TrainResult:
     settings = runtime.settings
     vacancies = labelled_vacancies(session)
     labels = list(runtime.taxonomy.labels)

@@ -37,9 +37,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
         reader = csv.DictReader(handle)
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise InvalidInput(
-                f"{path}: missing column(s) {', '.join(missing)}; the header must be id,text,label"
-            )
+            raise InvalidInput(f"{path}: missing column(s) {', '.join(missing)}; the header must be id,text,label")
         for row in reader:
             yield reader.line_num, row
 
@@ -66,9 +64,7 @@ def ingest_csv(
             result.rejected.append(f"line {line}: id {vid!r} has no text")
             continue
         if label is not None and label not in taxonomy:
-            result.rejected.append(
-                f"line {line}: id {vid!r} has label {label!r}, which is not in the taxonomy"
-            )
+            result.rejected.append(f"line {line}: id {vid!r} has label {label!r}, which is not in the taxonomy")
             continue
         digest = text_hash(text)
         existing = session.get(Vacancy, vid)
@@ -86,9 +82,7 @@ def ingest_csv(
 
 
 def count_labelled(session: Session) -> int:
-    return int(
-        session.scalar(select(func.count()).select_from(Vacancy).where(Vacancy.label.is_not(None))) or 0
-    )
+    return int(session.scalar(select(func.count()).select_from(Vacancy).where(Vacancy.label.is_not(None))) or 0)
 
 
 def labelled_vacancies(session: Session) -> list[Vacancy]:

@@ -49,9 +49,7 @@ def test_classify_answers_and_stores_a_prediction(client: TestClient, runtime: R
     assert body["model_version"] == runtime.model.version
     with runtime.sessions() as session:
         row = session.get(Prediction, body["prediction_id"])
-        assert (
-            row is not None and row.label == "Bygge og anlæg" and row.model_version == body["model_version"]
-        )
+        assert row is not None and row.label == "Bygge og anlæg" and row.model_version == body["model_version"]
 
 
 def test_batch_equals_single_and_embeds_once(client: TestClient, runtime: Runtime) -> None:
@@ -60,9 +58,7 @@ def test_batch_equals_single_and_embeds_once(client: TestClient, runtime: Runtim
     encoder = runtime.encoder
     assert isinstance(encoder, FakeEncoder)
     encoder.calls.clear()
-    batch = client.post(
-        "/v1/classify/batch", json={"items": [{"id": f"x{i}", "text": t} for i, t in enumerate(texts)]}
-    )
+    batch = client.post("/v1/classify/batch", json={"items": [{"id": f"x{i}", "text": t} for i, t in enumerate(texts)]})
     assert batch.status_code == 200, batch.text
     assert encoder.calls == [3]  # one embedding call for the whole batch
     results = batch.json()["results"]
@@ -104,9 +100,7 @@ def test_repeated_feedback_last_wins_with_history(client: TestClient, runtime: R
     for label in ("Akademisk arbejde", "It og teleteknik"):
         assert client.post("/v1/feedback", json={"prediction_id": pid, "label": label}).status_code == 201
     with runtime.sessions() as session:
-        history = session.scalars(
-            select(Feedback).where(Feedback.prediction_id == pid).order_by(Feedback.id)
-        ).all()
+        history = session.scalars(select(Feedback).where(Feedback.prediction_id == pid).order_by(Feedback.id)).all()
         assert [f.label for f in history] == ["Akademisk arbejde", "It og teleteknik"]
         vacancy = session.get(Vacancy, history[0].vacancy_id)
         assert vacancy is not None and vacancy.label == "It og teleteknik"
@@ -188,12 +182,7 @@ def test_health_models_and_taxonomy(client: TestClient, runtime: Runtime) -> Non
     health = client.get("/health")
     assert health.status_code == 200
     body = health.json()
-    assert (
-        body["status"] == "ok"
-        and body["database"]["ok"]
-        and body["vector_store"]["ok"]
-        and body["model"]["ok"]
-    )
+    assert body["status"] == "ok" and body["database"]["ok"] and body["vector_store"]["ok"] and body["model"]["ok"]
     models = client.get("/v1/models").json()
     assert models["active"] == runtime.model.version and models["models"][0]["active"] is True
     assert models["models"][0]["variant_bytes"]["int8"] < models["models"][0]["variant_bytes"]["fp32"]
@@ -215,16 +204,11 @@ def test_admin_and_feedback_need_tokens_when_configured(client: TestClient, runt
     runtime.settings.api_token = SecretStr("api-secret")
     assert client.post("/v1/admin/reindex").status_code == 401
     assert client.post("/v1/admin/reindex", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert (
-        client.post("/v1/admin/reindex", headers={"Authorization": "Bearer admin-secret"}).status_code == 200
-    )
+    assert client.post("/v1/admin/reindex", headers={"Authorization": "Bearer admin-secret"}).status_code == 200
     pid = client.post("/v1/classify", json={"text": CARPENTER}).json()["prediction_id"]
     payload = {"prediction_id": pid, "label": "Bygge og anlæg"}
     assert client.post("/v1/feedback", json=payload).status_code == 401
-    assert (
-        client.post("/v1/feedback", json=payload, headers={"Authorization": "Bearer api-secret"}).status_code
-        == 201
-    )
+    assert client.post("/v1/feedback", json=payload, headers={"Authorization": "Bearer api-secret"}).status_code == 201
 
 
 def test_start_up_refuses_a_model_of_another_embedder(runtime: Runtime, tmp_path: Path) -> None:

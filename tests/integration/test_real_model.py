@@ -31,10 +31,7 @@ def test_packaged_model_name_resolves_offline() -> None:
     path = Path(resolve_model_path(DEFAULT_MODEL))
     assert path.is_dir() and (path / "config.json").is_file()
     assert resolve_model_path(str(path)) == str(path)
-    assert (
-        resolve_model_path("intfloat/multilingual-e5-large-instruct")
-        == "intfloat/multilingual-e5-large-instruct"
-    )
+    assert resolve_model_path("intfloat/multilingual-e5-large-instruct") == "intfloat/multilingual-e5-large-instruct"
 
 
 def test_embeddings_are_normalised_and_bfloat16_matches_float32(embedder: SentenceEmbedder) -> None:

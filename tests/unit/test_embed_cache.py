@@ -12,9 +12,7 @@ from tests.fakes import FakeEncoder
 
 
 def test_chunks_split_sentences_and_keep_short_fragments() -> None:
-    text = (
-        "Carpenter wanted in Aarhus.\nYour tasks:\n- roofs\n- floors\nWe offer a good salary and a nice team!"
-    )
+    text = "Carpenter wanted in Aarhus.\nYour tasks:\n- roofs\n- floors\nWe offer a good salary and a nice team!"
     assert split_chunks(text) == [
         "Carpenter wanted in Aarhus. Your tasks: - roofs - floors",  # short fragments join their neighbour
         "We offer a good salary and a nice team!",

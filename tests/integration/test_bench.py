@@ -1,0 +1,102 @@
+"""`jobclass bench`: the method table, report files and the cross-validation option."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.bench import BenchConfig, Split, run_bench, run_cv, write_outputs
+from app.cli import cli
+from app.settings import DATA_DIR
+from indexing.cache import EmbeddingCache
+from tests.fakes import FakeEncoder, topic_texts
+
+METHODS = {"tfidf_lr", "head", "knn", "fused", "fused_int8", "fused_pruned", "fused_int8_pruned", "fused_tfidf"}
+
+
+def split(rows: list[tuple[str, str, str]], fine: bool = False) -> Split:
+    return Split(
+        ids=[r[0] for r in rows],
+        texts=[r[1] for r in rows],
+        labels=[r[2] for r in rows],
+        fine=[f"{r[2][:3]}-{int(r[0][-2:]) % 2}" for r in rows] if fine else None,
+    )
+
+
+def test_bench_scores_every_method_and_writes_the_report(tmp_path: Path) -> None:
+    rows = topic_texts(30, seed=1)
+    train, test = split(rows[::2] + rows[1::4], fine=True), split(rows[3::4], fine=True)
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    encoder = FakeEncoder()
+    result = run_bench(train, None, test, encoder, cache, BenchConfig(name="topics", latency_queries=10))
+    assert set(result["methods"]) == METHODS
+    for name, scores in result["methods"].items():
+        assert 0.0 <= scores["accuracy"] <= 1.0 and "macro_f1" in scores and "per_class_f1" in scores, name
+    m = result["methods"]
+    assert m["fused"]["accuracy"] >= 0.9
+    assert m["fused_int8"]["head_bytes"] < m["fused"]["head_bytes"]
+    assert abs(m["fused_int8"]["accuracy"] - m["fused"]["accuracy"]) <= 0.05
+    assert "abstain" in m["fused"] and 0.0 <= m["fused"]["abstain"]["coverage"] <= 1.0
+    assert result["fine"]["n_fine_classes"] == 6
+    timing = result["timing"]
+    assert timing["embed_texts_per_s"] > 0 and timing["classify_p99_ms"] >= timing["classify_p50_ms"] > 0
+    assert result["n_train"] + result["n_val"] == len(train)
+
+    write_outputs(result, tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["methods"]["fused"]["accuracy"] == pytest.approx(result["methods"]["fused"]["accuracy"])
+    assert saved["methods"]["fused"]["per_class_f1"] == pytest.approx(result["methods"]["fused"]["per_class_f1"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| fused_int8_pruned |" in report and "confusion_fused.png" in report
+    assert (tmp_path / "out" / "confusion_fused.png").stat().st_size > 1000
+
+    calls = len(encoder.calls)
+    run_bench(train, None, test, encoder, cache, BenchConfig(name="again", timing=False))
+    assert len(encoder.calls) == calls  # the second run reads every embedding from the cache
+
+
+def test_cross_validation_scores_every_row_once(tmp_path: Path) -> None:
+    pool = split(topic_texts(10, seed=2))
+    cv = run_cv(pool, 3, FakeEncoder(), None, BenchConfig(name="cv", timing=False))
+    assert cv["folds"] == 3 and cv["n"] == 30
+    assert set(cv["methods"]) == METHODS
+    assert 0.0 <= cv["methods"]["fused"]["accuracy_std"] <= cv["methods"]["fused"]["accuracy_mean"] <= 1.0
+
+
+@pytest.mark.slow
+def test_bench_command_with_the_real_embedder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBCLASS_STATE_DIR", str(tmp_path / "state"))
+    from app.settings import get_settings
+
+    get_settings.cache_clear()
+    with (DATA_DIR / "vacancies.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    subset = [r for r in rows if r["label"] in {"Bygge og anlæg", "It og teleteknik", "Ledelse"}]
+    for name, part in (("train", subset[::2]), ("test", subset[1::2])):
+        with (tmp_path / f"{name}.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, ["id", "text", "label"])
+            writer.writeheader()
+            writer.writerows(part)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            "--train",
+            str(tmp_path / "train.csv"),
+            "--test",
+            str(tmp_path / "test.csv"),
+            "--out",
+            str(out),
+            "--no-timing",
+        ],
+    )
+    get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_test"] == len(subset[1::2]) and metrics["methods"]["fused"]["accuracy"] >= 0.9
+    assert metrics["embedder"].startswith("sentence-transformers/all-MiniLM-L6-v2")
