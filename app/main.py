@@ -67,8 +67,18 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return JSONResponse({"detail": exc.message, "field": exc.field}, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
+        content_type = request.headers.get("content-type", "")
+        if content_type and "json" not in content_type and errors and tuple(errors[0].get("loc", ())) == ("body",):
+            # e.g. `curl -d '{...}'` without a header sends a form; JSON is only read when declared (CSRF-safe)
+            return JSONResponse(
+                {
+                    "detail": f"the body must be JSON sent with 'Content-Type: application/json' (got {content_type!r})",
+                    "field": "body",
+                },
+                status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            )
         first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
         field = _field(first.get("loc", ()))
         return JSONResponse(

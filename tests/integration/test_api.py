@@ -171,6 +171,14 @@ def test_unknown_prediction_is_404_and_nothing_is_written(client: TestClient, ru
     assert count(runtime, Feedback) == before
 
 
+def test_a_form_encoded_body_gets_a_415_that_says_what_to_send(client: TestClient) -> None:
+    response = client.post(
+        "/v1/classify", content=b'{"text": "carpenter"}', headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert response.status_code == 415
+    assert "Content-Type: application/json" in response.json()["detail"]
+
+
 def test_malformed_json_and_oversized_bodies(client: TestClient) -> None:
     response = client.post("/v1/classify", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 422
