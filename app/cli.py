@@ -185,19 +185,27 @@ def serve(
     import uvicorn
 
     from app.main import create_app
+    from app.observability import configure_json_logging
     from app.services.bootstrap import bootstrap
 
+    configure_json_logging()  # the server logs JSON lines (one per request, with its request id)
     settings = get_settings()
     runtime = _runtime(settings)
     try:
         if bootstrap_first:
-            bootstrap(runtime, typer.echo)
+            bootstrap(runtime, logging.getLogger("jobclass.setup").info)
         else:
             runtime.load_active_model()
     except (ServiceError, RuntimeError) as exc:
         runtime.close()
         raise _fail(exc) from exc
-    uvicorn.run(create_app(settings, runtime), host=host or settings.host, port=port or settings.port)
+    uvicorn.run(
+        create_app(settings, runtime),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_config=None,  # keep the JSON handler; the middleware logs each request
+        access_log=False,
+    )
     runtime.close()
 
 

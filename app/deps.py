@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
+from app.metrics import Metrics
 from app.runtime import LoadedModel, Runtime
 from app.settings import Settings
 
@@ -45,6 +46,14 @@ def get_model(runtime: RuntimeDep) -> LoadedModel:
 
 
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 

@@ -10,8 +10,10 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from app.api import admin, classify, feedback, health, search
+from app.api import admin, classify, feedback, health, predictions, search
 from app.errors import ServiceError
+from app.metrics import Metrics
+from app.observability import REQUEST_ID_HEADER, RequestContextMiddleware
 from app.runtime import Runtime
 from app.settings import Settings, get_settings
 
@@ -62,6 +64,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             )
         return await call_next(request)
 
+    # Outermost: every answer (413s and 500s included) carries a request id, is logged and counted.
+    app.state.metrics = Metrics(lambda: getattr(app.state, "runtime", None))
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": exc.message, "field": exc.field}, status_code=exc.status_code)
@@ -74,7 +80,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             # e.g. `curl -d '{...}'` without a header sends a form; JSON is only read when declared (CSRF-safe)
             return JSONResponse(
                 {
-                    "detail": f"the body must be JSON sent with 'Content-Type: application/json' (got {content_type!r})",
+                    "detail": "the body must be JSON sent with 'Content-Type: application/json' "
+                    f"(got {content_type!r})",
                     "field": "body",
                 },
                 status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
@@ -91,10 +98,22 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         )
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
-        return JSONResponse({"detail": "internal error"}, status_code=500)
+        rid = getattr(request.state, "request_id", None)
+        return JSONResponse(
+            {"detail": "internal error", "request_id": rid},
+            status_code=500,
+            headers={REQUEST_ID_HEADER: rid} if rid else None,
+        )
 
-    for router in (classify.router, search.router, feedback.router, admin.router, health.router):
+    for router in (
+        classify.router,
+        search.router,
+        feedback.router,
+        predictions.router,
+        admin.router,
+        health.router,
+    ):
         app.include_router(router)
     return app

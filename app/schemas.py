@@ -116,6 +116,28 @@ class FeedbackPublic(BaseModel):
     indexed: bool = Field(description="Whether the corrected vacancy is already in the kNN index.")
 
 
+# ---- predictions (the review queue) ----------------------------------------------------------
+class PredictionPublic(BaseModel):
+    id: str
+    external_id: str | None
+    created_at: datetime
+    text: str = Field(description="The cleaned text that was classified.")
+    label: str = Field(description="The top label, also when the model abstained.")
+    display_name: str
+    confidence: float
+    abstained: bool
+    probabilities: list[LabelProbability]
+    neighbours: list[NeighbourPublic]
+    model_version: str
+    reviewed_label: str | None = Field(description="The latest feedback label; null while unreviewed.")
+    reviewed_at: datetime | None
+    feedback_count: int
+
+
+class PredictionsResponse(BaseModel):
+    predictions: list[PredictionPublic] = Field(description="Newest first.")
+
+
 # ---- admin, models, health -------------------------------------------------------------------
 class ReindexPublic(BaseModel):
     collection: str

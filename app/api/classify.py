@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.deps import ModelDep, RuntimeDep, SessionDep
+from app.deps import MetricsDep, ModelDep, RuntimeDep, SessionDep
 from app.errors import InvalidInput
 from app.schemas import (
     BatchClassifyRequest,
@@ -36,19 +36,23 @@ def to_public(result: Classification) -> dict[str, object]:
 
 # Plain ``def`` routes: embedding is CPU-bound and runs in FastAPI's worker threads, not on the event loop.
 @router.post("", response_model=ClassificationPublic)
-def classify_one(body: ClassifyRequest, runtime: RuntimeDep, session: SessionDep, _: ModelDep) -> ClassificationPublic:
+def classify_one(
+    body: ClassifyRequest, runtime: RuntimeDep, session: SessionDep, metrics: MetricsDep, _: ModelDep
+) -> ClassificationPublic:
     [result] = classify(runtime, session, [ClassifyItem(body.text)], top_k=body.top_k)
+    metrics.observe_predictions([result.label])
     return ClassificationPublic.model_validate(to_public(result))
 
 
 @router.post("/batch", response_model=BatchClassifyResponse)
 def classify_batch(
-    body: BatchClassifyRequest, runtime: RuntimeDep, session: SessionDep, _: ModelDep
+    body: BatchClassifyRequest, runtime: RuntimeDep, session: SessionDep, metrics: MetricsDep, _: ModelDep
 ) -> BatchClassifyResponse:
     limit = runtime.settings.max_batch_items
     if len(body.items) > limit:
         raise InvalidInput(f"batch has {len(body.items)} items; the limit is {limit}", field="items")
     results = classify(runtime, session, [ClassifyItem(i.text, i.id) for i in body.items], top_k=body.top_k)
+    metrics.observe_predictions([r.label for r in results])
     return BatchClassifyResponse(
         results=[BatchItemResult.model_validate({"id": r.id, **to_public(r)}) for r in results]
     )

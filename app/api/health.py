@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
+from fastapi.responses import PlainTextResponse
 from sqlalchemy import text
 
-from app.deps import RuntimeDep
+from app.deps import MetricsDep, RuntimeDep
+from app.metrics import CONTENT_TYPE_LATEST
 from app.schemas import ComponentHealth, HealthPublic
 
 router = APIRouter(tags=["health"])
@@ -34,3 +36,10 @@ def health(runtime: RuntimeDep, response: Response) -> HealthPublic:
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return HealthPublic(status="ok" if ok else "degraded", database=db, vector_store=store, model=model)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(metrics: MetricsDep) -> Response:
+    """Prometheus text format: requests and latency per route, predictions per label, abstentions,
+    feedback and disagreements, the active model version and the index size."""
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,92 @@
+"""Browse stored predictions: the review queue of recent, low-confidence answers and their corrections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from app.db import Feedback, Prediction
+from app.errors import InvalidInput
+from app.services.classification import LabelProbability
+from app.taxonomy import Taxonomy
+
+MAX_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class StoredNeighbour:
+    vacancy_id: str
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class PredictionView:
+    id: str
+    external_id: str | None
+    created_at: datetime
+    text: str
+    label: str
+    display_name: str
+    confidence: float
+    abstained: bool
+    probabilities: list[LabelProbability]
+    neighbours: list[StoredNeighbour]
+    model_version: str
+    reviewed_label: str | None
+    reviewed_at: datetime | None
+    feedback_count: int
+
+
+def list_predictions(
+    session: Session,
+    taxonomy: Taxonomy,
+    *,
+    max_confidence: float | None = None,
+    limit: int = 50,
+    unreviewed: bool = False,
+) -> list[PredictionView]:
+    """Newest first. ``max_confidence`` keeps answers at or below that confidence; ``unreviewed`` keeps
+    predictions without feedback. Each carries its latest correction (the latest feedback wins)."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
+    query = select(Prediction)
+    if max_confidence is not None:
+        query = query.where(Prediction.confidence <= max_confidence)
+    if unreviewed:
+        query = query.where(~exists().where(Feedback.prediction_id == Prediction.id))
+    rows = list(session.scalars(query.order_by(Prediction.created_at.desc(), Prediction.id.desc()).limit(limit)))
+    history: dict[str, list[Feedback]] = {}
+    if rows:
+        found = session.scalars(
+            select(Feedback).where(Feedback.prediction_id.in_([r.id for r in rows])).order_by(Feedback.id)
+        )
+        for fb in found:
+            history.setdefault(fb.prediction_id, []).append(fb)
+    return [_view(row, history.get(row.id, []), taxonomy) for row in rows]
+
+
+def _view(row: Prediction, feedback: list[Feedback], taxonomy: Taxonomy) -> PredictionView:
+    latest = feedback[-1] if feedback else None
+    return PredictionView(
+        id=row.id,
+        external_id=row.external_id,
+        created_at=row.created_at,
+        text=row.text,
+        label=row.label,
+        display_name=taxonomy.display_name(row.label),
+        confidence=row.confidence,
+        abstained=row.abstained,
+        probabilities=[
+            LabelProbability(p["label"], taxonomy.display_name(p["label"]), float(p["probability"]))
+            for p in row.probabilities
+        ],
+        neighbours=[StoredNeighbour(n["vacancy_id"], n["label"], float(n["score"])) for n in row.neighbours],
+        model_version=row.model_version,
+        reviewed_label=latest.label if latest else None,
+        reviewed_at=latest.created_at if latest else None,
+        feedback_count=len(feedback),
+    )
