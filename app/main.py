@@ -9,8 +9,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
-from app.api import admin, classify, feedback, health, predictions, search
+from app.api import admin, classify, feedback, health, predictions, search, web
 from app.errors import ServiceError
 from app.metrics import Metrics
 from app.observability import REQUEST_ID_HEADER, RequestContextMiddleware
@@ -114,6 +115,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         predictions.router,
         admin.router,
         health.router,
+        web.router,
     ):
         app.include_router(router)
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     return app

@@ -1,4 +1,7 @@
-"""The review-queue endpoint, /metrics and request ids (SQLite and Postgres)."""
+"""The review-queue endpoint, /metrics, request ids and the web page's routes.
+
+Tests that read or write predictions run on SQLite and Postgres with a seeded runtime; the others use a
+bare app (no model, no database writes), which starts in milliseconds."""
 
 from __future__ import annotations
 
@@ -12,12 +15,16 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
+from qdrant_client import QdrantClient
 from sqlalchemy import update
 
+from app.api.web import STATIC_DIR
 from app.db import Prediction
 from app.main import create_app
 from app.runtime import Runtime
+from app.settings import Settings
 from tests.factories import seed
+from tests.fakes import FakeEncoder
 
 CARPENTER = "carpenter needed for timber roofing and scaffolding on our building site in aarhus"
 DEVELOPER = "python developer for backend software and cloud database work"
@@ -34,6 +41,24 @@ def app(runtime: Runtime, tmp_path: Path) -> FastAPI:
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def bare_runtime(settings: Settings) -> Iterator[Runtime]:
+    runtime = Runtime(settings, encoder=FakeEncoder(), qdrant=QdrantClient(":memory:"))
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture
+def bare_app(bare_runtime: Runtime) -> FastAPI:
+    return create_app(bare_runtime.settings, bare_runtime)
+
+
+@pytest.fixture
+def bare_client(bare_app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(bare_app) as test_client:
         yield test_client
 
 
@@ -100,13 +125,16 @@ def test_predictions_filter_by_confidence(client: TestClient, runtime: Runtime) 
     assert client.get("/v1/predictions", params={"max_confidence": 0.1}).json() == {"predictions": []}
 
 
-@pytest.mark.parametrize(
-    ("params", "field"),
-    [({"limit": 0}, "limit"), ({"limit": 201}, "limit"), ({"max_confidence": 1.5}, "max_confidence")],
-)
-def test_predictions_reject_bad_parameters(client: TestClient, params: dict, field: str) -> None:
-    response = client.get("/v1/predictions", params=params)
-    assert response.status_code == 422 and response.json()["field"] == field
+def test_predictions_reject_bad_parameters(bare_client: TestClient) -> None:
+    cases: list[tuple[dict[str, str | float], str]] = [
+        ({"limit": 0}, "limit"),
+        ({"limit": 201}, "limit"),
+        ({"max_confidence": 1.5}, "max_confidence"),
+        ({"unreviewed": "maybe"}, "unreviewed"),
+    ]
+    for params, field in cases:
+        response = bare_client.get("/v1/predictions", params=params)
+        assert response.status_code == 422 and response.json()["field"] == field
 
 
 def test_predictions_take_the_feedback_token_when_one_is_set(client: TestClient, runtime: Runtime) -> None:
@@ -148,34 +176,37 @@ def test_metrics_move_after_classify_and_feedback(client: TestClient, runtime: R
     assert value(after, "jobclass_index_vectors") == runtime.store.count() == 37
 
 
-def test_each_app_has_its_own_registry(runtime: Runtime, tmp_path: Path) -> None:
-    seed(runtime, tmp_path)
+def test_each_app_has_its_own_registry(bare_runtime: Runtime) -> None:
+    health = {"method": "GET", "route": "/health", "status": "503"}  # no model: degraded
     with (
-        TestClient(create_app(runtime.settings, runtime)) as one,
-        TestClient(create_app(runtime.settings, runtime)) as two,
+        TestClient(create_app(bare_runtime.settings, bare_runtime)) as one,
+        TestClient(create_app(bare_runtime.settings, bare_runtime)) as two,
     ):
-        classify(one, CARPENTER)
-        assert value(samples(one), "jobclass_predictions_total", label="Bygge og anlæg") == 1
-        assert value(samples(two), "jobclass_predictions_total", label="Bygge og anlæg") == 0
+        one.get("/health")
+        assert value(samples(one), "jobclass_http_requests_total", **health) == 1
+        assert value(samples(two), "jobclass_http_requests_total", **health) == 0
+        assert value(samples(two), "jobclass_index_vectors") == 0
+        assert not any(name == "jobclass_model_info" for name, _ in samples(two))
 
 
-def test_unmatched_paths_share_one_route_label(client: TestClient) -> None:
+def test_unmatched_paths_share_one_route_label(bare_client: TestClient) -> None:
     for path in ("/nope", "/also/nope"):
-        assert client.get(path).status_code == 404
-    found = samples(client)
+        assert bare_client.get(path).status_code == 404
+    found = samples(bare_client)
     assert value(found, "jobclass_http_requests_total", method="GET", route="<unmatched>", status="404") == 2
     assert not any("/nope" in dict(labels).get("route", "") for _, labels in found)
 
 
 # ---- request ids and the access log ----------------------------------------------------------
-def test_request_id_is_echoed_or_made(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+def test_request_id_is_echoed_or_made(bare_client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    client = bare_client
     with caplog.at_level(logging.INFO, logger="jobclass.access"):
-        given = client.post("/v1/classify", json={"text": CARPENTER}, headers={"X-Request-ID": "req-42.a"})
-    assert given.headers["X-Request-ID"] == "req-42.a"
+        given = client.get("/v1/taxonomy", headers={"X-Request-ID": "req-42.a"})
+    assert given.status_code == 200 and given.headers["X-Request-ID"] == "req-42.a"
     [record] = [r for r in caplog.records if r.name == "jobclass.access"]
     fields = vars(record)
-    assert fields["request_id"] == "req-42.a" and fields["method"] == "POST" and fields["path"] == "/v1/classify"
-    assert fields["status"] == 200 and fields["route"] == "/v1/classify" and fields["duration_ms"] > 0
+    assert fields["request_id"] == "req-42.a" and fields["method"] == "GET" and fields["path"] == "/v1/taxonomy"
+    assert fields["status"] == 200 and fields["route"] == "/v1/taxonomy" and fields["duration_ms"] > 0
 
     made = client.get("/health").headers["X-Request-ID"]
     assert re.fullmatch(r"[0-9a-f]{32}", made)
@@ -188,14 +219,36 @@ def test_request_id_is_echoed_or_made(client: TestClient, caplog: pytest.LogCapt
     assert client.get("/nope", headers={"X-Request-ID": "r2"}).headers["X-Request-ID"] == "r2"
 
 
-def test_an_unexpected_error_answers_500_with_the_request_id(app: FastAPI, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unexpected_error_answers_500_with_the_request_id(
+    bare_app: FastAPI, caplog: pytest.LogCaptureFixture
+) -> None:
     def boom() -> None:
         raise RuntimeError("boom")
 
-    app.add_api_route("/boom", boom)
-    with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level(logging.INFO):
+    bare_app.add_api_route("/boom", boom)
+    with TestClient(bare_app, raise_server_exceptions=False) as client, caplog.at_level(logging.INFO):
         response = client.get("/boom", headers={"X-Request-ID": "r-500"})
     assert response.status_code == 500
     assert response.headers["X-Request-ID"] == "r-500" and response.json()["request_id"] == "r-500"
     access = [r for r in caplog.records if r.name == "jobclass.access"]
     assert [(getattr(r, "status", None), getattr(r, "request_id", None)) for r in access] == [(500, "r-500")]
+
+
+# ---- the web page's routes -------------------------------------------------------------------
+@pytest.mark.parametrize(("path", "title"), [("/", "Classify a vacancy"), ("/review", "Review queue")])
+def test_pages_are_served_with_a_strict_csp(bare_client: TestClient, path: str, title: str) -> None:
+    client = bare_client
+    response = client.get(path)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert f"<title>{title}" in response.text
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    for asset in re.findall(r'(?:href|src)="(/static/[^"]+)"', response.text):
+        assert client.get(asset).status_code == 200, asset
+
+
+def test_static_files_load_nothing_from_other_hosts() -> None:
+    files = sorted(p for p in STATIC_DIR.iterdir() if p.suffix in {".html", ".css", ".js"})
+    assert {p.name for p in files} >= {"index.html", "review.html", "app.css", "common.js", "classify.js", "review.js"}
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"(?i:https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import)|\burl\(", text), path.name
