@@ -81,10 +81,20 @@ def db_sessions(migrated_engine: Engine) -> Iterator[sessionmaker]:
     """A session factory bound to one connection whose transaction is rolled back after the test;
     the code under test may commit freely (commits become savepoints)."""
     connection = migrated_engine.connect()
+    sqlite = migrated_engine.dialect.name == "sqlite"
+    if sqlite:
+        # pysqlite defers BEGIN to the first INSERT/UPDATE, so a SAVEPOINT can open the outermost
+        # transaction and its RELEASE commit it: the test's writes would outlive the rollback. Take
+        # transaction control from the driver for this connection and begin for real.
+        connection.connection.driver_connection.isolation_level = None  # type: ignore[union-attr]
     outer = connection.begin()
+    if sqlite:
+        connection.exec_driver_sql("BEGIN")
     factory = sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
     yield factory
     outer.rollback()
+    if sqlite:
+        connection.connection.driver_connection.isolation_level = ""  # type: ignore[union-attr]
     connection.close()
 
 
