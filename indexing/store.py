@@ -12,7 +12,7 @@ import uuid
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -43,13 +43,18 @@ class VacancyPoint:
     created_at: datetime
     text: str = ""
     text_hash: str = ""
+    labelled_at: datetime | None = None  # when the label was last set; naive values are UTC
 
     def payload(self) -> dict[str, Any]:
+        labelled = self.labelled_at or self.created_at
+        if labelled.tzinfo is None:
+            labelled = labelled.replace(tzinfo=UTC)
         return {
             "vacancy_id": self.vacancy_id,
             "label": self.label,
             "source": self.source,
             "created_at": self.created_at.isoformat(),
+            "labelled_at": labelled.timestamp(),
             "snippet": self.text[:300],
             "text_hash": self.text_hash,
         }
@@ -64,6 +69,7 @@ class Hit:
     snippet: str = ""
     created_at: str | None = None
     text_hash: str = ""
+    labelled_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -239,4 +245,5 @@ def _hit(point: models.ScoredPoint) -> Hit:
         snippet=str(payload.get("snippet", "")),
         created_at=payload.get("created_at"),
         text_hash=str(payload.get("text_hash", "")),
+        labelled_at=float(payload.get("labelled_at") or 0.0),
     )

@@ -3,6 +3,13 @@
 Like SetFit it is small and self-describing: ``save`` writes the head, its compressed variants and
 a JSON config; ``load`` picks the variant to serve. Neighbours are passed in, so this module stays
 free of any vector-store code.
+
+Near-duplicate override: when a neighbour is the query's own text (cosine ≥ ``DUPLICATE_SCORE``: the
+same ad, or one that differs by a token or two), its label is a human's answer for this very text, and
+the answer follows it whatever the fusion weights say: the probabilities become
+``DUPLICATE_TRUST·onehot(label) + (1 − DUPLICATE_TRUST)·p_fused``. Among several such duplicates the
+most recently labelled one wins (last write wins, as in the database). This is what makes a correction
+change the very next answer even when the tuned blend trusts the head far more than the vote.
 """
 
 from __future__ import annotations
@@ -23,11 +30,15 @@ from models.fusion import FusionParams, calibrate, fuse
 from models.head import LinearHead
 from models.knn import knn_vote
 
+DUPLICATE_SCORE = 0.999  # re-embedding the same text agrees to > 0.99999; distinct ads stay far below
+DUPLICATE_TRUST = 0.95
+
 
 @dataclass(frozen=True)
 class Neighbour:
     label: str
     score: float
+    labelled_at: float = 0.0  # when its label was last set (Unix time); the latest duplicate wins
 
 
 class FusedClassifier:
@@ -71,11 +82,26 @@ class FusedClassifier:
     def predict_proba(
         self, embeddings: np.ndarray, neighbours: Sequence[Sequence[Neighbour]] | None = None
     ) -> np.ndarray:
-        """Fused probabilities; with no neighbours (index unavailable) the head answers alone."""
+        """Fused probabilities; with no neighbours (index unavailable) the head answers alone. A
+        near-duplicate neighbour overrides the blend (see the module docstring)."""
         p_head = self.head_proba(embeddings)
         if neighbours is None:
             return calibrate(p_head, self.params.temperature)
-        return fuse(p_head, self.knn_proba(neighbours), self.params)
+        return self.follow_duplicates(fuse(p_head, self.knn_proba(neighbours), self.params), neighbours)
+
+    def duplicate_label(self, neighbours: Sequence[Neighbour]) -> str | None:
+        """The label of the most recently labelled near-duplicate among ``neighbours``, if any."""
+        dups = [nb for nb in neighbours if nb.score >= DUPLICATE_SCORE and nb.label in self.index]
+        return max(dups, key=lambda nb: nb.labelled_at).label if dups else None  # ties: the closest
+
+    def follow_duplicates(self, probs: np.ndarray, neighbours: Sequence[Sequence[Neighbour]]) -> np.ndarray:
+        out = probs.copy()
+        for i, row in enumerate(neighbours):
+            label = self.duplicate_label(row)
+            if label is not None:
+                out[i] *= 1.0 - DUPLICATE_TRUST
+                out[i, self.index[label]] += DUPLICATE_TRUST
+        return out
 
     def predict(self, embeddings: np.ndarray, neighbours: Sequence[Sequence[Neighbour]] | None = None) -> list[str]:
         return [self.labels[i] for i in self.predict_proba(embeddings, neighbours).argmax(axis=1)]

@@ -80,7 +80,7 @@ def classify(
     except (StoreError, ValueError, RuntimeError) as exc:  # index unavailable: the head answers alone
         log.warning("vector store unavailable, classifying with the head alone: %s", exc)
         hits = None
-    neighbours = None if hits is None else [[Neighbour(h.label, h.score) for h in row] for row in hits]
+    neighbours = None if hits is None else [[Neighbour(h.label, h.score, h.labelled_at) for h in row] for row in hits]
     probs = classifier.predict_proba(vectors, neighbours)
     threshold = runtime.settings.abstain_threshold
     top_k = max(1, min(top_k, classifier.n_classes))

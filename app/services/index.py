@@ -40,6 +40,7 @@ def to_points(vacancies: Sequence[Vacancy], vectors: np.ndarray) -> list[Vacancy
             created_at=v.created_at,
             text=v.text,
             text_hash=v.text_hash,
+            labelled_at=v.updated_at,
         )
         for v, vec in zip(vacancies, vectors, strict=True)
     ]
