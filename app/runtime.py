@@ -1,7 +1,8 @@
 """The long-lived parts of the service, built once (FastAPI lifespan or a CLI command).
 
-Encoder, vector store, model registry and database engine live here. The active classifier can be
-swapped atomically while requests are being served: readers take one reference to ``LoadedModel``.
+Encoder, vector store, model registry, database engine and background jobs live here. The active
+classifier can be swapped atomically while requests are being served: readers take one reference to
+``LoadedModel``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_session_factory
 from app.errors import Unavailable
+from app.services.jobs import JobRegistry
 from app.settings import Settings
 from app.taxonomy import Taxonomy
 from indexing.cache import EmbeddingCache
@@ -60,6 +62,7 @@ class Runtime:
         self.cache = EmbeddingCache(settings.cache_path) if settings.embedding_cache else None
         self._model: LoadedModel | None = None
         self.index_lock = threading.Lock()  # one index rebuild at a time
+        self.jobs = JobRegistry()  # reindex / retrain started through the API
 
     # ---- encoder (loaded on first use: CLI commands that never embed stay fast) ------------
     @property
@@ -125,6 +128,7 @@ class Runtime:
             )
 
     def close(self) -> None:
+        self.jobs.shutdown()
         if self.cache is not None:
             self.cache.close()
         self.store.client.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -138,14 +138,39 @@ class PredictionsResponse(BaseModel):
     predictions: list[PredictionPublic] = Field(description="Newest first.")
 
 
-# ---- admin, models, health -------------------------------------------------------------------
+# ---- admin: jobs, reindex ------------------------------------------------------------------------
 class ReindexPublic(BaseModel):
     collection: str
     previous: str | None
     count: int
     seconds: float
+    rate: float = Field(description="Vacancies indexed per second.")
 
 
+class JobProgress(BaseModel):
+    done: int
+    total: int | None
+    rate: float | None = Field(description="Items per second since the job started.")
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: Literal["reindex", "retrain"]
+    status: Literal["queued", "running", "succeeded", "failed"]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    seconds: float | None
+    progress: JobProgress
+    result: ReindexPublic | None
+    error: str | None
+
+
+class JobsResponse(BaseModel):
+    jobs: list[JobPublic]
+
+
+# ---- models, taxonomy, health ----------------------------------------------------------------
 class ModelVersionPublic(BaseModel):
     version: str
     created_at: str

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
 
 from app.runtime import Runtime
 from app.services.index import reindex
@@ -29,3 +33,17 @@ def seed(runtime: Runtime, tmp_path: Path, n_per_label: int = 12) -> None:
         assert result.ok, result.rejected
         train(runtime, session)
         reindex(runtime, session)
+
+
+def wait_for_job(
+    client: TestClient, accepted: Any, headers: Mapping[str, str] | None = None, timeout: float = 60.0
+) -> dict[str, Any]:
+    """Poll the job behind a 202 answer until it has finished; return its last status."""
+    assert accepted.status_code == 202, accepted.text
+    location = accepted.headers["location"]
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = client.get(location, headers=headers).json()
+        if body["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
+            return body
+        time.sleep(0.02)

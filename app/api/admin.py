@@ -1,18 +1,79 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-from app.deps import AdminDep, RuntimeDep, SessionDep
-from app.schemas import ModelsResponse, ModelVersionPublic, ReindexPublic, TaxonomyLabel, TaxonomyPublic
-from app.services.index import reindex
+from fastapi import APIRouter, Path, Response, status
+
+from app.deps import AdminDep, RuntimeDep
+from app.schemas import (
+    JobProgress,
+    JobPublic,
+    JobsResponse,
+    ModelsResponse,
+    ModelVersionPublic,
+    ReindexPublic,
+    TaxonomyLabel,
+    TaxonomyPublic,
+)
+from app.services.index import ReindexResult, start_reindex
+from app.services.jobs import Job
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 
 
-@router.post("/admin/reindex", response_model=ReindexPublic, dependencies=[AdminDep])
-def admin_reindex(runtime: RuntimeDep, session: SessionDep) -> ReindexPublic:
-    done = reindex(runtime, session)
-    return ReindexPublic(collection=done.collection, previous=done.previous, count=done.count, seconds=done.seconds)
+def _result(value: object) -> ReindexPublic | None:
+    if isinstance(value, ReindexResult):
+        return ReindexPublic(
+            collection=value.collection,
+            previous=value.previous,
+            count=value.count,
+            seconds=value.seconds,
+            rate=value.rate,
+        )
+    return None
+
+
+def job_public(job: Job) -> JobPublic:
+    return JobPublic.model_validate(
+        {
+            "id": job.id,
+            "kind": job.kind,
+            "status": job.status,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "seconds": job.seconds,
+            "progress": JobProgress(done=job.done, total=job.total, rate=job.rate),
+            "result": _result(job.result),
+            "error": job.error,
+        }
+    )
+
+
+def _accepted(job: Job, response: Response) -> JobPublic:
+    response.headers["Location"] = f"/v1/admin/jobs/{job.id}"
+    return job_public(job)
+
+
+@router.post(
+    "/admin/reindex",
+    response_model=JobPublic,
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[AdminDep],
+    summary="Rebuild the index in the background (poll the job)",
+)
+def admin_reindex(runtime: RuntimeDep, response: Response) -> JobPublic:
+    return _accepted(start_reindex(runtime), response)
+
+
+@router.get("/admin/jobs", response_model=JobsResponse, dependencies=[AdminDep])
+def list_jobs(runtime: RuntimeDep) -> JobsResponse:
+    return JobsResponse(jobs=[job_public(j) for j in runtime.jobs.list()])
+
+
+@router.get("/admin/jobs/{job_id}", response_model=JobPublic, dependencies=[AdminDep])
+def get_job(job_id: Annotated[str, Path(min_length=1, max_length=64)], runtime: RuntimeDep) -> JobPublic:
+    return job_public(runtime.jobs.get(job_id))
 
 
 @router.get("/models", response_model=ModelsResponse)

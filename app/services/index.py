@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from app.db import Vacancy
 from app.errors import Conflict
 from app.runtime import Runtime
+from app.services.jobs import Job
 from app.services.vacancies import labelled_vacancies
 from indexing.cache import encode_cached
 from indexing.store import VacancyPoint
@@ -28,6 +29,10 @@ class ReindexResult:
     previous: str | None
     count: int
     seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds > 0 else 0.0
 
 
 def to_points(vacancies: Sequence[Vacancy], vectors: np.ndarray) -> list[VacancyPoint]:
@@ -76,3 +81,13 @@ def reindex(runtime: Runtime, session: Session, progress: Progress | None = None
 def index_vacancy(runtime: Runtime, vacancy: Vacancy) -> None:
     vector = runtime.encoder.encode([vacancy.text])
     runtime.store.upsert(to_points([vacancy], vector))
+
+
+def start_reindex(runtime: Runtime) -> Job:
+    """Reindex in a background job (one at a time); its own session reads the database."""
+
+    def run(progress: Progress) -> ReindexResult:
+        with runtime.sessions() as session:
+            return reindex(runtime, session, progress)
+
+    return runtime.jobs.submit("reindex", run)

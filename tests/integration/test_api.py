@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from app.db import Feedback, Prediction, Vacancy
 from app.main import create_app
 from app.runtime import Runtime
-from tests.factories import seed
+from tests.factories import seed, wait_for_job
 from tests.fakes import FakeEncoder
 
 CARPENTER = "carpenter needed for timber roofing and scaffolding on our building site in aarhus"
@@ -111,9 +111,10 @@ def test_repeated_feedback_last_wins_with_history(client: TestClient, runtime: R
 def test_reindex_keeps_answers_identical(client: TestClient, runtime: Runtime) -> None:
     before = client.post("/v1/classify", json={"text": CARPENTER}).json()
     old = runtime.store.active_collection()
-    response = client.post("/v1/admin/reindex")
-    assert response.status_code == 200, response.text
-    body = response.json()
+    job = wait_for_job(client, client.post("/v1/admin/reindex"))
+    assert job["kind"] == "reindex" and job["status"] == "succeeded", job
+    assert job["progress"]["done"] == job["progress"]["total"] == 36 and job["progress"]["rate"] > 0
+    body = job["result"]
     assert body["previous"] == old and body["collection"] != old and body["count"] == 36
     after = client.post("/v1/classify", json={"text": CARPENTER}).json()
     assert probs(after) == probs(before)
@@ -212,7 +213,10 @@ def test_admin_and_feedback_need_tokens_when_configured(client: TestClient, runt
     runtime.settings.api_token = SecretStr("api-secret")
     assert client.post("/v1/admin/reindex").status_code == 401
     assert client.post("/v1/admin/reindex", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.post("/v1/admin/reindex", headers={"Authorization": "Bearer admin-secret"}).status_code == 200
+    admin = {"Authorization": "Bearer admin-secret"}
+    accepted = client.post("/v1/admin/reindex", headers=admin)
+    assert client.get(accepted.headers["location"]).status_code == 401  # job status is admin-only too
+    assert wait_for_job(client, accepted, admin)["status"] == "succeeded"
     pid = client.post("/v1/classify", json={"text": CARPENTER}).json()["prediction_id"]
     payload = {"prediction_id": pid, "label": "Bygge og anlæg"}
     assert client.post("/v1/feedback", json=payload).status_code == 401

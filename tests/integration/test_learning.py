@@ -1,8 +1,9 @@
 """The learning loop end to end, on SQLite and Postgres, with the fake encoder: corrections that change
-the next answer."""
+the next answer, and background jobs."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.db import Vacancy
+from app.errors import InvalidInput
 from app.main import create_app
 from app.runtime import Runtime
 from models.classifier import DUPLICATE_TRUST, FusedClassifier
@@ -88,3 +90,32 @@ def test_the_latest_label_of_a_duplicate_wins(client: TestClient, runtime: Runti
     assert second["label"] == "Akademisk arbejde"
     correct(client, second["prediction_id"], "Ledelse")  # another correction of the same text
     assert classify(client, text)["label"] == "Ledelse"
+
+
+# ---- jobs ---------------------------------------------------------------------------------------
+def test_one_job_of_a_kind_at_a_time_and_failures_are_reported(client: TestClient, runtime: Runtime) -> None:
+    release = threading.Event()
+
+    def blocked(progress: Any) -> None:
+        progress(1, 3)
+        release.wait(10)
+
+    running = runtime.jobs.submit("reindex", blocked)
+    try:
+        busy = client.post("/v1/admin/reindex")
+        assert busy.status_code == 409 and running.id in busy.json()["detail"]
+        status = client.get(f"/v1/admin/jobs/{running.id}").json()
+        assert status["status"] in ("queued", "running") and status["result"] is None
+    finally:
+        release.set()
+    assert runtime.jobs.wait(running.id, 10).status == "succeeded"
+
+    def broken(progress: Any) -> None:
+        raise InvalidInput("training needs labelled vacancies")
+
+    failed = runtime.jobs.wait(runtime.jobs.submit("retrain", broken).id, 10)
+    body = client.get(f"/v1/admin/jobs/{failed.id}").json()
+    assert body["status"] == "failed" and body["error"] == "training needs labelled vacancies"
+    assert body["finished_at"] is not None and body["result"] is None
+    assert {j["id"] for j in client.get("/v1/admin/jobs").json()["jobs"]} >= {running.id, failed.id}
+    assert client.get("/v1/admin/jobs/unknown").status_code == 404
