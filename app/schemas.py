@@ -145,6 +145,7 @@ class ReindexPublic(BaseModel):
     count: int
     seconds: float
     rate: float = Field(description="Vacancies indexed per second.")
+    caught_up: int = Field(description="Vacancies labelled while the rebuild ran, written again just before the swap.")
 
 
 class JobProgress(BaseModel):

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     validation_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     seed: int = 20240601
 
+    # Index lifecycle
+    index_batch_size: int = Field(256, ge=1, le=10_000)  # vacancies embedded and written per reindex step
+
     # Limits
     max_text_chars: int = Field(20_000, ge=100)
     max_batch_items: int = Field(256, ge=1)

@@ -2,7 +2,10 @@
 
 One code path for a Qdrant server (``url=``), local mode on disk (``path=``) and ``":memory:"``.
 Collections are versioned (``vacancies_v3``) behind an alias (``vacancies``); a rebuild fills a new
-collection and swaps the alias in one atomic call, so readers never see a half-built index.
+collection and swaps the alias in one atomic call, so readers never see a half-built index. Reads and
+writes name the alias itself (never a collection looked up a moment earlier), so a swap between the
+look-up and the query cannot send a request to a collection that was just dropped. While a rebuild runs,
+single-point writes (feedback) go to the live collection and to the one being built.
 """
 
 from __future__ import annotations
@@ -120,6 +123,7 @@ class VectorStore:
     def __init__(self, client: QdrantClient, alias: str = "vacancies") -> None:
         self.client = client
         self.alias = alias
+        self.building: str | None = None  # a collection being rebuilt: single writes go there too
 
     # ---- collections and aliases -------------------------------------------------------
     def _aliases(self) -> dict[str, str]:
@@ -190,14 +194,19 @@ class VectorStore:
 
     # ---- points -------------------------------------------------------------------------
     def upsert(self, points: Iterable[VacancyPoint], *, collection: str | None = None) -> int:
-        target = collection or self._require_active()
+        """Write to ``collection``, or else to the live collection and any collection being built."""
+        if collection is not None:
+            targets = [collection]
+        else:
+            building = self.building
+            targets = [self._require_active(), *([building] if building else [])]
         batch = [
             models.PointStruct(
                 id=point_id(p.vacancy_id), vector=p.vector.astype(np.float32).tolist(), payload=p.payload()
             )
             for p in points
         ]
-        if batch:
+        for target in targets if batch else []:
             self.client.upsert(target, points=batch, wait=True)
         return len(batch)
 
@@ -229,10 +238,11 @@ class VectorStore:
         return [[_hit(p) for p in r.points] for r in responses]
 
     def _require_active(self) -> str:
-        name = self.active_collection()
-        if name is None:
+        """The alias, once it is known to exist: requests name the alias, which Qdrant resolves
+        atomically, so a concurrent swap never leaves a request pointing at a dropped collection."""
+        if self.active_collection() is None:
             raise StoreError(f"no collection behind alias {self.alias!r}: run `jobclass reindex`")
-        return name
+        return self.alias
 
 
 def _hit(point: models.ScoredPoint) -> Hit:

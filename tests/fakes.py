@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,6 +33,26 @@ class FakeEncoder:
             if not out[i].any():
                 out[i, 0] = 1.0
         return l2_normalise(out)
+
+
+class SlowEncoder(FakeEncoder):
+    """A fake encoder whose batch calls (more than one text, as in a reindex) can be slowed down or
+    held at a gate; single texts (classify, feedback) always go through at once."""
+
+    def __init__(self, dim: int = 64, name: str = "fake-encoder") -> None:
+        super().__init__(dim, name)
+        self.delay = 0.0
+        self.gate: threading.Event | None = None
+        self.waiting = threading.Event()  # set while a batch call waits at the gate
+
+    def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
+        if len(texts) > 1:
+            gate = self.gate
+            if gate is not None and not gate.is_set():
+                self.waiting.set()
+                gate.wait(timeout=30)
+            time.sleep(self.delay)
+        return super().encode(texts, show_progress=show_progress)
 
 
 # Three easily told apart groups of texts, with labels from the default taxonomy.

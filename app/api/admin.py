@@ -29,6 +29,7 @@ def _result(value: object) -> ReindexPublic | None:
             count=value.count,
             seconds=value.seconds,
             rate=value.rate,
+            caught_up=value.caught_up,
         )
     return None
 

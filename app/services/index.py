@@ -6,11 +6,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db import Vacancy
+from app.db import Vacancy, utcnow
 from app.errors import Conflict
 from app.runtime import Runtime
 from app.services.jobs import Job
@@ -20,7 +22,7 @@ from indexing.store import VacancyPoint
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
-BATCH = 256
+CATCH_UP_SLACK = timedelta(seconds=5)  # clock skew between writers: re-reading a few extra rows is harmless
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class ReindexResult:
     previous: str | None
     count: int
     seconds: float
+    caught_up: int = 0  # vacancies labelled while the rebuild ran, written again before the swap
 
     @property
     def rate(self) -> float:
@@ -53,29 +56,50 @@ def to_points(vacancies: Sequence[Vacancy], vectors: np.ndarray) -> list[Vacancy
 
 def reindex(runtime: Runtime, session: Session, progress: Progress | None = None) -> ReindexResult:
     """Embed every labelled vacancy into a new collection, then swap the alias to it atomically.
-    Searches keep using the old collection until the swap."""
+
+    Searches keep using the old collection until the swap. Corrections that arrive meanwhile are not
+    lost: single-point writes go to both collections while the build runs, and vacancies labelled
+    after the build started are read again and rewritten just before the swap."""
     if not runtime.index_lock.acquire(blocking=False):
         raise Conflict("a reindex is already running")
+    store = runtime.store
     try:
         start = time.perf_counter()
-        vacancies = labelled_vacancies(session)
+        started_at = utcnow()
         encoder = runtime.encoder
-        name = runtime.store.create_version(encoder.dim, {"embedding": runtime.settings.embedding_signature})
-        total = len(vacancies)
+        name = store.create_version(encoder.dim, {"embedding": runtime.settings.embedding_signature})
+        store.building = name
         try:
-            for offset in range(0, total, BATCH):
-                chunk = vacancies[offset : offset + BATCH]
-                vectors = encode_cached(encoder, [v.text for v in chunk], runtime.cache)
-                runtime.store.upsert(to_points(chunk, vectors), collection=name)
+            vacancies = labelled_vacancies(session)
+            total = len(vacancies)
+            batch = runtime.settings.index_batch_size
+            for offset in range(0, total, batch):
+                _write(runtime, vacancies[offset : offset + batch], name)
                 if progress:
-                    progress(min(offset + BATCH, total), total)
+                    progress(min(offset + batch, total), total)
+            late = _labelled_since(session, started_at - CATCH_UP_SLACK)
+            _write(runtime, late, name)
+            previous = store.swap_alias(name)
         except BaseException:
-            runtime.store.client.delete_collection(name)  # the old collection keeps serving
+            store.client.delete_collection(name)  # the old collection keeps serving
             raise
-        previous = runtime.store.swap_alias(name)
-        return ReindexResult(name, previous, total, time.perf_counter() - start)
+        finally:
+            store.building = None
+        return ReindexResult(name, previous, total, time.perf_counter() - start, len(late))
     finally:
         runtime.index_lock.release()
+
+
+def _write(runtime: Runtime, vacancies: Sequence[Vacancy], collection: str) -> None:
+    if vacancies:
+        vectors = encode_cached(runtime.encoder, [v.text for v in vacancies], runtime.cache)
+        runtime.store.upsert(to_points(vacancies, vectors), collection=collection)
+
+
+def _labelled_since(session: Session, since: datetime) -> list[Vacancy]:
+    session.commit()  # end any read transaction: see what other sessions committed during the build
+    query = select(Vacancy).where(Vacancy.label.is_not(None), Vacancy.updated_at >= since)
+    return list(session.scalars(query.order_by(Vacancy.id).execution_options(populate_existing=True)))
 
 
 def index_vacancy(runtime: Runtime, vacancy: Vacancy) -> None:
