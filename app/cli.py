@@ -135,8 +135,50 @@ def reindex() -> None:
         runtime.close()
     typer.echo(
         f"indexed {result.count} vacancies into {result.collection} in {result.seconds:.1f}s "
-        f"(alias {runtime.store.alias!r}; previous {result.previous})"
+        f"({result.rate:.0f}/s; alias {runtime.store.alias!r}; previous {result.previous})"
     )
+
+
+@cli.command()
+def retrain(
+    margin: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Promote if accuracy ≥ champion's − margin (default JOBCLASS_PROMOTION_MARGIN).",
+        ),
+    ] = None,
+) -> None:
+    """Train a challenger on every labelled vacancy (corrections included) and promote it only if it
+    scores at least as well as the active model on the same validation set."""
+    from app.services.training import retrain as run
+
+    runtime = _runtime()
+    bar = tqdm(total=0, unit="vacancy", desc="embed")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        with runtime.sessions() as session:
+            result = run(runtime, session, margin, progress=progress)
+    except ServiceError as exc:
+        raise _fail(exc) from exc
+    finally:
+        bar.close()
+        runtime.close()
+    ch, champ = result.challenger_scores, result.champion_scores
+    typer.echo(
+        f"challenger {result.version}: {result.n_examples} vacancies ({result.n_feedback} from feedback), "
+        f"validation accuracy {ch['accuracy']:.4f}, macro-F1 {ch['macro_f1']:.4f} on {result.n_val}"
+    )
+    if champ is not None:
+        acc, f1 = champ["accuracy"], champ["macro_f1"]
+        typer.echo(f"champion   {result.champion}: accuracy {acc:.4f}, macro-F1 {f1:.4f}")
+    verdict = "promoted" if result.promoted else "not promoted"
+    typer.echo(f"{verdict}: {result.reason}; active model {result.active} ({result.seconds:.1f}s)")
 
 
 @cli.command()
@@ -351,18 +393,19 @@ def models_list() -> None:
 
 @models_cli.command("activate")
 def models_activate(version: str) -> None:
-    """Make VERSION the active model (takes effect on the next server start)."""
-    from app.services.training import activate_version
+    """Make VERSION the active model (roll back or forward). A running server picks it up on its next
+    start; `POST /v1/admin/models/VERSION/activate` switches a running one at once."""
+    from app.services.training import activate
 
     runtime = _runtime()
     try:
         with runtime.sessions() as session:
-            activate_version(runtime, session, version)
-    except LookupError as exc:
+            done = activate(runtime, session, version)
+    except ServiceError as exc:
         raise _fail(exc) from exc
     finally:
         runtime.close()
-    typer.echo(f"active model: {version}")
+    typer.echo(f"active model: {done.active} (was {done.previous})")
 
 
 def main() -> None:

@@ -62,6 +62,7 @@ class Runtime:
         self.cache = EmbeddingCache(settings.cache_path) if settings.embedding_cache else None
         self._model: LoadedModel | None = None
         self.index_lock = threading.Lock()  # one index rebuild at a time
+        self.model_lock = threading.Lock()  # one switch of the active model at a time
         self.jobs = JobRegistry()  # reindex / retrain started through the API
 
     # ---- encoder (loaded on first use: CLI commands that never embed stay fast) ------------

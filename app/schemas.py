@@ -138,7 +138,7 @@ class PredictionsResponse(BaseModel):
     predictions: list[PredictionPublic] = Field(description="Newest first.")
 
 
-# ---- admin: jobs, reindex ------------------------------------------------------------------------
+# ---- admin: jobs, reindex, retrain, activation ---------------------------------------------------
 class ReindexPublic(BaseModel):
     collection: str
     previous: str | None
@@ -146,6 +146,36 @@ class ReindexPublic(BaseModel):
     seconds: float
     rate: float = Field(description="Vacancies indexed per second.")
     caught_up: int = Field(description="Vacancies labelled while the rebuild ran, written again just before the swap.")
+
+
+class RetrainRequest(_In):
+    margin: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Promote if challenger accuracy ≥ champion accuracy − margin (default: the setting).",
+    )
+
+
+class ScoresPublic(BaseModel):
+    accuracy: float
+    macro_f1: float
+
+
+class RetrainPublic(BaseModel):
+    version: str = Field(description="The challenger; registered whether it was promoted or not.")
+    champion: str | None
+    active: str = Field(description="The version active after the retrain.")
+    promoted: bool
+    reason: str
+    margin: float
+    n_examples: int
+    n_feedback: int
+    n_train: int
+    n_val: int = Field(description="Size of the validation set both models were scored on.")
+    challenger_scores: ScoresPublic
+    champion_scores: ScoresPublic | None
+    seconds: float
 
 
 class JobProgress(BaseModel):
@@ -163,12 +193,17 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     seconds: float | None
     progress: JobProgress
-    result: ReindexPublic | None
+    result: ReindexPublic | RetrainPublic | None
     error: str | None
 
 
 class JobsResponse(BaseModel):
     jobs: list[JobPublic]
+
+
+class ActivationPublic(BaseModel):
+    active: str
+    previous: str | None
 
 
 # ---- models, taxonomy, health ----------------------------------------------------------------
@@ -177,6 +212,8 @@ class ModelVersionPublic(BaseModel):
     created_at: str
     embedder: str
     active: bool
+    parent: str | None = None
+    data_hash: str | None = None
     n_train: int | None = None
     params: dict[str, Any]
     metrics: dict[str, Any]

@@ -49,7 +49,8 @@ class Settings(BaseSettings):
     validation_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     seed: int = 20240601
 
-    # Index lifecycle
+    # Learning loop and index lifecycle
+    promotion_margin: float = Field(0.0, ge=0.0, le=1.0)  # promote if accuracy ≥ champion's − margin
     index_batch_size: int = Field(256, ge=1, le=10_000)  # vacancies embedded and written per reindex step
 
     # Limits

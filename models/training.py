@@ -6,6 +6,7 @@ are exact (brute-force cosine), which is what the vector store returns for small
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -36,6 +37,31 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
         val.extend(members[:n_val].tolist())
         train.extend(members[n_val:].tolist())
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
+
+
+def holdout_split(keys: Sequence[str], y: np.ndarray, fraction: float, salt: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) of a validation split that stays put as the data grows.
+
+    An example is held out when the hash of its key (a vacancy id) falls below ``fraction``. Every model
+    trained with the same salt keeps the same examples out of training, so a later model's validation
+    set holds nothing an earlier model saw: champion and challenger can be compared on it fairly.
+    Guards: a class whose examples all hash into validation keeps its highest-hash one for training, and
+    if nothing at all falls into validation, each class with two or more examples gives its lowest one.
+    """
+    y = np.asarray(y)
+    if len(keys) != len(y):
+        raise ValueError("keys and y must have the same length")
+    u = np.array([int.from_bytes(hashlib.sha256(f"{salt}\0{k}".encode()).digest()[:8], "big") / 2.0**64 for k in keys])
+    val = u < fraction
+    classes = [np.flatnonzero(y == cls) for cls in np.unique(y)]
+    for members in classes:
+        if val[members].all():
+            val[members[np.argmax(u[members])]] = False
+    if not val.any():
+        for members in classes:
+            if len(members) >= 2:
+                val[members[np.argmin(u[members])]] = True
+    return np.flatnonzero(~val), np.flatnonzero(val)
 
 
 @dataclass

@@ -2,26 +2,31 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Body, Path, Response, status
 
-from app.deps import AdminDep, RuntimeDep
+from app.deps import AdminDep, RuntimeDep, SessionDep
 from app.schemas import (
+    ActivationPublic,
     JobProgress,
     JobPublic,
     JobsResponse,
     ModelsResponse,
     ModelVersionPublic,
     ReindexPublic,
+    RetrainPublic,
+    RetrainRequest,
+    ScoresPublic,
     TaxonomyLabel,
     TaxonomyPublic,
 )
 from app.services.index import ReindexResult, start_reindex
 from app.services.jobs import Job
+from app.services.training import RetrainResult, activate, start_retrain
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 
 
-def _result(value: object) -> ReindexPublic | None:
+def _result(value: object) -> ReindexPublic | RetrainPublic | None:
     if isinstance(value, ReindexResult):
         return ReindexPublic(
             collection=value.collection,
@@ -30,6 +35,23 @@ def _result(value: object) -> ReindexPublic | None:
             seconds=value.seconds,
             rate=value.rate,
             caught_up=value.caught_up,
+        )
+    if isinstance(value, RetrainResult):
+        champion = value.champion_scores
+        return RetrainPublic(
+            version=value.version,
+            champion=value.champion,
+            active=value.active,
+            promoted=value.promoted,
+            reason=value.reason,
+            margin=value.margin,
+            n_examples=value.n_examples,
+            n_feedback=value.n_feedback,
+            n_train=value.n_train,
+            n_val=value.n_val,
+            challenger_scores=ScoresPublic(**value.challenger_scores),
+            champion_scores=ScoresPublic(**champion) if champion is not None else None,
+            seconds=value.seconds,
         )
     return None
 
@@ -67,6 +89,19 @@ def admin_reindex(runtime: RuntimeDep, response: Response) -> JobPublic:
     return _accepted(start_reindex(runtime), response)
 
 
+@router.post(
+    "/admin/retrain",
+    response_model=JobPublic,
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[AdminDep],
+    summary="Train a challenger and promote it if it is not worse (poll the job)",
+)
+def admin_retrain(
+    runtime: RuntimeDep, response: Response, body: Annotated[RetrainRequest | None, Body()] = None
+) -> JobPublic:
+    return _accepted(start_retrain(runtime, body.margin if body else None), response)
+
+
 @router.get("/admin/jobs", response_model=JobsResponse, dependencies=[AdminDep])
 def list_jobs(runtime: RuntimeDep) -> JobsResponse:
     return JobsResponse(jobs=[job_public(j) for j in runtime.jobs.list()])
@@ -75,6 +110,14 @@ def list_jobs(runtime: RuntimeDep) -> JobsResponse:
 @router.get("/admin/jobs/{job_id}", response_model=JobPublic, dependencies=[AdminDep])
 def get_job(job_id: Annotated[str, Path(min_length=1, max_length=64)], runtime: RuntimeDep) -> JobPublic:
     return job_public(runtime.jobs.get(job_id))
+
+
+@router.post("/admin/models/{version}/activate", response_model=ActivationPublic, dependencies=[AdminDep])
+def activate_model(
+    version: Annotated[str, Path(min_length=1, max_length=64)], runtime: RuntimeDep, session: SessionDep
+) -> ActivationPublic:
+    done = activate(runtime, session, version)
+    return ActivationPublic(active=done.active, previous=done.previous)
 
 
 @router.get("/models", response_model=ModelsResponse)
@@ -89,6 +132,8 @@ def list_models(runtime: RuntimeDep) -> ModelsResponse:
                 created_at=m["created_at"],
                 embedder=m["embedder"],
                 active=m["version"] == active,
+                parent=m.get("parent"),
+                data_hash=m.get("data_hash"),
                 n_train=m.get("n_train"),
                 params=m.get("params", {}),
                 metrics=m.get("metrics", {}),

@@ -1,5 +1,6 @@
-"""The learning loop end to end, on SQLite and Postgres, with the fake encoder: corrections that change
-the next answer, background jobs, and a reindex during which classification never stops."""
+"""The learning loop and the index lifecycle end to end, on SQLite and Postgres, with the fake encoder:
+corrections that change the next answer, retraining with promotion and rollback, background jobs, and
+a reindex during which classification never stops."""
 
 from __future__ import annotations
 
@@ -10,25 +11,40 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from qdrant_client import QdrantClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import sessionmaker
+from typer.testing import CliRunner
 
-from app.db import Base, Vacancy
+from app.cli import cli
+from app.db import Base, ModelVersion, Prediction, Vacancy
 from app.errors import InvalidInput
 from app.main import create_app
 from app.runtime import Runtime
+from app.services.index import reindex
+from app.services.training import retrain
 from app.settings import Settings
 from models.classifier import DUPLICATE_TRUST, FusedClassifier
+from models.training import holdout_split
 from tests.factories import seed, wait_for_job
-from tests.fakes import SlowEncoder
+from tests.fakes import FakeEncoder, SlowEncoder
 
 CARPENTER = "carpenter needed for timber roofing and scaffolding on our building site in aarhus"
 DEVELOPER = "python developer for backend software and cloud database work"
 NURSE = "nurse for elderly care on a hospital ward"
 GUARD = "night shift guard for cctv surveillance of a warehouse"
 SECURITY = "Vagt, sikkerhed og overvågning"
+SECURITY_ADS = [
+    "security guard for night patrol and cctv surveillance",
+    "guard wanted for alarm response and patrol of a warehouse",
+    "surveillance operator watching cctv monitors and alarm systems",
+    "night guard for patrol rounds and access control at the gate",
+    "security officer for access control cctv and alarm response",
+    "patrol guard for surveillance of a construction yard at night",
+]
 
 
 @pytest.fixture
@@ -96,6 +112,121 @@ def test_the_latest_label_of_a_duplicate_wins(client: TestClient, runtime: Runti
     assert second["label"] == "Akademisk arbejde"
     correct(client, second["prediction_id"], "Ledelse")  # another correction of the same text
     assert classify(client, text)["label"] == "Ledelse"
+
+
+# ---- retraining, promotion, rollback ----------------------------------------------------------
+def test_retrain_learns_the_corrections_promotes_and_rolls_back(client: TestClient, runtime: Runtime) -> None:
+    champion = runtime.model.version
+    for text in SECURITY_ADS:
+        correct(client, classify(client, text)["prediction_id"], SECURITY)
+    job = wait_for_job(client, client.post("/v1/admin/retrain"))
+    assert job["kind"] == "retrain" and job["status"] == "succeeded", job
+    assert job["progress"]["done"] == job["progress"]["total"] == 36 + len(SECURITY_ADS)
+    result = job["result"]
+    assert result["champion"] == champion and result["n_feedback"] == len(SECURITY_ADS)
+    assert result["n_train"] + result["n_val"] == result["n_examples"] == 42
+    challenger, best = result["challenger_scores"]["accuracy"], result["champion_scores"]["accuracy"]
+    assert result["promoted"] is (challenger >= best - result["margin"]) and result["promoted"] is True
+    version = result["version"]
+    assert result["active"] == version == runtime.model.version != champion
+
+    with runtime.sessions() as session:
+        row = session.get(ModelVersion, version)
+        assert row is not None and row.is_active and row.parent == champion and row.embedder == "fake-encoder"
+        assert row.n_train == 42 and row.data_hash and row.metrics["promotion"]["promoted"] is True
+        old = session.get(ModelVersion, champion)
+        assert old is not None and not old.is_active
+    listed = client.get("/v1/models").json()
+    assert listed["active"] == version
+    assert {m["version"]: m["parent"] for m in listed["models"]}[version] == champion
+
+    # every prediction records the model version that made it
+    served = classify(client, "guard for cctv alarm patrol")
+    assert served["label"] == SECURITY and served["model_version"] == version
+    with runtime.sessions() as session:
+        prediction = session.get(Prediction, served["prediction_id"])
+        assert prediction is not None and prediction.model_version == version
+
+    rollback = client.post(f"/v1/admin/models/{champion}/activate")
+    assert rollback.status_code == 200, rollback.text
+    assert rollback.json() == {"active": champion, "previous": version}
+    assert runtime.model.version == champion == runtime.registry.active_version()
+    assert classify(client, CARPENTER)["model_version"] == champion
+    with runtime.sessions() as session:
+        active = session.scalars(select(ModelVersion.id).where(ModelVersion.is_active)).all()
+        assert active == [champion]
+    assert client.post("/v1/admin/models/no-such-version/activate").status_code == 404
+
+
+def test_a_worse_challenger_is_not_promoted_unless_the_margin_allows(client: TestClient, runtime: Runtime) -> None:
+    use_head_only(runtime)  # a champion that relies on its head, trained on clean labels
+    champion = runtime.model.version
+    settings = runtime.settings
+    with runtime.sessions() as session:  # rotate the labels of the training part only
+        vacancies = session.scalars(select(Vacancy).where(Vacancy.label.is_not(None)).order_by(Vacancy.id)).all()
+        labels = sorted({v.label for v in vacancies if v.label})
+        y = np.array([labels.index(v.label) for v in vacancies if v.label])
+        train_idx, val_idx = holdout_split(
+            [v.id for v in vacancies], y, settings.validation_fraction, str(settings.seed)
+        )
+        for i in train_idx:
+            vacancies[i].label = labels[(labels.index(vacancies[i].label or "") + 1) % len(labels)]
+        session.commit()
+    job = wait_for_job(client, client.post("/v1/admin/retrain"))
+    result = job["result"]
+    assert job["status"] == "succeeded" and result["n_val"] == len(val_idx)
+    assert result["promoted"] is False and "<" in result["reason"]
+    assert result["challenger_scores"]["accuracy"] < result["champion_scores"]["accuracy"]
+    assert result["active"] == champion == runtime.model.version == runtime.registry.active_version()
+    with runtime.sessions() as session:
+        row = session.get(ModelVersion, result["version"])
+        assert row is not None and not row.is_active and row.parent == champion
+        assert row.metrics["promotion"]["promoted"] is False
+
+    forced = wait_for_job(client, client.post("/v1/admin/retrain", json={"margin": 1.0}))["result"]
+    assert forced["promoted"] is True and runtime.model.version == forced["version"]
+    assert client.post("/v1/admin/retrain", json={"margin": 2}).status_code == 422
+
+
+def test_retrain_is_the_migration_path_to_a_new_embedder(
+    runtime: Runtime, tmp_path: Path, migrated_engine: Engine, db_sessions: sessionmaker
+) -> None:
+    seed(runtime, tmp_path)
+    old = runtime.model.version
+    changed = runtime.settings.model_copy(update={"embedding_chunking": "none"})
+    fresh = Runtime(changed, encoder=FakeEncoder(), qdrant=runtime.store.client, engine=migrated_engine)
+    fresh.sessions = db_sessions
+    try:
+        with pytest.raises(RuntimeError, match="run `jobclass reindex`"):
+            fresh.load_active_model()  # the old head does not fit the new embedder
+        with fresh.sessions() as session:
+            result = retrain(fresh, session)
+            reindex(fresh, session)
+        assert result.promoted and result.champion is None and "cannot serve" in result.reason
+        assert fresh.model.version == result.version != old
+        with TestClient(create_app(changed, fresh)) as client:  # start-up accepts the new pair
+            assert classify(client, CARPENTER)["label"] == "Bygge og anlæg"
+    finally:
+        if fresh.cache is not None:
+            fresh.cache.close()
+
+
+def test_cli_retrain_and_models_activate(runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seed(runtime, tmp_path)
+    first = runtime.model.version
+    monkeypatch.setattr("app.cli._runtime", lambda settings=None: runtime)
+    monkeypatch.setattr(runtime, "close", lambda: None)
+    runner = CliRunner()
+    done = runner.invoke(cli, ["retrain", "--margin", "1"])
+    assert done.exit_code == 0, done.output
+    assert "challenger" in done.output and "promoted:" in done.output
+    second = runtime.model.version
+    assert second != first
+    back = runner.invoke(cli, ["models", "activate", first])
+    assert back.exit_code == 0, back.output
+    assert f"active model: {first} (was {second})" in back.output and runtime.model.version == first
+    unknown = runner.invoke(cli, ["models", "activate", "nope"])
+    assert unknown.exit_code == 1 and "unknown model version" in unknown.output
 
 
 # ---- jobs ---------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Pieces of the learning loop that need no database: the near-duplicate override and the in-process
-job registry."""
+"""Pieces of the learning loop that need no database: the stable hold-out split, the near-duplicate
+override and the in-process job registry."""
 
 from __future__ import annotations
 
@@ -15,6 +15,32 @@ from app.services.jobs import JobRegistry
 from models.classifier import DUPLICATE_SCORE, DUPLICATE_TRUST, FusedClassifier, Neighbour
 from models.fusion import FusionParams
 from models.head import HeadConfig, LinearHead
+from models.training import holdout_split
+
+
+# ---- hold-out split -----------------------------------------------------------------------------
+def test_holdout_split_stays_put_as_data_grows() -> None:
+    rng = np.random.default_rng(0)
+    ids = [f"v{i}" for i in range(400)]
+    y = rng.integers(0, 4, size=400)
+    train, val = holdout_split(ids, y, 0.2, salt="s")
+    assert 0.14 < len(val) / 400 < 0.26 and set(train).isdisjoint(val) and len(train) + len(val) == 400
+    more_ids = ids + [f"new{i}" for i in range(100)]
+    train2, val2 = holdout_split(more_ids, np.concatenate([y, rng.integers(0, 4, size=100)]), 0.2, salt="s")
+    assert set(val) <= set(val2) and set(train) <= set(train2)  # nothing moves from one side to the other
+    other_salt = holdout_split(ids, y, 0.2, salt="t")[1]
+    assert set(other_salt) != set(val)
+
+
+def test_holdout_split_keeps_every_class_trainable() -> None:
+    ids = ["a", "b", "c", "solo"]
+    y = np.array([0, 0, 0, 1])
+    train, val = holdout_split(ids, y, 0.99, salt="")  # nearly everything would be held out
+    assert 3 in train and {int(y[i]) for i in train} == {0, 1} and len(val) == 2
+    train, val = holdout_split(ids, y, 1e-9, salt="")  # nothing would be: each class of 2+ gives one
+    assert len(val) == 1 and y[val[0]] == 0
+    with pytest.raises(ValueError):
+        holdout_split(ids, y[:2], 0.2)
 
 
 # ---- near-duplicate override ------------------------------------------------------------------------
