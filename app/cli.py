@@ -278,7 +278,7 @@ def bench(
     timing: Annotated[bool, typer.Option(help="measure throughput and latency")] = True,
 ) -> None:
     """Train every method on TRAIN (tuning on VAL), score on TEST; write metrics.json and report.md."""
-    from app.bench import BenchConfig, Split, load_split, run_bench, run_cv, write_outputs
+    from app.bench import METHOD_ORDER, BenchConfig, Split, load_split, run_bench, run_cv, write_outputs
 
     if test is None and folds < 2:
         raise _fail(ValueError("give --test, or --folds K (K >= 2) for cross-validation"))
@@ -301,7 +301,7 @@ def bench(
         result["cv"] = cv
     write_outputs(result, out)
     m = result["methods"]
-    for method in ("tfidf_lr", "head", "knn", "fused", "fused_int8", "fused_pruned", "fused_int8_pruned"):
+    for method in METHOD_ORDER:
         typer.echo(f"  {method:18s} accuracy {m[method]['accuracy']:.4f}  macro-F1 {m[method]['macro_f1']:.4f}")
     typer.echo(f"wrote {out}/metrics.json, report.md, confusion_fused.png")
 
@@ -316,7 +316,16 @@ def bench_all(
 ) -> None:
     """Benchmark every shared dataset: train on train.csv (tuning on 10% of it), score on val.csv;
     write docs/benchmarks.md and docs/benchmarks/<name>/."""
-    from app.bench import BenchConfig, Split, load_split, markdown_report, run_bench, run_cv, write_outputs
+    from app.bench import (
+        METHOD_ORDER,
+        BenchConfig,
+        Split,
+        load_split,
+        markdown_report,
+        run_bench,
+        run_cv,
+        write_outputs,
+    )
 
     settings = get_settings()
     encoder, cache = _bench_encoder(settings)
@@ -333,10 +342,8 @@ def bench_all(
         write_outputs(result, target)
         sections.append(markdown_report(result, f"benchmarks/{folder.name}/confusion_fused.png", heading="###"))
         m = result["methods"]
-        summary_rows.append(
-            f"| {folder.name} | " + " | ".join(f"{m[k]['accuracy']:.4f}" for k in _SUMMARY_METHODS) + " |"
-        )
-    header = "| dataset | " + " | ".join(_SUMMARY_METHODS) + " |"
+        summary_rows.append(f"| {folder.name} | " + " | ".join(f"{m[k]['accuracy']:.4f}" for k in METHOD_ORDER) + " |")
+    header = "| dataset | " + " | ".join(METHOD_ORDER) + " |"
     text = "\n".join(
         [
             "# Benchmarks",
@@ -351,7 +358,7 @@ def bench_all(
             "## Accuracy on val.csv",
             "",
             header,
-            "|---" * (len(_SUMMARY_METHODS) + 1) + "|",
+            "|---" * (len(METHOD_ORDER) + 1) + "|",
             *summary_rows,
             "",
             "## Per dataset",
@@ -361,18 +368,6 @@ def bench_all(
     )
     (out / "benchmarks.md").write_text(text + "\n")
     typer.echo(f"wrote {out / 'benchmarks.md'}")
-
-
-_SUMMARY_METHODS = (
-    "tfidf_lr",
-    "head",
-    "knn",
-    "fused",
-    "fused_int8",
-    "fused_pruned",
-    "fused_int8_pruned",
-    "fused_tfidf",
-)
 
 
 @models_cli.command("list")
