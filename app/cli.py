@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,6 +31,17 @@ def _runtime(settings: Settings | None = None) -> Runtime:
     except StoreLockedError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
+
+
+def _progress_bar(desc: str) -> tuple[tqdm, Callable[[int, int], None]]:
+    """A tqdm bar and the (done, total) callback the services report progress through."""
+    bar = tqdm(total=0, unit="vacancy", desc=desc)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return bar, progress
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -119,11 +131,7 @@ def reindex() -> None:
     from app.services.index import reindex as run
 
     runtime = _runtime()
-    bar = tqdm(total=0, unit="vacancy", desc="reindex")
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+    bar, progress = _progress_bar("reindex")
 
     try:
         with runtime.sessions() as session:
@@ -155,11 +163,7 @@ def retrain(
     from app.services.training import retrain as run
 
     runtime = _runtime()
-    bar = tqdm(total=0, unit="vacancy", desc="embed")
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+    bar, progress = _progress_bar("embed")
 
     try:
         with runtime.sessions() as session:
