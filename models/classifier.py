@@ -57,7 +57,7 @@ class FusedClassifier:
         self.head = head
         self.params = params
         self.variant: Variant = variant
-        self.module = module if module is not None else compress_linear(head.linear, variant)  # type: ignore[arg-type]
+        self.module = module if module is not None else compress_linear(head.linear, variant, head.stats)  # type: ignore[arg-type]
         self.module.eval()
 
     @property
@@ -120,7 +120,7 @@ class FusedClassifier:
         self.head.save(directory)
         sizes: dict[str, int] = {}
         for variant in VARIANTS:
-            module = compress_linear(self.head.linear, variant)  # type: ignore[arg-type]
+            module = compress_linear(self.head.linear, variant, self.head.stats)  # type: ignore[arg-type]
             state = {k: v.contiguous() for k, v in module.state_dict().items()}
             save_file(state, str(directory / f"head_{variant}.safetensors"))
             sizes[variant] = state_bytes(module)

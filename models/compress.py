@@ -6,6 +6,7 @@ All variants map embeddings to logits like the float32 head, so the fusion code 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -49,23 +50,53 @@ class Int8Linear(nn.Module):
         return (x @ self.weight_q.to(x.dtype).T) * self.scale + self.bias
 
 
-def prune_linear(linear: nn.Linear, amount: float = PRUNE_AMOUNT) -> nn.Linear:
-    """A copy of ``linear`` with the ``amount`` smallest-magnitude weights set to exactly zero."""
+@dataclass(frozen=True)
+class FeatureStats:
+    """Per-dimension statistics of the embeddings a head was trained on (mean and root-mean-square)."""
+
+    mean: torch.Tensor
+    rms: torch.Tensor
+
+
+def prune_linear(linear: nn.Linear, amount: float = PRUNE_AMOUNT, stats: FeatureStats | None = None) -> nn.Linear:
+    """A copy of ``linear`` with exactly ``amount`` of its weights set to zero.
+
+    Without ``stats`` the smallest-magnitude weights go (plain L1 pruning). With the training
+    embeddings' statistics, a weight's importance is ``|w_ij| · rms_j`` — the size of its typical
+    contribution to the logit, as in activation-aware pruning (Wanda, Sun et al. 2023) — and the
+    average contribution of the removed weights, ``Σ_j w_ij · mean_j``, is folded into the bias, so the
+    logits stay centred where the float32 head put them.
+    """
     pruned = copy.deepcopy(linear)
-    prune.l1_unstructured(pruned, name="weight", amount=amount)
-    prune.remove(pruned, "weight")
+    weight = pruned.weight.detach()
+    n_zero = round(amount * weight.numel())
+    if n_zero == 0:
+        return pruned
+    if stats is None:
+        prune.l1_unstructured(pruned, name="weight", amount=n_zero)
+        prune.remove(pruned, "weight")
+        return pruned
+    importance = weight.abs() * stats.rms.to(weight.dtype)[None, :]
+    cut = torch.zeros(weight.numel(), dtype=torch.bool)
+    cut[torch.argsort(importance.flatten())[:n_zero]] = True
+    cut = cut.view_as(weight)
+    with torch.no_grad():
+        removed = torch.where(cut, weight, torch.zeros_like(weight))
+        if pruned.bias is not None:
+            pruned.bias.add_(removed @ stats.mean.to(weight.dtype))
+        pruned.weight.masked_fill_(cut, 0.0)
     return pruned
 
 
-def compress_linear(linear: nn.Linear, variant: Variant) -> nn.Module:
+def compress_linear(linear: nn.Linear, variant: Variant, stats: FeatureStats | None = None) -> nn.Module:
     if variant == "fp32":
         return linear
     if variant == "int8":
         return Int8Linear.from_linear(linear)
     if variant == "pruned":
-        return prune_linear(linear)
+        return prune_linear(linear, stats=stats)
     if variant == "int8_pruned":
-        return Int8Linear.from_linear(prune_linear(linear))
+        return Int8Linear.from_linear(prune_linear(linear, stats=stats))
     raise ValueError(f"unknown head variant {variant!r}; choose one of {', '.join(VARIANTS)}")
 
 

@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models.compress import FeatureStats
+
 
 @dataclass
 class HeadConfig:
@@ -36,6 +38,8 @@ class LinearHead(nn.Module):
         self.config = config
         self.linear: nn.Module = nn.Linear(config.dim, config.n_classes)
         self.best_epoch = 0
+        # Statistics of the training embeddings, for activation-aware pruning (see models.compress).
+        self.stats: FeatureStats | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
@@ -60,6 +64,7 @@ class LinearHead(nn.Module):
         cfg = self.config
         torch.manual_seed(cfg.seed)
         xt = torch.as_tensor(x, dtype=torch.float32)
+        self.stats = FeatureStats(mean=xt.mean(dim=0), rms=xt.pow(2).mean(dim=0).sqrt())
         yt = torch.as_tensor(y, dtype=torch.long)
         weight = None
         if cfg.class_weighted:
@@ -103,7 +108,10 @@ class LinearHead(nn.Module):
     def save(self, directory: Path | str) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "head.safetensors"))
+        tensors = {k: v.contiguous() for k, v in self.state_dict().items()}
+        if self.stats is not None:
+            tensors |= {"stats.mean": self.stats.mean.contiguous(), "stats.rms": self.stats.rms.contiguous()}
+        save_file(tensors, str(directory / "head.safetensors"))
         meta = {"config": asdict(self.config), "best_epoch": self.best_epoch}
         (directory / "head.json").write_text(json.dumps(meta, indent=2))
 
@@ -112,7 +120,10 @@ class LinearHead(nn.Module):
         directory = Path(directory)
         meta = json.loads((directory / "head.json").read_text())
         head = cls(HeadConfig(**meta["config"]))
-        head.load_state_dict(load_file(str(directory / "head.safetensors")))
+        tensors = load_file(str(directory / "head.safetensors"))
+        if "stats.mean" in tensors and "stats.rms" in tensors:  # heads saved before stats existed lack them
+            head.stats = FeatureStats(mean=tensors.pop("stats.mean"), rms=tensors.pop("stats.rms"))
+        head.load_state_dict(tensors)
         head.best_epoch = int(meta.get("best_epoch", 0))
         head.eval()
         return head

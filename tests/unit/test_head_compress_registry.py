@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from models.classifier import FusedClassifier, Neighbour
-from models.compress import VARIANTS, Int8Linear, compress_linear, state_bytes, zero_fraction
+from models.compress import (
+    VARIANTS,
+    FeatureStats,
+    Int8Linear,
+    compress_linear,
+    prune_linear,
+    state_bytes,
+    zero_fraction,
+)
 from models.fusion import FusionParams
 from models.head import HeadConfig, LinearHead
 from models.registry import ModelRegistry, RegistryError
@@ -38,6 +46,8 @@ def test_head_save_load_round_trip(tmp_path: Path) -> None:
     loaded = LinearHead.load(tmp_path)
     assert np.array_equal(loaded.predict_proba(x), head.predict_proba(x))
     assert loaded.config == head.config
+    assert head.stats is not None and loaded.stats is not None
+    assert torch.equal(loaded.stats.mean, head.stats.mean) and torch.equal(loaded.stats.rms, head.stats.rms)
 
 
 def test_int8_variant_is_smaller_and_agrees() -> None:
@@ -60,6 +70,43 @@ def test_pruned_variant_zeroes_exactly_twenty_percent() -> None:
     assert zero_fraction(linear) == 0.0  # the original is untouched
     both = compress_linear(linear, "int8_pruned")
     assert zero_fraction(both) >= 0.2
+
+
+def skewed_blobs(n: int = 2000, c: int = 6, d: int = 50, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Embedding-like data: an offset shared by all classes and very unequal feature scales."""
+    rng = np.random.default_rng(seed)
+    scale = np.exp(rng.normal(scale=1.0, size=d))
+    y = rng.integers(0, c, n)
+    x = 2.0 * scale + scale * (rng.normal(size=(c, d))[y] * 0.6 + rng.normal(size=(n, d)))
+    return x.astype(np.float32), y
+
+
+def test_activation_aware_pruning_keeps_the_logits_at_the_mean_and_agrees_better() -> None:
+    x, y = skewed_blobs()
+    head = LinearHead(HeadConfig(50, 6, max_epochs=300)).fit(x, y)
+    assert head.stats is not None
+    linear = head.linear
+    assert isinstance(linear, torch.nn.Linear)
+    aware, plain = prune_linear(linear, stats=head.stats), prune_linear(linear)
+    assert zero_fraction(aware) == pytest.approx(0.2) and zero_fraction(plain) == pytest.approx(0.2)
+    xt = torch.as_tensor(x)
+    with torch.no_grad():
+        # The removed weights' average contribution went into the bias: at the mean input nothing moves.
+        mean = head.stats.mean[None, :]
+        assert torch.allclose(aware(mean), linear(mean), atol=1e-4)
+        assert not torch.allclose(plain(mean), linear(mean), atol=1e-2)
+        reference = linear(xt).argmax(1)
+        agree_aware = (aware(xt).argmax(1) == reference).float().mean().item()
+        agree_plain = (plain(xt).argmax(1) == reference).float().mean().item()
+    assert agree_aware > agree_plain
+
+
+def test_pruning_without_statistics_is_plain_magnitude_pruning() -> None:
+    linear = torch.nn.Linear(20, 3)
+    stats = FeatureStats(mean=torch.zeros(20), rms=torch.ones(20))
+    # Unit scales and a zero mean make the importance |w|: the same weights go, the bias stays.
+    assert torch.equal(prune_linear(linear, stats=stats).weight, prune_linear(linear).weight)
+    assert torch.equal(prune_linear(linear, stats=stats).bias, linear.bias)
 
 
 def test_classifier_round_trip_in_every_variant(tmp_path: Path) -> None:
