@@ -2,6 +2,11 @@
 
 Everything here is pure and deterministic: the same input always gives the same output,
 and cleaning an already clean text changes nothing.
+
+Personal data: e-mail addresses, URLs and phone numbers (Danish and international formats) are
+replaced by placeholders here; person names need a model (``indexing.extract``) and are replaced by
+``scrub_names`` with the spans it found. Boilerplate lines (about the company, benefits, how to apply,
+legal text) are dropped by conservative, line-anchored rules.
 """
 
 from __future__ import annotations
@@ -9,11 +14,14 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+from collections.abc import Iterable
 from html.parser import HTMLParser
+from typing import Protocol
 
 EMAIL_TOKEN = "[EMAIL]"
 PHONE_TOKEN = "[PHONE]"
 URL_TOKEN = "[URL]"
+NAME_TOKEN = "[NAME]"
 
 _BLOCK_TAGS = {
     "p",
@@ -43,16 +51,56 @@ _SKIP_TAGS = {"script", "style", "noscript", "head", "template"}
 _TAG_HINT = re.compile(r"<\s*/?\s*[a-zA-Z][^>]*>|&[a-zA-Z]+;|&#\d+;")
 _EMAIL = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+", re.UNICODE)
 _URL = re.compile(r"(?:https?://|ftp://|www\.)[^\s<>\"')\]]+", re.IGNORECASE)
-# Phone numbers: an optional country code (+45, 0045, (+45)) followed by 8+ digits in
-# groups separated by spaces, dots or dashes. Years ("2024") and short numbers stay.
+# Phone numbers: an optional country code (+45, 0045, (+45), +44 (0)) followed by 8+ digits in groups
+# separated by spaces, dots, dashes or slashes; or a North American "(555) 123-4567". Years ("2024"),
+# short numbers and dates ("2024-03-01", "01.03.2024") stay.
 _PHONE = re.compile(
     r"(?<![\w+])"
-    r"(?:(?:\+|00)\d{1,3}[\s.-]?|\(\+?\d{1,3}\)\s?)?"
-    r"(?:\d[\s.-]?){7,13}\d"
+    r"(?:"
+    r"(?:(?:\+|00)\d{1,3}[\s.-]?(?:\(0\)\s?)?|\(\+?\d{1,3}\)\s?)?"
+    r"(?:\(\d{1,4}\)[\s.-]?)?"
+    r"(?:\d[\s./-]?){7,13}\d"
+    r"|(?:\+1[\s.-]?)?\(\d{3}\)[\s.-]?\d{3}[\s.-]\d{4}"
+    r")"
     r"(?![\w])"
 )
+_DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{4}")
 _SPACES = re.compile(r"[ \t\f\v\u00a0\u2000-\u200b\u202f\u205f\u3000]+")
 _BLANK_LINES = re.compile(r"\n\s*\n+")
+
+# Boilerplate: a line is dropped only when it *starts* like one of these (case-insensitive), so a
+# sentence that merely mentions a benefit stays. English and Danish.
+_BOILERPLATE = re.compile(
+    r"^(?:[-*•]\s*)?(?:"
+    # how to apply, deadlines
+    r"(?:how to )?apply (?:now|here|today|online|via|through|at|by)\b|click (?:here|apply)\b|"
+    r"send (?:us )?your (?:application|cv)\b|application deadline\b|deadline for applications?\b|"
+    r"applications? (?:must|should|will) be\b|we look forward to (?:hearing from you|receiving your application)|"
+    r"ansøgningsfrist\b|send (?:os )?din ansøgning\b|søg (?:stillingen|jobbet)\b|ansøg (?:her|nu|via)\b|"
+    r"vi glæder os til at (?:høre fra dig|modtage din ansøgning)|"
+    # company presentation
+    r"about (?:us|the company)\b|who we are\b|om (?:os|virksomheden)\b|"
+    # benefits
+    r"we offer\b|what we offer\b|vi tilbyder\b|"
+    # contact and further information
+    r"(?:for )?(?:further|more) information\b|questions\?|if you have (?:any )?questions\b|"
+    r"har du spørgsmål\b|yderligere oplysninger\b|"
+    # legal text
+    r"(?:we are )?an? equal opportunit|privacy policy\b|all rights reserved\b|©|cookies?\b|"
+    r"we (?:encourage|welcome) (?:all|applications from all)\b|vi opfordrer alle\b"
+    r")",
+    re.IGNORECASE,
+)
+
+
+class TextSpan(Protocol):
+    """A character span of a text (the person spans of ``indexing.extract`` fit)."""
+
+    @property
+    def start(self) -> int: ...
+
+    @property
+    def end(self) -> int: ...
 
 
 class _TextExtractor(HTMLParser):
@@ -98,11 +146,38 @@ def normalise_whitespace(text: str) -> str:
     return _BLANK_LINES.sub("\n", text).strip()
 
 
+def _phone_or_date(match: re.Match[str]) -> str:
+    found = match.group(0)
+    return found if _DATE.fullmatch(found) else PHONE_TOKEN
+
+
 def scrub_personal_data(text: str) -> str:
     """Replace e-mail addresses, URLs and phone numbers with placeholders."""
     text = _EMAIL.sub(EMAIL_TOKEN, text)
     text = _URL.sub(URL_TOKEN, text)
-    return _PHONE.sub(PHONE_TOKEN, text)
+    return _PHONE.sub(_phone_or_date, text)
+
+
+def scrub_names(text: str, spans: Iterable[TextSpan]) -> str:
+    """Replace the person names at ``spans`` (character offsets into ``text``) with ``[NAME]``; every
+    other occurrence of the same name in the text is replaced too. Spans outside the text are ignored."""
+    names = {text[s.start : s.end].strip() for s in spans if 0 <= s.start < s.end <= len(text)}
+    names = {n for n in names if len(n) >= 2 and n != NAME_TOKEN}
+    if not names:
+        return text
+    # Longest first, so "Mette Lund" wins over "Mette"; word boundaries so "Bo" does not hit "Bob".
+    pattern = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.sub(rf"(?<!\w)(?:{pattern})(?!\w)", NAME_TOKEN, text)
+
+
+def trim_boilerplate(text: str) -> str:
+    """Drop lines that are typical boilerplate (how to apply, about the company, benefits, contact and
+    legal lines). If every line would go, the text is kept as it is: a short ad is never emptied."""
+    lines = text.split("\n")
+    kept = [line for line in lines if not _BOILERPLATE.match(line.strip())]
+    if not any(line.strip() for line in kept):
+        return text
+    return "\n".join(kept)
 
 
 def truncate(text: str, max_chars: int) -> str:
@@ -114,13 +189,19 @@ def truncate(text: str, max_chars: int) -> str:
     return (cut[:space] if space > max_chars // 2 else cut).rstrip()
 
 
-def clean_text(text: str, max_chars: int | None = None) -> str:
-    """The production cleaning pipeline: HTML → unicode NFKC → scrub → whitespace → truncate."""
+def clean_text(text: str, max_chars: int | None = None, *, scrub: bool = True, trim: bool = True) -> str:
+    """The production cleaning pipeline: HTML → unicode NFKC → scrub → whitespace → boilerplate → truncate.
+
+    ``scrub=False`` keeps e-mails, URLs and phone numbers (only for ``JOBCLASS_STORE_RAW_TEXT``);
+    ``trim=False`` keeps boilerplate lines."""
     text = html_to_text(text)
     text = unicodedata.normalize("NFKC", text)
     text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
-    text = scrub_personal_data(text)
+    if scrub:
+        text = scrub_personal_data(text)
     text = normalise_whitespace(text)
+    if trim:
+        text = trim_boilerplate(text)
     if max_chars is not None:
         text = truncate(text, max_chars)
     return text

@@ -27,6 +27,8 @@ def bootstrap(runtime: Runtime, say: Callable[[str], None] = log.info, *, show_p
                 runtime.taxonomy,
                 source="sample",
                 clean_max_chars=settings.clean_max_chars,
+                extractor=runtime.extractor,
+                store_raw_text=settings.store_raw_text,
             )
             if result.rejected:
                 raise InvalidInput(f"sample data has invalid rows: {result.rejected[:5]}")
