@@ -93,3 +93,116 @@ class ModelRegistry:
             return []
         found = [self.metadata(p.name) for p in self.root.iterdir() if (p / "metadata.json").is_file()]
         return sorted(found, key=lambda m: m["created_at"], reverse=True)
+
+
+ENCODERS_DIR = "encoders"
+
+
+class EncoderRegistry:
+    """Fine-tuned encoders as versioned artifacts, next to the heads (``MODEL_DIR/encoders``).
+
+    Layout::
+
+        ROOT/
+          ACTIVE                      # the encoder in use (absent: the configured base model)
+          enc-20261123T190000Z-ab12cd/
+            config.json  model.safetensors  modules.json ...   # a sentence-transformers folder
+            finetune.json             # how it was trained (params, history, wall time)
+            metadata.json             # version, parent, base model, data hash, metrics, status
+
+    ``status`` is ``candidate`` until an upgrade promotes it (``active``) or rejects it (``rejected``:
+    the weights are deleted, the metadata stays as a record). Only files are handled here; loading the
+    weights is the job of ``indexing``.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def under(cls, model_dir: Path | str) -> EncoderRegistry:
+        return cls(Path(model_dir) / ENCODERS_DIR)
+
+    @staticmethod
+    def new_version_id() -> str:
+        return f"enc-{ModelRegistry.new_version_id()}"
+
+    def path(self, version: str) -> Path:
+        if not version or "/" in version or version.startswith("."):
+            raise RegistryError(f"invalid encoder version {version!r}")
+        return self.root / version
+
+    def register(self, folder: Path | str, metadata: dict[str, Any], *, move: bool = True) -> str:
+        """Store the encoder in ``folder`` as a new version (not active) and return its id."""
+        source = Path(folder)
+        if not (source / "modules.json").is_file() and not (source / "config.json").is_file():
+            raise RegistryError(f"{source} is not a sentence-transformers folder")
+        version = self.new_version_id()
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".tmp-{version}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if move:
+            shutil.move(str(source), tmp)
+        else:
+            shutil.copytree(source, tmp)
+        meta = {
+            "status": "candidate",
+            **metadata,
+            "version": version,
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+        os.replace(tmp, self.path(version))  # a version folder is either complete or absent
+        return version
+
+    def metadata(self, version: str) -> dict[str, Any]:
+        path = self.path(version) / "metadata.json"
+        if not path.is_file():
+            raise RegistryError(f"unknown encoder version {version!r}")
+        return json.loads(path.read_text())
+
+    def update(self, version: str, **fields: Any) -> dict[str, Any]:
+        meta = {**self.metadata(version), **fields}
+        tmp = self.path(version) / ".metadata.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+        os.replace(tmp, self.path(version) / "metadata.json")
+        return meta
+
+    def activate(self, version: str) -> None:
+        meta = self.metadata(version)
+        if meta.get("status") == "rejected":
+            raise RegistryError(f"encoder {version} was rejected and its weights deleted")
+        previous = self.active_version()
+        tmp = self.root / ".ACTIVE.tmp"
+        tmp.write_text(version)
+        os.replace(tmp, self.root / "ACTIVE")
+        self.update(version, status="active")
+        if previous and previous != version and (self.path(previous) / "metadata.json").is_file():
+            self.update(previous, status="retired")
+
+    def deactivate(self) -> None:
+        """Go back to the configured base model (``JOBCLASS_EMBEDDING_MODEL``)."""
+        (self.root / "ACTIVE").unlink(missing_ok=True)
+
+    def active_version(self) -> str | None:
+        marker = self.root / "ACTIVE"
+        return (marker.read_text().strip() or None) if marker.is_file() else None
+
+    def active_path(self) -> Path | None:
+        version = self.active_version()
+        return self.path(version) if version is not None else None
+
+    def reject(self, version: str, reason: str) -> None:
+        """Keep the record, delete the weights (a rejected encoder is never served)."""
+        if self.active_version() == version:
+            raise RegistryError(f"encoder {version} is active")
+        folder = self.path(version)
+        for child in folder.iterdir():
+            if child.name not in {"metadata.json", "finetune.json"}:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        self.update(version, status="rejected", reason=reason)
+
+    def versions(self) -> list[dict[str, Any]]:
+        if not self.root.is_dir():
+            return []
+        found = [self.metadata(p.name) for p in self.root.iterdir() if (p / "metadata.json").is_file()]
+        return sorted(found, key=lambda m: m["created_at"], reverse=True)

@@ -179,9 +179,20 @@ def activate(runtime: Runtime, session: Session, version: str) -> ActivationResu
 
 
 def activate_version(runtime: Runtime, session: Session, version: str) -> None:
-    """Mark ``version`` active in the registry and the database (the running model is not touched)."""
-    runtime.registry.activate(version)
-    session.execute(update(ModelVersion).values(is_active=ModelVersion.id == version))
+    """Mark ``version`` active in the database and the registry (the running model is not touched).
+
+    The database row is written (flushed, not committed) first, then the registry marker flips, then
+    the transaction commits: if the registry refuses (unknown version) the database is rolled back,
+    so the two never disagree about a version that could not be activated.
+    """
+    runtime.registry.metadata(version)  # unknown version: RegistryError before anything is written
+    try:
+        session.execute(update(ModelVersion).values(is_active=ModelVersion.id == version))
+        session.flush()
+        runtime.registry.activate(version)
+    except Exception:
+        session.rollback()
+        raise
     session.commit()
 
 

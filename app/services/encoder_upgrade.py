@@ -1,0 +1,387 @@
+"""Upgrade the encoder: fine-tune → reindex into a new collection → train a head → compare → swap or discard.
+
+The chain, in one call (``jobclass upgrade-encoder``):
+
+1. fine-tune the encoder in use on labelled texts (a CSV, or the labelled vacancies outside the hold-out)
+   and register it in the encoder registry as a *candidate* (version id, parent, data hash, metrics);
+2. embed every labelled vacancy with it into a **new** collection; the alias keeps pointing at the
+   old one, so classification goes on unchanged;
+3. train a head on the new vectors (hold-out excluded, as in ``retrain``);
+4. score the challenger (new encoder + new head) and the champion (encoder and head in use) on the same
+   hold-out, neighbours drawn from the training part of each one's own vectors;
+5. promote only if the challenger's accuracy ≥ the champion's − margin: the encoder marker, the head
+   marker (registry and database), the alias and the running runtime switch together; otherwise the new
+   collection is deleted and the encoder is marked ``rejected`` (weights deleted, record kept).
+
+A fine-tuned encoder never trains on the hold-out vacancies: rows of a training CSV whose id is a
+held-out vacancy are dropped, so the comparison stays fair.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from app.db import ModelVersion, Vacancy, utcnow
+from app.errors import Conflict, InvalidInput
+from app.runtime import Runtime
+from app.services.index import CATCH_UP_SLACK, _labelled_since, to_points
+from app.services.jobs import Job
+from app.services.training import _champion, _scores, activate_version, data_hash
+from app.services.vacancies import labelled_vacancies
+from app.settings import Settings
+from indexing.cache import encode_cached
+from indexing.embed import Encoder, SentenceEmbedder
+from models.classifier import FusedClassifier
+from models.registry import EncoderRegistry
+from models.training import evaluate, holdout_split, stratified_split, train_classifier
+
+log = logging.getLogger(__name__)
+Say = Callable[[str], None]
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class LabelledTexts:
+    ids: list[str]
+    texts: list[str]
+    labels: list[str]
+
+
+# (base model, train, val, output folder) -> the finetune.json content; the folder must then hold the encoder.
+FinetuneFn = Callable[[str, LabelledTexts, LabelledTexts, Path], dict[str, Any]]
+# settings naming the new encoder's folder -> an encoder
+EncoderLoader = Callable[[Settings], Encoder]
+
+
+@dataclass(frozen=True)
+class UpgradeResult:
+    encoder_version: str
+    model_version: str
+    collection: str
+    promoted: bool
+    reason: str
+    champion: str | None
+    challenger_scores: dict[str, float]
+    champion_scores: dict[str, float] | None
+    n_finetune: int
+    n_val: int
+    finetune: dict[str, Any]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_sentence_embedder(settings: Settings) -> Encoder:
+    return SentenceEmbedder(
+        settings.embedding_model,
+        prefix=settings.embedding_prefix,
+        dtype=settings.embedding_dtype,
+        batch_size=settings.embedding_batch_size,
+        chunking=settings.embedding_chunking,
+    )
+
+
+def sentence_transformers_finetune(cfg: Any = None, say: Say = log.info) -> FinetuneFn:
+    """The real fine-tuning step (``indexing.finetune``) with ``cfg`` (a ``FinetuneConfig``)."""
+
+    def run(base: str, train: LabelledTexts, val: LabelledTexts, out: Path) -> dict[str, Any]:
+        from indexing.finetune import finetune, read_finetune_info
+
+        finetune(base, train.texts, train.labels, val.texts, val.labels, out, cfg, say=say)
+        return read_finetune_info(out)
+
+    return run
+
+
+def upgrade_encoder(
+    runtime: Runtime,
+    session: Session,
+    *,
+    train: LabelledTexts | None = None,
+    val: LabelledTexts | None = None,
+    margin: float | None = None,
+    finetune_fn: FinetuneFn | None = None,
+    load_encoder: EncoderLoader = load_sentence_embedder,
+    say: Say = log.info,
+    progress: Progress | None = None,
+) -> UpgradeResult:
+    start = time.perf_counter()
+    settings = runtime.settings
+    margin = settings.promotion_margin if margin is None else margin
+    finetune_fn = finetune_fn or sentence_transformers_finetune(say=say)
+    labels = list(runtime.taxonomy.labels)
+    index = {label: i for i, label in enumerate(labels)}
+    usable = [v for v in labelled_vacancies(session) if v.label in index]
+    if len({v.label for v in usable}) < 2:
+        raise InvalidInput("an encoder upgrade needs labelled vacancies of at least two classes: run `jobclass ingest`")
+    y = np.array([index[v.label] for v in usable if v.label is not None], dtype=np.int64)
+    tr, va = holdout_split([v.id for v in usable], y, settings.validation_fraction, salt=str(settings.seed))
+    if len(va) == 0:
+        raise InvalidInput("an encoder upgrade needs at least two labelled vacancies of some class for validation")
+    held_out = {usable[i].id for i in va}
+    ft_train, ft_val = _finetune_data(usable, tr, held_out, train, val, settings.seed, say)
+
+    # 1. fine-tune and register the candidate.
+    encoders = EncoderRegistry.under(settings.model_dir)
+    encoders.root.mkdir(parents=True, exist_ok=True)
+    work = encoders.root / f".work-{EncoderRegistry.new_version_id()}"
+    try:
+        say(f"fine-tuning {settings.embedding_model} on {len(ft_train.texts)} texts (validation {len(ft_val.texts)})")
+        info = finetune_fn(settings.embedding_model, ft_train, ft_val, work)
+        parent = encoders.active_version() or settings.embedding_model
+        enc_version = encoders.register(
+            work,
+            {
+                "parent": parent,
+                "base_model": settings.embedding_model,
+                "data_hash": data_hash(
+                    [(i, lab, t) for i, lab, t in zip(ft_train.ids, ft_train.labels, ft_train.texts, strict=True)]
+                ),
+                "metrics": info.get("metrics", {}),
+                "wall_seconds": info.get("wall_seconds"),
+                "texts_per_s": info.get("texts_per_s"),
+                "n_train": len(ft_train.texts),
+            },
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    new_settings = settings.model_copy(update={"embedding_model": str(encoders.path(enc_version))})
+    try:
+        new_encoder = load_encoder(new_settings)
+    except Exception as exc:
+        encoders.reject(enc_version, f"could not be loaded: {exc}")
+        raise
+    signature = new_settings.embedding_signature
+
+    # 2. a new collection with the new vectors; the alias is not touched yet.
+    if not runtime.index_lock.acquire(blocking=False):
+        encoders.reject(enc_version, "a reindex was running")
+        raise Conflict("a reindex is already running")
+    store = runtime.store
+    collection = ""
+    try:
+        started_at = utcnow()
+        collection = store.create_version(new_encoder.dim, {"embedding": signature})
+        try:
+            say(f"embedding {len(usable)} labelled vacancies into {collection}")
+            x_new = _embed(new_encoder, runtime, [v.text for v in usable], progress)
+            _write(runtime, usable, x_new, collection)
+            # 3. + 4. challenger head on the new vectors; both scored on the hold-out.
+            challenger, report = train_classifier(
+                x_new[tr],
+                y[tr],
+                labels,
+                x_val=x_new[va],
+                y_val=y[va],
+                seed=settings.seed,
+                abstain_threshold=settings.abstain_threshold,
+                refit=False,
+            )
+            variant = settings.head_variant
+            served = challenger if challenger.variant == variant else challenger.with_variant(variant)
+            challenger_scores = _scores(evaluate(served, x_new[va], y[va], x_new[tr], y[tr]))
+            champion, why_none = _champion(runtime)
+            champion_scores: dict[str, float] | None = None
+            if champion is None:
+                promoted, reason = True, why_none
+            elif champion.classifier.labels != labels:
+                promoted, reason = True, f"the champion {champion.version} has another label set (taxonomy changed)"
+            else:
+                x_old = _embed(runtime.encoder, runtime, [v.text for v in usable], None)
+                champion_scores = _scores(evaluate(champion.classifier, x_old[va], y[va], x_old[tr], y[tr]))
+                promoted = challenger_scores["accuracy"] >= champion_scores["accuracy"] - margin
+                reason = (
+                    f"challenger (encoder {enc_version}) accuracy {challenger_scores['accuracy']:.4f} "
+                    f"{'≥' if promoted else '<'} champion {champion_scores['accuracy']:.4f} − margin {margin:g}"
+                )
+            promotion = {
+                "champion": champion.version if champion else None,
+                "promoted": promoted,
+                "reason": reason,
+                "margin": margin,
+                "n_val": len(va),
+                "challenger": challenger_scores,
+                "champion_scores": champion_scores,
+                "encoder": enc_version,
+                "collection": collection,
+            }
+            parent_model = champion.version if champion else runtime.registry.active_version()
+            model_version, meta = _register_head(
+                runtime,
+                session,
+                challenger,
+                new_settings,
+                usable,
+                report.to_dict(),
+                promotion,
+                parent_model,
+                enc_version,
+                int(x_new.shape[1]),
+            )
+            encoders.update(enc_version, model_version=model_version, promotion=promotion)
+            if promoted:
+                _write(runtime, _labelled_since(session, started_at - CATCH_UP_SLACK), None, collection, new_encoder)
+                with runtime.model_lock:
+                    encoders.activate(enc_version)
+                    activate_version(runtime, session, model_version)
+                    store.swap_alias(collection)
+                    runtime.switch_embedder(new_settings, new_encoder, served, model_version, meta)
+            else:
+                store.client.delete_collection(collection)
+                encoders.reject(enc_version, reason)
+        except BaseException:
+            if collection and store.active_collection() != collection:
+                store.client.delete_collection(collection)  # the old collection keeps serving
+            raise
+    finally:
+        runtime.index_lock.release()
+    log.info("encoder upgrade %s: %s (%s)", enc_version, "promoted" if promoted else "discarded", reason)
+    return UpgradeResult(
+        encoder_version=enc_version,
+        model_version=model_version,
+        collection=collection,
+        promoted=promoted,
+        reason=reason,
+        champion=champion.version if champion else None,
+        challenger_scores=challenger_scores,
+        champion_scores=champion_scores,
+        n_finetune=len(ft_train.texts),
+        n_val=len(va),
+        finetune={k: info.get(k) for k in ("metrics", "wall_seconds", "train_seconds", "texts_per_s", "steps")},
+        seconds=time.perf_counter() - start,
+    )
+
+
+def start_upgrade_encoder(runtime: Runtime, **kwargs: Any) -> Job:
+    """The whole chain in a background job of the server: classification goes on meanwhile."""
+
+    def run(progress: Progress) -> UpgradeResult:
+        with runtime.sessions() as session:
+            return upgrade_encoder(runtime, session, progress=progress, **kwargs)
+
+    return runtime.jobs.submit("upgrade-encoder", run)
+
+
+# ---- internals ---------------------------------------------------------------------------------
+def _finetune_data(
+    usable: Sequence[Vacancy],
+    tr: np.ndarray,
+    held_out: set[str],
+    train: LabelledTexts | None,
+    val: LabelledTexts | None,
+    seed: int,
+    say: Say,
+) -> tuple[LabelledTexts, LabelledTexts]:
+    if train is None:
+        picked = [usable[i] for i in tr]
+        train = LabelledTexts([v.id for v in picked], [v.text for v in picked], [v.label or "" for v in picked])
+    else:
+        keep = [i for i, vid in enumerate(train.ids) if vid not in held_out]
+        if len(keep) < len(train.ids):
+            say(
+                f"dropped {len(train.ids) - len(keep)} training rows that are held-out vacancies "
+                "(kept out for the comparison)"
+            )
+        train = LabelledTexts(
+            [train.ids[i] for i in keep], [train.texts[i] for i in keep], [train.labels[i] for i in keep]
+        )
+    if len(set(train.labels)) < 2:
+        raise InvalidInput("fine-tuning needs labelled texts of at least two classes", field="train")
+    if val is None:  # early stopping on a slice of the fine-tuning data, never on the hold-out
+        classes = sorted(set(train.labels))
+        yy = np.array([classes.index(lab) for lab in train.labels])
+        t_idx, v_idx = stratified_split(yy, 0.1, seed)
+        if len(v_idx) == 0:
+            raise InvalidInput("too few labelled texts to carve a validation slice for early stopping", field="train")
+        val = LabelledTexts(
+            *(list(np.array(col, dtype=object)[v_idx]) for col in (train.ids, train.texts, train.labels))
+        )
+        train = LabelledTexts(
+            *(list(np.array(col, dtype=object)[t_idx]) for col in (train.ids, train.texts, train.labels))
+        )
+    else:
+        keep = [i for i, vid in enumerate(val.ids) if vid not in held_out]
+        val = LabelledTexts([val.ids[i] for i in keep], [val.texts[i] for i in keep], [val.labels[i] for i in keep])
+    return train, val
+
+
+def _embed(encoder: Encoder, runtime: Runtime, texts: list[str], progress: Progress | None) -> np.ndarray:
+    step = runtime.settings.index_batch_size
+    parts = [np.zeros((0, encoder.dim), dtype=np.float32)]
+    for offset in range(0, len(texts), step):
+        parts.append(encode_cached(encoder, texts[offset : offset + step], runtime.cache))
+        if progress:
+            progress(min(offset + step, len(texts)), len(texts))
+    return np.concatenate(parts)
+
+
+def _write(
+    runtime: Runtime,
+    vacancies: Sequence[Vacancy],
+    vectors: np.ndarray | None,
+    collection: str,
+    encoder: Encoder | None = None,
+) -> None:
+    if not vacancies:
+        return
+    if vectors is None:
+        assert encoder is not None
+        vectors = encode_cached(encoder, [v.text for v in vacancies], runtime.cache)
+    batch = runtime.settings.index_batch_size
+    for offset in range(0, len(vacancies), batch):
+        runtime.store.upsert(
+            to_points(vacancies[offset : offset + batch], vectors[offset : offset + batch]), collection=collection
+        )
+
+
+def _register_head(
+    runtime: Runtime,
+    session: Session,
+    classifier: FusedClassifier,
+    settings: Settings,
+    vacancies: Sequence[Vacancy],
+    report: dict[str, Any],
+    promotion: dict[str, Any],
+    parent: str | None,
+    encoder_version: str,
+    dim: int,
+) -> tuple[str, dict[str, Any]]:
+    metrics = {**report, "promotion": promotion}
+    metadata = {
+        "embedder": settings.embedding_model,
+        "embedding": settings.embedding_signature,
+        "encoder_version": encoder_version,
+        "embedder_dim": dim,
+        "taxonomy_hash": runtime.taxonomy.digest,
+        "data_hash": data_hash([(v.id, v.label or "", v.text_hash) for v in vacancies]),
+        "metrics": metrics,
+        "parent": parent,
+        "n_train": len(vacancies),
+        "validation": "holdout",
+    }
+    version = runtime.registry.save(classifier, metadata)
+    session.add(
+        ModelVersion(
+            id=version,
+            embedder=settings.embedding_model,
+            taxonomy_hash=runtime.taxonomy.digest,
+            data_hash=metadata["data_hash"],
+            n_train=len(vacancies),
+            metrics=metrics,
+            params=classifier.params.to_dict(),
+            parent=parent,
+            is_active=False,
+        )
+    )
+    session.commit()
+    return version, runtime.registry.metadata(version)

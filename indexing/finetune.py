@@ -1,0 +1,456 @@
+"""Contrastive fine-tuning of the sentence-transformers encoder on labelled texts (SetFit-style).
+
+Training examples are (anchor, positive, hard negative) triplets built from the labels: for every class
+up to ``max_pairs_per_class`` anchors, each paired with another text of its class, and a *hard* negative:
+one of the nearest texts of another class under the encoder before fine-tuning. The loss is
+MultipleNegativesRankingLoss made label-aware (:class:`LabelAwareMNRLoss`): the other positives and
+negatives in the batch serve as extra negatives, except those of the anchor's own class, which plain
+MNRL would wrongly push away (with ten classes and batches of 32 that is most of the batch).
+
+Model selection: a kNN evaluator (similarity-weighted vote of the nearest training texts, texts
+embedded the way the service embeds them: sentence chunks, averaged) scores the validation texts at
+every evaluation; the trainer keeps the best checkpoint and stops early when it stops improving.
+
+Everything runs on CPU; ``bf16=True`` trains under bfloat16 autocast (master weights stay float32).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from indexing.embed import l2_normalise, resolve_model_path, split_chunks
+from models.knn import knn_vote
+
+log = logging.getLogger(__name__)
+FINETUNE_FILE = "finetune.json"
+Say = Callable[[str], None]
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: float = 1.0
+    batch_size: int = 32
+    max_pairs_per_class: int = 200
+    hard_negatives: bool = True
+    learning_rate: float = 3e-5
+    warmup_ratio: float = 0.1
+    seed: int = 20240601
+    bf16: bool = False  # bfloat16 autocast: measured ≥8× slower per training step on this CPU (no AVX512-BF16)
+    max_seq_length: int | None = 128
+    evals_per_epoch: int = 4  # kNN evaluations (and checkpoints) per epoch
+    patience: int = 3  # evaluations without improvement before stopping early
+    knn_k: int = 10
+    knn_temperature: float = 0.05
+    max_eval_reference: int = 3000  # training texts the kNN evaluator votes with
+    max_eval_queries: int = 1500  # validation texts it scores
+    chunking: bool = True  # evaluate as the service embeds: mean of sentence-chunk embeddings
+    scale: float = 20.0  # MNRL logit scale (1 / temperature)
+    threads: int | None = None  # torch threads; None keeps torch's default
+    keep_checkpoints: bool = False  # a finished run deletes OUT/checkpoints (an interrupted one keeps them)
+
+
+@dataclass
+class FinetuneResult:
+    out_dir: Path
+    base_model: str
+    data_hash: str
+    n_train_texts: int
+    n_examples: int
+    n_classes: int
+    steps: int
+    best_step: int | None
+    wall_seconds: float
+    train_seconds: float
+    texts_per_s: float  # sequences through forward + backward per second of training
+    metrics: dict[str, float]  # kNN accuracy on validation: before fine-tuning and of the best checkpoint
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out_dir"] = str(self.out_dir)
+        return d
+
+
+# ---- data -------------------------------------------------------------------------------------
+def labelled_data_hash(texts: Sequence[str], labels: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for text, label in sorted(zip(texts, labels, strict=True)):
+        digest.update(f"{label}\t{hashlib.sha256(text.encode()).hexdigest()}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def build_triplets(
+    texts: Sequence[str],
+    y: np.ndarray,
+    max_pairs_per_class: int,
+    seed: int,
+    embeddings: np.ndarray | None = None,
+    hard_pool: int = 5,
+) -> list[tuple[int, int, int]]:
+    """(anchor, positive, negative) indices into ``texts``.
+
+    Per class, up to ``max_pairs_per_class`` anchors (each member once before any repeats); the
+    positive is another member of the class with a different text. The negative is drawn from the
+    ``hard_pool`` nearest texts of another class under ``embeddings`` (rows L2-normalised), or
+    uniformly from other classes when no embeddings are given. Classes with one distinct text give no
+    pair."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y)
+    classes = np.unique(y)
+    triplets: list[tuple[int, int, int]] = []
+    anchors: list[tuple[int, int]] = []
+    for cls in classes:
+        members = np.flatnonzero(y == cls)
+        if len({texts[int(i)] for i in members}) < 2:
+            continue
+        n = min(max_pairs_per_class, max(len(members), 1) * 2)  # a small class gives at most 2 pairs per text
+        order = np.concatenate([rng.permutation(members) for _ in range(-(-n // len(members)))])[:n]
+        for a in order:
+            for _ in range(10):
+                p = int(rng.choice(members))
+                if p != a and texts[p] != texts[int(a)]:
+                    anchors.append((int(a), p))
+                    break
+    if not anchors:
+        raise ValueError("fine-tuning needs at least one class with two different texts")
+    anchor_idx = np.array([a for a, _ in anchors])
+    if embeddings is not None:
+        negatives = _hard_negatives(embeddings, y, anchor_idx, hard_pool, rng)
+    else:
+        negatives = np.array([rng.choice(np.flatnonzero(y != y[a])) for a in anchor_idx])
+    for (a, p), n_ in zip(anchors, negatives, strict=True):
+        triplets.append((a, p, int(n_)))
+    order = rng.permutation(len(triplets))
+    return [triplets[i] for i in order]
+
+
+def _hard_negatives(
+    embeddings: np.ndarray, y: np.ndarray, anchors: np.ndarray, pool: int, rng: np.random.Generator
+) -> np.ndarray:
+    out = np.empty(len(anchors), dtype=np.int64)
+    for start in range(0, len(anchors), 1024):
+        block = anchors[start : start + 1024]
+        sims = embeddings[block] @ embeddings.T
+        sims[y[None, :] == y[block][:, None]] = -np.inf  # only other classes
+        top = np.argpartition(-sims, min(pool, sims.shape[1] - 1), axis=1)[:, :pool]
+        pick = top[np.arange(len(block)), rng.integers(0, top.shape[1], len(block))]
+        out[start : start + len(block)] = pick
+    return out
+
+
+# ---- loss -------------------------------------------------------------------------------------
+class LabelAwareMNRLoss(nn.Module):
+    """MultipleNegativesRankingLoss over (anchor, positive, negative) with labels: candidates of the
+    anchor's own class (other than its positive) are masked out of the softmax instead of being
+    treated as negatives. ``labels`` is ``(batch, 2)``: the anchor/positive class and the negative's
+    class."""
+
+    def __init__(self, model: Any, scale: float = 20.0) -> None:
+        super().__init__()
+        self.model = model
+        self.scale = scale
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
+        reps = [self.model(features)["sentence_embedding"] for features in sentence_features]
+        anchor, candidates = reps[0], torch.cat(reps[1:])
+        anchor = nn.functional.normalize(anchor.float(), dim=-1)
+        candidates = nn.functional.normalize(candidates.float(), dim=-1)
+        scores = anchor @ candidates.T * self.scale
+        batch = anchor.shape[0]
+        labels = labels.view(batch, -1).to(scores.device)
+        cand_labels = torch.cat([labels[:, 0]] + [labels[:, 1]] * (len(reps) - 2))
+        same = labels[:, :1] == cand_labels[None, :]
+        target = torch.arange(batch, device=scores.device)
+        same[target, target] = False  # the own positive stays
+        scores = scores.masked_fill(same, float("-inf"))
+        return nn.functional.cross_entropy(scores, target)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "same_class_masked": True}
+
+
+# ---- evaluation -------------------------------------------------------------------------------
+def encode_texts(
+    model: Any, texts: Sequence[str], *, chunking: bool, batch_size: int = 64, bf16: bool = True
+) -> np.ndarray:
+    """L2-normalised embeddings as the service computes them (sentence chunks averaged when ``chunking``)."""
+    if len(texts) == 0:
+        return np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
+    chunked = [split_chunks(t) for t in texts] if chunking else [[t] for t in texts]
+    flat = [c for chunks in chunked for c in chunks]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        vectors = model.encode(flat, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+    model.train(was_training)
+    vectors = l2_normalise(np.asarray(vectors, dtype=np.float32))
+    out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+    start = 0
+    for i, chunks in enumerate(chunked):
+        out[i] = vectors[start : start + len(chunks)].mean(axis=0)
+        start += len(chunks)
+    return l2_normalise(out)
+
+
+def knn_accuracy(
+    ref: np.ndarray,
+    ref_y: np.ndarray,
+    query: np.ndarray,
+    query_y: np.ndarray,
+    n_classes: int,
+    k: int,
+    temperature: float,
+) -> np.ndarray:
+    """Predicted class per query (similarity-weighted vote of its ``k`` nearest references)."""
+    sims = query @ ref.T
+    k = min(k, ref.shape[0])
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    top_s = np.take_along_axis(sims, top, axis=1)
+    order = np.argsort(-top_s, axis=1)
+    top, top_s = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_s, order, axis=1)
+    return knn_vote(ref_y[top], top_s, n_classes, temperature=temperature).argmax(1)
+
+
+def _stratified_cap(y: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    if len(y) <= cap:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    picked = []
+    for cls in np.unique(y):
+        members = np.flatnonzero(y == cls)
+        share = max(1, round(cap * len(members) / len(y)))
+        picked.append(rng.permutation(members)[:share])
+    return np.sort(np.concatenate(picked))
+
+
+def make_knn_evaluator(
+    ref_texts: Sequence[str],
+    ref_y: np.ndarray,
+    val_texts: Sequence[str],
+    val_y: np.ndarray,
+    n_classes: int,
+    cfg: FinetuneConfig,
+    coarse_of: np.ndarray | None = None,
+    name: str = "val",
+) -> Any:
+    """A sentence-transformers evaluator: kNN accuracy of the validation texts (primary metric), plus
+    coarse accuracy (fine predictions mapped up through ``coarse_of``) when labels are fine."""
+    from sentence_transformers.evaluation import SentenceEvaluator
+
+    ref_pick = _stratified_cap(np.asarray(ref_y), cfg.max_eval_reference, cfg.seed)
+    val_pick = _stratified_cap(np.asarray(val_y), cfg.max_eval_queries, cfg.seed)
+    refs = [ref_texts[i] for i in ref_pick]
+    refs_y = np.asarray(ref_y)[ref_pick]
+    queries = [val_texts[i] for i in val_pick]
+    queries_y = np.asarray(val_y)[val_pick]
+
+    class KnnAccuracyEvaluator(SentenceEvaluator):
+        def __init__(self) -> None:
+            super().__init__()
+            self.name = name
+            self.primary_metric = "knn_accuracy"
+            self.greater_is_better = True
+            self.history: list[dict[str, float]] = []
+
+        def __call__(
+            self, model: Any, output_path: str | None = None, epoch: float = -1, steps: int = -1
+        ) -> dict[str, float]:
+            t0 = time.perf_counter()
+            ref = encode_texts(model, refs, chunking=cfg.chunking, bf16=cfg.bf16)
+            query = encode_texts(model, queries, chunking=cfg.chunking, bf16=cfg.bf16)
+            pred = knn_accuracy(ref, refs_y, query, queries_y, n_classes, cfg.knn_k, cfg.knn_temperature)
+            metrics = {"knn_accuracy": float(np.mean(pred == queries_y))}
+            if coarse_of is not None:
+                metrics["knn_coarse_accuracy"] = float(np.mean(coarse_of[pred] == coarse_of[queries_y]))
+            self.history.append({**metrics, "steps": float(max(steps, 0)), "seconds": time.perf_counter() - t0})
+            log.info("kNN evaluation at step %s: %s", steps, metrics)
+            metrics = self.prefix_name_to_metrics(metrics, self.name)
+            self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
+            return metrics
+
+    return KnnAccuracyEvaluator()
+
+
+# ---- fine-tuning ------------------------------------------------------------------------------
+def load_model(base_model: str, max_seq_length: int | None = None) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = SentenceTransformer(resolve_model_path(base_model), device="cpu")
+    if max_seq_length is not None:
+        model.max_seq_length = min(max_seq_length, model.max_seq_length or max_seq_length)
+    return model
+
+
+def finetune(
+    base_model: str,
+    train_texts: Sequence[str],
+    train_labels: Sequence[str],
+    val_texts: Sequence[str],
+    val_labels: Sequence[str],
+    out_dir: Path | str,
+    cfg: FinetuneConfig | None = None,
+    *,
+    coarse: dict[str, str] | None = None,
+    resume: bool | str = False,
+    base_embeddings: np.ndarray | None = None,
+    show_progress: bool = True,
+    say: Say = log.info,
+) -> FinetuneResult:
+    """Fine-tune ``base_model`` and save the best checkpoint as a sentence-transformers folder in
+    ``out_dir`` (with ``finetune.json``). ``coarse`` maps fine labels to coarse ones: the evaluator then
+    also reports coarse accuracy, and model selection uses it. ``resume`` continues from the last
+    checkpoint in ``out_dir/checkpoints`` (``True``) or from a given checkpoint folder.
+    ``base_embeddings`` (L2-normalised, one row per training text) saves re-encoding for hard-negative
+    mining."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from transformers import EarlyStoppingCallback
+
+    cfg = cfg or FinetuneConfig()
+    started = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    labels = sorted(set(train_labels))
+    if len(labels) < 2:
+        raise ValueError("fine-tuning needs at least two classes")
+    index = {lab: i for i, lab in enumerate(labels)}
+    y_tr = np.array([index[lab] for lab in train_labels], dtype=np.int64)
+    known = [i for i, lab in enumerate(val_labels) if lab in index]
+    val_texts = [val_texts[i] for i in known]
+    y_va = np.array([index[val_labels[i]] for i in known], dtype=np.int64)
+    if len(y_va) == 0:
+        raise ValueError("the validation set has no text of a class seen in training")
+    coarse_of = None
+    if coarse is not None:
+        coarse_names = sorted(set(coarse.values()))
+        coarse_of = np.array([coarse_names.index(coarse[lab]) for lab in labels], dtype=np.int64)
+
+    model = load_model(base_model, cfg.max_seq_length)
+    t0 = time.perf_counter()
+    emb = base_embeddings
+    if cfg.hard_negatives and emb is None:
+        say(f"embedding {len(train_texts)} training texts with the base encoder to mine hard negatives")
+        emb = encode_texts(model, train_texts, chunking=False, bf16=cfg.bf16)
+    triplets = build_triplets(train_texts, y_tr, cfg.max_pairs_per_class, cfg.seed, emb if cfg.hard_negatives else None)
+    mining_seconds = time.perf_counter() - t0
+    dataset = Dataset.from_dict(
+        {
+            "anchor": [train_texts[a] for a, _, _ in triplets],
+            "positive": [train_texts[p] for _, p, _ in triplets],
+            "negative": [train_texts[n] for _, _, n in triplets],
+            "label": [[int(y_tr[a]), int(y_tr[n])] for a, _, n in triplets],
+        }
+    )
+    evaluator = make_knn_evaluator(train_texts, y_tr, val_texts, y_va, len(labels), cfg, coarse_of)
+    metric = "knn_coarse_accuracy" if coarse_of is not None else "knn_accuracy"
+    say(f"{len(triplets)} triplets from {len(train_texts)} texts, {len(labels)} classes; scoring the base encoder")
+    before = evaluator(model)
+    steps_per_epoch = max(1, -(-len(triplets) // cfg.batch_size))
+    eval_steps = max(1, steps_per_epoch // max(cfg.evals_per_epoch, 1))
+    ckpt_dir = out / "checkpoints"
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        warmup_ratio=cfg.warmup_ratio,
+        bf16=cfg.bf16,
+        use_cpu=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model=f"eval_val_{metric}",
+        greater_is_better=True,
+        logging_steps=max(1, eval_steps // 2),
+        report_to="none",
+        disable_tqdm=not show_progress,
+        dataloader_num_workers=0,
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        loss=LabelAwareMNRLoss(model, scale=cfg.scale),
+        evaluator=evaluator,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience)],
+    )
+    t1 = time.perf_counter()
+    resume_arg: bool | str | None = resume if resume else None
+    if resume is True and not any(ckpt_dir.glob("checkpoint-*")):
+        resume_arg = None
+    output = trainer.train(resume_from_checkpoint=resume_arg)
+    train_seconds = time.perf_counter() - t1
+    steps = int(output.global_step)
+    best_ckpt = trainer.state.best_model_checkpoint
+    best_step = int(Path(best_ckpt).name.split("-")[-1]) if best_ckpt else None
+    best_metric = trainer.state.best_metric
+    # Only the steps run in this process count towards the throughput (a resumed run skips some).
+    history = [h for h in evaluator.history]
+    model.save(str(out))
+    wall = time.perf_counter() - started
+    sequences = 3 * min(steps * cfg.batch_size, len(triplets) * max(cfg.epochs, 1))
+    metrics = {"base_" + k.removeprefix("val_"): float(v) for k, v in before.items() if isinstance(v, int | float)}
+    if best_metric is not None:
+        metrics[f"best_{metric}"] = float(best_metric)
+    result = FinetuneResult(
+        out_dir=out,
+        base_model=base_model,
+        data_hash=labelled_data_hash(train_texts, train_labels),
+        n_train_texts=len(train_texts),
+        n_examples=len(triplets),
+        n_classes=len(labels),
+        steps=steps,
+        best_step=best_step,
+        wall_seconds=round(wall, 2),
+        train_seconds=round(train_seconds, 2),
+        texts_per_s=round(sequences / train_seconds, 2) if train_seconds > 0 else 0.0,
+        metrics=metrics,
+        history=history,
+    )
+    info = {
+        **result.to_dict(),
+        "params": asdict(cfg),
+        "labels": labels,
+        "coarse": coarse,
+        "mining_seconds": round(mining_seconds, 2),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+        },
+    }
+    (out / FINETUNE_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False))
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    say(
+        f"fine-tuned in {wall:.0f}s ({steps} steps, {result.texts_per_s:.1f} texts/s); "
+        f"kNN {metric} {metrics.get('base_' + metric, float('nan')):.4f} → {best_metric}"
+    )
+    return result
+
+
+def read_finetune_info(path: Path | str) -> dict[str, Any]:
+    file = Path(path) / FINETUNE_FILE
+    return json.loads(file.read_text()) if file.is_file() else {}

@@ -1,0 +1,210 @@
+"""`upgrade-encoder` end to end: fine-tune → new collection → head → comparison → swap or discard.
+
+The orchestration runs on SQLite and Postgres with fake encoders and a fake fine-tuning step; one slow
+test fine-tunes the real MiniLM for a few steps on ~60 short texts and runs the whole chain."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from app.db import ModelVersion
+from app.errors import Conflict
+from app.runtime import Runtime
+from app.services.encoder_upgrade import LabelledTexts, upgrade_encoder
+from app.services.training import train
+from app.services.vacancies import ingest_csv
+from app.settings import Settings
+from indexing.embed import l2_normalise
+from models.registry import EncoderRegistry
+from models.training import holdout_split
+from tests.conftest import make_settings, memory_qdrant
+from tests.factories import seed, write_csv
+from tests.fakes import FakeEncoder, topic_texts
+
+
+class NoiseEncoder(FakeEncoder):
+    """An encoder that forgot everything: a pseudo-random vector per text."""
+
+    def encode(self, texts: Any, *, show_progress: bool = False) -> np.ndarray:
+        rows = [
+            np.random.default_rng(int(hashlib.sha256(t.encode()).hexdigest()[:8], 16)).normal(size=self.dim)
+            for t in texts
+        ]
+        return l2_normalise(np.array(rows, dtype=np.float32).reshape(len(texts), self.dim))
+
+
+class FakeFinetune:
+    """Writes a folder shaped like a sentence-transformers model and records what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, LabelledTexts, LabelledTexts]] = []
+
+    def __call__(self, base: str, train: LabelledTexts, val: LabelledTexts, out: Path) -> dict[str, Any]:
+        self.calls.append((base, train, val))
+        out.mkdir(parents=True)
+        (out / "modules.json").write_text("[]")
+        (out / "model.safetensors").write_bytes(b"\0" * 8)
+        info = {"metrics": {"base_knn_accuracy": 0.5, "best_knn_accuracy": 0.9}, "wall_seconds": 0.1, "texts_per_s": 9}
+        (out / "finetune.json").write_text(json.dumps(info))
+        return info
+
+
+def _collections(runtime: Runtime) -> set[str]:
+    return {c.name for c in runtime.store.client.get_collections().collections}
+
+
+def test_a_worse_encoder_is_discarded_and_nothing_changes(runtime: Runtime, tmp_path: Path) -> None:
+    seed(runtime, tmp_path)
+    before = (runtime.model.version, runtime.store.active_collection(), _collections(runtime))
+    fake = FakeFinetune()
+    with runtime.sessions() as session:
+        result = upgrade_encoder(
+            runtime, session, finetune_fn=fake, load_encoder=lambda s: NoiseEncoder(name=s.embedding_model)
+        )
+        assert not result.promoted and "<" in result.reason
+        assert result.champion_scores is not None
+        assert result.challenger_scores["accuracy"] < result.champion_scores["accuracy"]
+        row = session.get(ModelVersion, result.model_version)
+        assert row is not None and not row.is_active  # the challenger head is on record, not active
+    assert (runtime.model.version, runtime.store.active_collection(), _collections(runtime)) == before
+    assert runtime.settings.embedding_model == "fake-encoder"
+    encoders = EncoderRegistry.under(runtime.settings.model_dir)
+    meta = encoders.metadata(result.encoder_version)
+    assert meta["status"] == "rejected" and meta["parent"] == "fake-encoder" and meta["data_hash"]
+    assert meta["metrics"]["best_knn_accuracy"] == 0.9
+    assert not (encoders.path(result.encoder_version) / "model.safetensors").exists()
+    assert encoders.active_version() is None
+    # the fine-tuning never saw a held-out vacancy
+    _, ft_train, ft_val = fake.calls[0]
+    with runtime.sessions() as session:
+        held = _held_out_ids(runtime, session)
+    assert held and not held & (set(ft_train.ids) | set(ft_val.ids))
+
+
+def test_a_good_encoder_is_promoted_with_its_collection_and_head(
+    runtime: Runtime, tmp_path: Path, settings: Settings
+) -> None:
+    seed(runtime, tmp_path)
+    old_collection = runtime.store.active_collection()
+    with runtime.sessions() as session:
+        result = upgrade_encoder(
+            runtime, session, finetune_fn=FakeFinetune(), load_encoder=lambda s: FakeEncoder(name=s.embedding_model)
+        )
+        assert result.promoted, result.reason
+        active_rows = session.scalars(select(ModelVersion).where(ModelVersion.is_active)).all()
+        assert [r.id for r in active_rows] == [result.model_version]
+    encoders = EncoderRegistry.under(settings.model_dir)
+    path = str(encoders.path(result.encoder_version))
+    assert encoders.active_version() == result.encoder_version
+    assert encoders.metadata(result.encoder_version)["status"] == "active"
+    # encoder, alias and model switched together
+    assert runtime.settings.embedding_model == path and runtime.encoder.name == path
+    assert runtime.model.version == result.model_version
+    assert runtime.store.active_collection() == result.collection != old_collection
+    assert old_collection not in _collections(runtime)
+    runtime.check_index_compatible()
+    hits = runtime.store.search(runtime.encoder.encode(["python developer backend"])[0], 3)
+    assert hits and hits[0].label
+    # a restart picks the fine-tuned encoder over JOBCLASS_EMBEDDING_MODEL and the head fits it
+    restarted = Runtime(settings, encoder=FakeEncoder(name=path), qdrant=memory_qdrant(), engine=runtime.engine)
+    try:
+        assert restarted.settings.embedding_model == path
+        loaded = restarted.load_active_model()
+        assert loaded is not None and loaded.version == result.model_version
+    finally:
+        restarted.store.client.close()
+        if restarted.cache is not None:
+            restarted.cache.close()
+
+
+def test_training_rows_of_held_out_vacancies_are_dropped(runtime: Runtime, tmp_path: Path) -> None:
+    seed(runtime, tmp_path)
+    rows = topic_texts(12)
+    fake = FakeFinetune()
+    csv_rows = LabelledTexts([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+    with runtime.sessions() as session:
+        held = _held_out_ids(runtime, session)
+        upgrade_encoder(
+            runtime,
+            session,
+            train=csv_rows,
+            finetune_fn=fake,
+            load_encoder=lambda s: FakeEncoder(name=s.embedding_model),
+        )
+    _, ft_train, ft_val = fake.calls[0]
+    assert held and held <= set(csv_rows.ids)
+    assert not held & (set(ft_train.ids) | set(ft_val.ids))
+    assert len(ft_train.ids) + len(ft_val.ids) == len(csv_rows.ids) - len(held)
+
+
+def test_an_upgrade_waits_for_no_reindex(runtime: Runtime, tmp_path: Path) -> None:
+    seed(runtime, tmp_path)
+    collections = _collections(runtime)
+    runtime.index_lock.acquire()
+    try:
+        with runtime.sessions() as session, pytest.raises(Conflict):
+            upgrade_encoder(
+                runtime, session, finetune_fn=FakeFinetune(), load_encoder=lambda s: FakeEncoder(name=s.embedding_model)
+            )
+    finally:
+        runtime.index_lock.release()
+    assert _collections(runtime) == collections
+    assert EncoderRegistry.under(runtime.settings.model_dir).active_version() is None
+
+
+def _held_out_ids(runtime: Runtime, session: Any) -> set[str]:
+    from app.services.vacancies import labelled_vacancies
+
+    vacancies = labelled_vacancies(session)
+    index = {lab: i for i, lab in enumerate(runtime.taxonomy.labels)}
+    y = np.array([index[v.label] for v in vacancies if v.label is not None])
+    _, va = holdout_split(
+        [v.id for v in vacancies], y, runtime.settings.validation_fraction, salt=str(runtime.settings.seed)
+    )
+    return {vacancies[i].id for i in va}
+
+
+@pytest.mark.slow
+def test_real_minilm_fine_tunes_and_the_chain_runs(tmp_path: Path) -> None:
+    """A few steps of real fine-tuning on ~60 short texts: the artifact is saved, registered, reloaded and
+    encodes; the chain compares it with the frozen champion and swaps or discards consistently."""
+    from app.services.encoder_upgrade import sentence_transformers_finetune
+    from indexing.finetune import FinetuneConfig
+
+    settings = make_settings(
+        tmp_path,
+        embedding_model="sentence-transformers/all-MiniLM-L6-v2",
+        embedding_chunking="none",
+        database_url=f"sqlite:///{tmp_path / 'chain.db'}",
+    )
+    from app.db import migrate
+
+    migrate(settings.db_url)
+    runtime = Runtime(settings, qdrant=memory_qdrant())
+    try:
+        path = write_csv(tmp_path / "seed.csv", topic_texts(20))  # 60 texts, 3 classes
+        with runtime.sessions() as session:
+            assert ingest_csv(session, path, runtime.taxonomy, source="sample").ok
+            champion = train(runtime, session).version
+            cfg = FinetuneConfig(
+                epochs=1, batch_size=8, max_pairs_per_class=8, max_seq_length=32, evals_per_epoch=1, patience=1
+            )
+            result = upgrade_encoder(runtime, session, finetune_fn=sentence_transformers_finetune(cfg), margin=1.0)
+        assert result.promoted  # margin 1.0: any challenger passes
+        encoders = EncoderRegistry.under(settings.model_dir)
+        folder = encoders.path(result.encoder_version)
+        info = json.loads((folder / "finetune.json").read_text())
+        assert info["steps"] >= 1 and info["texts_per_s"] > 0 and info["base_model"] == settings.embedding_model
+        assert encoders.metadata(result.encoder_version)["parent"] == settings.embedding_model
+        assert runtime.settings.embedding_model == str(folder) and runtime.model.version != champion
+        vectors = runtime.encoder.encode(["python developer", "nurse in elderly care"])
+        assert vectors.shape == (2, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    finally:
+        runtime.close()

@@ -1,0 +1,155 @@
+"""Fine-tuning pieces that need no model: triplet sampling, the label-aware loss, the kNN score and the
+encoder registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from indexing.finetune import LabelAwareMNRLoss, build_triplets, knn_accuracy, labelled_data_hash
+from models.registry import EncoderRegistry, ModelRegistry, RegistryError
+
+
+# ---- triplets ---------------------------------------------------------------------------------
+def _data() -> tuple[list[str], np.ndarray]:
+    texts = [f"a{i}" for i in range(30)] + [f"b{i}" for i in range(5)] + [f"c{i}" for i in range(8)] + ["d0"]
+    y = np.array([0] * 30 + [1] * 5 + [2] * 8 + [3])
+    return texts, y
+
+
+def test_triplets_pair_a_class_with_itself_and_another_class() -> None:
+    texts, y = _data()
+    triplets = build_triplets(texts, y, max_pairs_per_class=12, seed=1)
+    assert triplets
+    for a, p, n in triplets:
+        assert y[a] == y[p] and a != p and texts[a] != texts[p]
+        assert y[n] != y[a]
+    per_class = np.bincount([y[a] for a, _, _ in triplets], minlength=4)
+    assert per_class[0] == 12  # capped
+    assert per_class[1] == 10 and per_class[2] == 12  # small classes: at most 2 pairs per text
+    assert per_class[3] == 0  # a class with one text gives no pair
+    anchors_0 = [a for a, _, _ in triplets if y[a] == 0]
+    assert len(set(anchors_0)) == 12  # every member once before any repeats
+    assert build_triplets(texts, y, 12, seed=1) == triplets  # deterministic
+    assert build_triplets(texts, y, 12, seed=2) != triplets
+
+
+def test_hard_negatives_are_the_nearest_texts_of_another_class() -> None:
+    texts = ["x0", "x1", "x2", "y0", "y1", "z0", "z1"]
+    y = np.array([0, 0, 0, 1, 1, 2, 2])
+    emb = np.array(
+        [[1, 0, 0], [1, 0.1, 0], [1, 0, 0.1], [0.9, 0.3, 0], [0, 1, 0], [0, 0, 1], [0, 0.1, 1]], dtype=np.float32
+    )
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    triplets = build_triplets(texts, y, 3, seed=0, embeddings=emb, hard_pool=1)
+    for a, _, n in triplets:
+        if y[a] == 0:
+            assert n == 3  # "y0" sits next to the x texts: the hardest negative
+        assert y[n] != y[a]
+
+
+def test_a_single_class_cannot_be_fine_tuned() -> None:
+    with pytest.raises(ValueError):
+        build_triplets(["a", "b"], np.array([0, 1]), 5, seed=0)
+
+
+def test_data_hash_ignores_order_but_not_labels() -> None:
+    assert labelled_data_hash(["a", "b"], ["x", "y"]) == labelled_data_hash(["b", "a"], ["y", "x"])
+    assert labelled_data_hash(["a", "b"], ["x", "y"]) != labelled_data_hash(["a", "b"], ["y", "x"])
+
+
+# ---- loss -------------------------------------------------------------------------------------
+class _Table(torch.nn.Module):
+    """A "model" whose sentence embedding is looked up by the ids in the features."""
+
+    def __init__(self, vectors: torch.Tensor) -> None:
+        super().__init__()
+        self.vectors = torch.nn.Parameter(vectors.clone())
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"sentence_embedding": self.vectors[features["ids"]]}
+
+
+def _loss(vectors: torch.Tensor, labels: list[list[int]]) -> float:
+    model = _Table(vectors)
+    batch = len(labels)
+    feats = [{"ids": torch.arange(batch) + i * batch} for i in range(3)]
+    return float(LabelAwareMNRLoss(model, scale=10.0)(feats, torch.tensor(labels)).detach())
+
+
+def test_same_class_candidates_are_masked_not_pushed_away() -> None:
+    torch.manual_seed(1)
+    vectors = torch.nn.functional.normalize(torch.randn(6, 4), dim=-1)
+    labels = [[0, 1], [0, 1]]  # both anchors of class 0, both negatives of class 1
+    got = _loss(vectors, labels)
+    a, p, n = vectors[:2], vectors[2:4], vectors[4:]
+    expected = 0.0
+    for i in range(2):
+        # candidates: own positive, both negatives; the other anchor's positive (same class) is masked
+        logits = torch.stack([a[i] @ p[i], a[i] @ n[0], a[i] @ n[1]]) * 10.0
+        expected += float(-torch.log_softmax(logits, 0)[0]) / 2
+    assert got == pytest.approx(expected, rel=1e-5)
+    # plain MNRL (no mask) would differ: the other positive would be a negative
+    unmasked = 0.0
+    for i in range(2):
+        logits = torch.stack([a[i] @ p[i], a[i] @ p[1 - i], a[i] @ n[0], a[i] @ n[1]]) * 10.0
+        unmasked += float(-torch.log_softmax(logits, 0)[0]) / 2
+    assert got != pytest.approx(unmasked, rel=1e-3)
+
+
+# ---- kNN score --------------------------------------------------------------------------------
+def test_knn_prediction_follows_the_nearest_labelled_texts() -> None:
+    ref = np.eye(3, dtype=np.float32)[[0, 0, 1, 1, 2, 2]]
+    ref_y = np.array([0, 0, 1, 1, 2, 2])
+    query = np.array([[0.9, 0.1, 0], [0, 0.2, 0.9]], dtype=np.float32)
+    pred = knn_accuracy(ref, ref_y, query, np.array([0, 2]), 3, k=2, temperature=0.05)
+    assert pred.tolist() == [0, 2]
+
+
+# ---- encoder registry -------------------------------------------------------------------------
+def _st_folder(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "modules.json").write_text("[]")
+    (path / "model.safetensors").write_bytes(b"\0" * 16)
+    (path / "finetune.json").write_text(json.dumps({"wall_seconds": 1.0}))
+    return path
+
+
+def test_encoder_versions_are_registered_activated_and_rejected(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    registry = EncoderRegistry.under(models_dir)
+    meta: dict[str, Any] = {"parent": "base", "base_model": "base", "data_hash": "abc", "metrics": {"knn": 0.8}}
+    v1 = registry.register(_st_folder(tmp_path / "ft1"), meta)
+    assert not (tmp_path / "ft1").exists()  # moved in
+    assert registry.metadata(v1)["status"] == "candidate" and registry.active_version() is None
+    registry.activate(v1)
+    assert registry.active_path() == registry.path(v1) and registry.metadata(v1)["status"] == "active"
+    v2 = registry.register(_st_folder(tmp_path / "ft2"), {**meta, "parent": v1}, move=False)
+    assert (tmp_path / "ft2").exists()  # copied
+    registry.reject(v2, "worse than the champion")
+    m2 = registry.metadata(v2)
+    assert m2["status"] == "rejected" and m2["parent"] == v1 and m2["reason"] == "worse than the champion"
+    assert not (registry.path(v2) / "model.safetensors").exists()  # weights gone, record kept
+    assert (registry.path(v2) / "finetune.json").exists()
+    with pytest.raises(RegistryError):
+        registry.activate(v2)
+    with pytest.raises(RegistryError):
+        registry.reject(v1, "active")
+    assert [m["version"] for m in registry.versions()] == [v2, v1]
+    registry.deactivate()
+    assert registry.active_version() is None
+    # the heads' registry does not mistake the encoders folder for a model version
+    assert ModelRegistry(models_dir).versions() == []
+
+
+def test_registering_something_else_than_a_model_folder_fails(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RegistryError):
+        EncoderRegistry(tmp_path / "enc").register(tmp_path / "empty", {})
+    with pytest.raises(RegistryError):
+        EncoderRegistry(tmp_path / "enc").metadata("../x")
