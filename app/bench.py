@@ -529,3 +529,121 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
     plot_confusion(cm, result["labels"], out / "confusion_fused.png", title=f"fused — {result['dataset']}")
     (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     (out / "report.md").write_text(markdown_report(result, "confusion_fused.png", heading="#"))
+
+
+# ---- fine-tuned encoder rows (`jobclass bench --finetune`) ------------------------------------
+FT_METHODS = ("ft_head", "ft_knn", "ft_fused", "ft_fused_int8", "ft_fused_pruned", "ft_fused_int8_pruned")
+
+
+def run_finetune_rows(
+    train: Split,
+    val: Split | None,
+    test: Split,
+    encoder: Encoder,
+    cfg: BenchConfig,
+    ft_cfg: Any = None,
+    say: Say = log.info,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
+    """Fine-tune the bench's encoder on the training split (early stopping on the validation split,
+    carved out of training exactly as ``run_bench`` does when none is given), then fit head, kNN and
+    fusion on the fine-tuned embeddings as ``run_bench`` does for the frozen ones. Returns
+    ``{"methods": {ft_*: scores}, "finetune": {wall time, texts/s, ...}}`` to merge into metrics.json.
+    Fine-tuned embeddings are not cached (the model exists only for this run)."""
+    import tempfile
+
+    from indexing.embed import SentenceEmbedder
+    from indexing.finetune import FinetuneConfig, finetune
+
+    if val is None:
+        labels_tr = sorted(set(train.labels))
+        y = _indices(train.labels, {lab: i for i, lab in enumerate(labels_tr)})
+        tr_idx, va_idx = stratified_split(y, cfg.val_fraction, cfg.seed)
+        train, val = train.take(tr_idx), train.take(va_idx)
+    labels = sorted(set(train.labels) | set(val.labels))
+    index = {lab: i for i, lab in enumerate(labels)}
+    ft_cfg = ft_cfg or FinetuneConfig(seed=cfg.seed)
+    ft_cfg.chunking = getattr(encoder, "chunking", "sentences") == "sentences"
+    with tempfile.TemporaryDirectory(prefix="jobclass-ft-", dir=workdir) as tmp:
+        say(f"[{cfg.name}] fine-tuning {encoder.name} on {len(train)} texts")
+        ft = finetune(encoder.name, train.texts, train.labels, val.texts, val.labels, Path(tmp), ft_cfg, say=say)
+        tuned = SentenceEmbedder(
+            tmp,
+            prefix=getattr(encoder, "prefix", ""),
+            dtype=getattr(encoder, "dtype", "bfloat16"),
+            batch_size=getattr(encoder, "batch_size", 32),
+            chunking=getattr(encoder, "chunking", "sentences"),
+        )
+        t0 = time.perf_counter()
+        x_tr, x_va, x_te = (tuned.encode(s.texts) for s in (train, val, test))
+        embed_seconds = time.perf_counter() - t0
+    y_tr, y_va, y_te = (_indices(s.labels, index) for s in (train, val, test))
+    clf_tr, report = train_classifier(
+        x_tr, y_tr, labels, x_val=x_va, y_val=y_va, seed=cfg.seed, abstain_threshold=cfg.abstain_threshold, refit=False
+    )
+    x_all, y_all = np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va])
+    clf = refit_head(clf_tr, x_all, y_all, report.best_epoch)
+    nb_l, nb_s = neighbour_arrays(x_te, x_all, y_all)
+    neighbours = _neighbours(labels, nb_l, nb_s)
+    probs = {
+        "ft_head": clf.head_proba(x_te),
+        "ft_knn": knn_vote(nb_l, nb_s, len(labels), k=clf.params.k, temperature=clf.params.knn_temperature),
+    }
+    for variant in VARIANTS:
+        probs["ft_fused" if variant == "fp32" else f"ft_fused_{variant}"] = clf.with_variant(variant).predict_proba(
+            x_te, neighbours
+        )
+    methods = {
+        name: _score(p, y_te, labels, cfg.abstain_threshold if name.startswith("ft_fused") else None)
+        for name, p in probs.items()
+    }
+    return {
+        "methods": methods,
+        "finetune": {
+            "base_model": encoder.name,
+            "wall_seconds": ft.wall_seconds,
+            "train_seconds": ft.train_seconds,
+            "texts_per_s": ft.texts_per_s,
+            "n_train_texts": ft.n_train_texts,
+            "n_examples": ft.n_examples,
+            "steps": ft.steps,
+            "best_step": ft.best_step,
+            "knn_val": ft.metrics,
+            "history": ft.history,
+            "embed_seconds": round(embed_seconds, 2),
+            "params": {**ft_cfg.__dict__},
+            "fusion": clf.params.to_dict(),
+            "load_average": _load_average(),
+        },
+    }
+
+
+def _load_average() -> list[float] | None:
+    import os
+
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def finetune_markdown(result: dict[str, Any]) -> str:
+    """The fine-tuned rows next to the frozen ones they compete with (appended to report.md)."""
+    m, f = result["methods"], result["finetune"]
+    lines = [
+        "",
+        "## Fine-tuned encoder",
+        "",
+        f"Contrastive fine-tuning of `{f['base_model']}`: {f['n_examples']} triplets from {f['n_train_texts']} "
+        f"texts, {f['steps']} steps (best {f['best_step']}), {f['wall_seconds']:.0f} s wall "
+        f"({f['texts_per_s']:.1f} texts/s through forward + backward; load average at the end "
+        f"{f['load_average']}).",
+        "",
+        "| method | accuracy | macro-F1 | ECE |",
+        "|---|---|---|---|",
+    ]
+    for name in ("tfidf_lr", "head", "knn", "fused", *FT_METHODS):
+        if name in m:
+            s = m[name]
+            lines.append(f"| {name} | {s['accuracy']:.4f} | {s['macro_f1']:.4f} | {s['ece']:.3f} |")
+    return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Protocol
@@ -14,7 +15,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-Dtype = Literal["float32", "bfloat16"]
+Dtype = Literal["float32", "bfloat16", "int8"]
 Chunking = Literal["none", "sentences"]
 _CHUNK_SPLIT = re.compile(r"(?<=[.!?;:])\s+|\n+")
 
@@ -51,6 +52,41 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def _cpu_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16).
+
+    Elsewhere torch emulates bfloat16 and a bfloat16 transformer runs *slower* than float32 (5× slower on
+    an AVX2-only EPYC, docs/performance.md), so ``dtype="bfloat16"`` falls back to float32 there.
+    """
+    flags = _cpu_flags()
+    if flags is not None:
+        return bool({"avx512_bf16", "amx_bf16"} & flags)
+    try:  # no /proc/cpuinfo: ask oneDNN
+        import torch
+
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def effective_dtype(dtype: Dtype, device: str = "cpu") -> Dtype:
+    """The dtype an embedder really runs: bfloat16 on a CPU without native support becomes float32."""
+    if dtype == "bfloat16" and device == "cpu" and not native_bf16():
+        return "float32"
+    return dtype
+
+
 def split_chunks(text: str, min_words: int = 4, max_words: int = 120) -> list[str]:
     """Split a vacancy into sentence/line chunks for pooled embedding.
 
@@ -85,8 +121,11 @@ class SentenceEmbedder:
     ``chunking="sentences"`` embeds each sentence/line chunk of a text and averages them (mean of chunk
     embeddings): every part of a long ad counts, not only its first 256 tokens, and on the shipped
     sample it beats whole-text embedding by about 3 accuracy points (see docs/benchmarks.md).
-    ``dtype="bfloat16"`` runs the transformer in bfloat16 (≈3× faster on CPUs with AVX512-BF16/AMX);
-    the output is always float32.
+    ``dtype="bfloat16"`` runs the transformer in bfloat16 where the CPU supports it natively (≈3× faster
+    on CPUs with AVX512-BF16/AMX) and in float32 elsewhere (emulated bfloat16 is slower than float32;
+    ``bf16_fallback=False`` forces it, for benchmarks). ``dtype="int8"`` quantizes the Linear layers
+    dynamically (int8 weights and activations): faster than float32 on AVX2, but cosine to float32 only
+    ≈0.94, so it is not a default. ``self.dtype`` is the dtype in use. The output is always float32.
     """
 
     def __init__(
@@ -99,6 +138,7 @@ class SentenceEmbedder:
         device: str = "cpu",
         max_seq_length: int | None = None,
         chunking: Chunking = "sentences",
+        bf16_fallback: bool = True,
     ) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
@@ -106,11 +146,18 @@ class SentenceEmbedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.name = model
         self.prefix = prefix
-        self.dtype: Dtype = dtype
+        self.requested_dtype: Dtype = dtype
+        self.dtype: Dtype = effective_dtype(dtype, device) if bf16_fallback else dtype
+        if self.dtype != dtype:
+            log.warning("this CPU has no native bfloat16 (AVX512-BF16/AMX): embedding in float32, which is faster here")
         self.batch_size = batch_size
         self.chunking: Chunking = chunking
-        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+        torch_dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
         self._model = SentenceTransformer(resolve_model_path(model), device=device, model_kwargs={"dtype": torch_dtype})
+        if self.dtype == "int8":
+            with warnings.catch_warnings():  # torch.ao dynamic quantization works but warns it is deprecated
+                warnings.simplefilter("ignore")
+                torch.ao.quantization.quantize_dynamic(self._model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
         if max_seq_length is not None:
             self._model.max_seq_length = max_seq_length
         dim = self._model.get_embedding_dimension()

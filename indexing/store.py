@@ -16,10 +16,15 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from qdrant_client import QdrantClient, models
+
+if TYPE_CHECKING:
+    from indexing.edge_store import EdgeClient
+
+Backend = Literal["local", "edge"]
 
 _POINT_NAMESPACE = uuid.UUID("6c1f1d3e-8f0b-4b7e-9a53-0b7d2a3f4c11")
 
@@ -101,11 +106,21 @@ class SearchFilter:
         return models.Filter(must=must or None, must_not=must_not or None)
 
 
-def connect(url: str | None = None, path: str | None = None, api_key: str | None = None) -> QdrantClient:
-    """A client for a server (``url``), a local folder (``path``) or memory (``path=":memory:"``)."""
+def connect(
+    url: str | None = None, path: str | None = None, api_key: str | None = None, backend: Backend = "local"
+) -> QdrantClient | EdgeClient:
+    """A client for a server (``url``), a local folder (``path``) or memory (``path=":memory:"``).
+
+    Without a URL, ``backend="local"`` is qdrant-client's local mode (brute force in Python) and
+    ``backend="edge"`` the embedded Qdrant engine (HNSW, payload indexes; see ``indexing.edge_store``).
+    """
     try:
         if url:
             return QdrantClient(url=url, api_key=api_key, timeout=30)
+        if backend == "edge":
+            from indexing.edge_store import EdgeClient
+
+            return EdgeClient(path)
         if path in (None, ":memory:"):
             return QdrantClient(":memory:")
         return QdrantClient(path=path)
@@ -120,7 +135,7 @@ def connect(url: str | None = None, path: str | None = None, api_key: str | None
 
 
 class VectorStore:
-    def __init__(self, client: QdrantClient, alias: str = "vacancies") -> None:
+    def __init__(self, client: QdrantClient | EdgeClient, alias: str = "vacancies") -> None:
         self.client = client
         self.alias = alias
         self.building: str | None = None  # a collection being rebuilt: single writes go there too
@@ -200,15 +215,23 @@ class VectorStore:
         else:
             building = self.building
             targets = [self._require_active(), *([building] if building else [])]
-        batch = [
-            models.PointStruct(
-                id=point_id(p.vacancy_id), vector=p.vector.astype(np.float32).tolist(), payload=p.payload()
-            )
-            for p in points
-        ]
-        for target in targets if batch else []:
-            self.client.upsert(target, points=batch, wait=True)
-        return len(batch)
+        points = list(points)
+        if not points:
+            return 0
+        ids = [point_id(p.vacancy_id) for p in points]
+        payloads = [p.payload() for p in points]
+        vectors = np.stack([p.vector for p in points]).astype(np.float32)
+        if isinstance(self.client, QdrantClient):
+            batch = [
+                models.PointStruct(id=i, vector=v, payload=pl)
+                for i, v, pl in zip(ids, vectors.tolist(), payloads, strict=True)
+            ]
+            for target in targets:
+                self.client.upsert(target, points=batch, wait=True)
+        else:  # the embedded engine takes arrays directly (no per-point pydantic models)
+            for target in targets:
+                self.client.upsert_arrays(target, ids, vectors, payloads)
+        return len(points)
 
     def delete(self, vacancy_ids: Sequence[str]) -> None:
         self.client.delete(

@@ -19,6 +19,7 @@ from sqlalchemy.orm import sessionmaker
 from app.db import make_engine, migrate
 from app.runtime import Runtime
 from app.settings import Settings
+from indexing.edge_store import EdgeClient
 from tests.fakes import FakeEncoder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,6 +29,14 @@ POSTGRES_URL = os.environ.get("JOBCLASS_TEST_POSTGRES_URL", "postgresql+psycopg:
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def memory_qdrant() -> QdrantClient | EdgeClient:
+    """An in-memory vector store: qdrant-client local mode, or the embedded Qdrant engine when
+    JOBCLASS_TEST_QDRANT_BACKEND=edge (the whole suite runs on either)."""
+    if os.environ.get("JOBCLASS_TEST_QDRANT_BACKEND", "local") == "edge":
+        return EdgeClient(":memory:")
+    return QdrantClient(":memory:")
+
+
 def make_settings(state_dir: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "state_dir": state_dir,
@@ -35,6 +44,7 @@ def make_settings(state_dir: Path, **overrides: object) -> Settings:
         "qdrant_path": ":memory:",
         "embedding_model": "fake-encoder",
         "abstain_threshold": 0.0,
+        "microbatch": False,  # tests that need micro-batching turn it on (tests/unit/test_batching.py)
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
@@ -100,7 +110,7 @@ def db_sessions(migrated_engine: Engine) -> Iterator[sessionmaker]:
 
 @pytest.fixture
 def runtime(settings: Settings, migrated_engine: Engine, db_sessions: sessionmaker) -> Iterator[Runtime]:
-    rt = Runtime(settings, encoder=FakeEncoder(), qdrant=QdrantClient(":memory:"), engine=migrated_engine)
+    rt = Runtime(settings, encoder=FakeEncoder(), qdrant=memory_qdrant(), engine=migrated_engine)
     rt.sessions = db_sessions
     yield rt
     if rt.cache is not None:

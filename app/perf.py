@@ -1,0 +1,778 @@
+"""``jobclass bench-perf``: speed of the embedder, the service and the vector index, side by side.
+
+Every figure that the targets compare is a ratio of two measurements taken in the same run on the same
+machine (a shared 2-core box is noisy; absolute numbers drift, ratios much less). Results go to
+``OUT/metrics.json`` and ``OUT/report.md``; docs/performance.md quotes them.
+
+Sections (``--only`` picks some):
+- ``embedding``: texts/s of raw ``SentenceTransformer.encode`` (float32) vs our embedder in float32,
+  bfloat16 (forced, even where emulated) and int8 (dynamic quantization of the Linear layers), short
+  (~60 words) and long (~250 words) ads, with cosine of each variant's vectors to float32;
+- ``service``: ``POST /v1/classify/batch`` of 256 ads vs the same ads through encode + head;
+- ``microbatch``: 16 concurrent clients sending single ``POST /v1/classify``, with and without micro-batching;
+- ``knn``: upsert rate and query latency (p50/p99, with and without a payload filter) at 10k/100k/1M
+  synthetic clustered 384-d vectors: qdrant-client local mode, exact numpy, the embedded Qdrant engine
+  (HNSW), and at 100k recall@10 of scalar int8 and binary quantization vs none;
+- ``memory``: RSS of a serving process (embedding model loaded) with 100k vectors indexed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.settings import DATA_DIR, PROJECT_ROOT
+
+Echo = Callable[[str], None]
+SECTIONS = ("embedding", "service", "microbatch", "knn", "memory")
+DIM = 384
+N_LABELS = 20
+
+
+@dataclass
+class PerfConfig:
+    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    n_queries: int = 200
+    local_max: int = 100_000  # qdrant-client local mode is measured up to this size
+    local_queries_large: int = 20  # queries for local mode at 100k (≈0.2 s each)
+    hnsw_max: int = 100_000  # the edge HNSW index is built up to this size (above: exact scan in the engine)
+    n_short: int = 24
+    n_long: int = 8
+    rounds: int = 1  # embedding rounds per variant, interleaved; the best round counts
+    service_batch: int = 256
+    clients: int = 16
+    requests_per_client: int = 2
+    service_rounds: int = 1
+    train_per_label: int = 6
+    sections: tuple[str, ...] = SECTIONS
+    seed: int = 20240601
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def percentiles(seconds: Sequence[float]) -> dict[str, float]:
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "n": len(ms)}
+
+
+def _words(text: str, n: int) -> str:
+    return " ".join(text.split()[:n])
+
+
+def sample_texts(n: int, words: int, path: Path = DATA_DIR / "vacancies.csv") -> list[str]:
+    """``n`` ads cut to ``words`` words; short ads are extended with the next ones (long texts)."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        texts = [r["text"] for r in csv.DictReader(handle)]
+    out: list[str] = []
+    i = 0
+    while len(out) < n:
+        text = texts[i % len(texts)]
+        j = i + 1
+        while len(text.split()) < words:
+            text += "\n" + texts[j % len(texts)]
+            j += 1
+        out.append(_words(text, words))
+        i += 7  # spread over categories
+    return out
+
+
+def rss_mb() -> float:
+    import psutil
+
+    return float(psutil.Process().memory_info().rss) / 2**20
+
+
+# ---- embedding -----------------------------------------------------------------------------
+def bench_embedding(cfg: PerfConfig, echo: Echo) -> dict[str, Any]:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from indexing.embed import DEFAULT_MODEL, SentenceEmbedder, effective_dtype, native_bf16, resolve_model_path
+
+    sets = {"short_60w": sample_texts(cfg.n_short, 60), "long_250w": sample_texts(cfg.n_long, 250)}
+    raw = SentenceTransformer(resolve_model_path(DEFAULT_MODEL), device="cpu")
+
+    def ours(dtype: str, chunking: str) -> SentenceEmbedder:
+        return SentenceEmbedder(DEFAULT_MODEL, dtype=dtype, chunking=chunking, bf16_fallback=False)  # type: ignore[arg-type]
+
+    variants: dict[str, Callable[[list[str]], np.ndarray]] = {
+        "raw_st_float32": lambda t: np.asarray(raw.encode(t, batch_size=32, normalize_embeddings=True)),
+        "ours_float32": ours("float32", "none").encode,
+        "ours_bfloat16": ours("bfloat16", "none").encode,
+        "ours_int8": ours("int8", "none").encode,
+        "ours_float32_sentences": ours("float32", "sentences").encode,
+    }
+    reference = {k: "raw_st_float32" for k in variants}
+    reference["ours_float32_sentences"] = "ours_float32_sentences"
+    out: dict[str, Any] = {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native_bf16(),
+        "default_dtype_here": effective_dtype("bfloat16"),
+        "torch_threads": torch.get_num_threads(),
+        "sets": {},
+    }
+    for set_name, texts in sets.items():
+        for fn in variants.values():
+            fn(texts[:4])  # warm-up
+        best: dict[str, float] = {k: float("inf") for k in variants}
+        vectors: dict[str, np.ndarray] = {}
+        for r in range(cfg.rounds):
+            for name, fn in variants.items():
+                t0 = time.perf_counter()
+                vectors[name] = fn(texts)
+                best[name] = min(best[name], time.perf_counter() - t0)
+                echo(f"  embedding {set_name} round {r + 1} {name}: {len(texts) / best[name]:.1f} texts/s")
+        rows = {}
+        base = len(texts) / best["raw_st_float32"]
+        for name in variants:
+            ref = vectors[reference[name]]
+            cos = np.sum(vectors[name] * ref, axis=1)
+            rows[name] = {
+                "texts_per_s": len(texts) / best[name],
+                "speed_vs_raw_float32": (len(texts) / best[name]) / base,
+                "cosine_reference": reference[name],
+                "cosine_mean": float(cos.mean()),
+                "cosine_min": float(cos.min()),
+            }
+        out["sets"][set_name] = {"n_texts": len(texts), "variants": rows}
+    return out
+
+
+# ---- service and micro-batching ------------------------------------------------------------
+@dataclass
+class _Service:
+    runtime: Any
+    runtime_off: Any
+    tmp: Path
+    encoder: Any
+    close: Callable[[], None] = field(default=lambda: None)
+
+
+def _build_service(cfg: PerfConfig, echo: Echo) -> _Service:
+    from app.db import migrate
+    from app.runtime import Runtime
+    from app.services.index import reindex
+    from app.services.training import train
+    from app.services.vacancies import ingest_csv
+    from app.settings import Settings
+    from indexing.embed import SentenceEmbedder
+    from indexing.store import connect
+
+    tmp = Path(tempfile.mkdtemp(prefix="jobclass-perf-"))
+    settings = Settings(
+        _env_file=None,
+        state_dir=tmp,
+        qdrant_backend="edge",
+        embedding_cache=False,
+        microbatch=True,
+    )
+    migrate(settings.db_url)
+    with (DATA_DIR / "vacancies.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    per_label: dict[str, int] = {}
+    subset = []
+    for r in rows:
+        if per_label.get(r["label"], 0) < cfg.train_per_label:
+            per_label[r["label"]] = per_label.get(r["label"], 0) + 1
+            subset.append(r)
+    path = tmp / "train.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["id", "text", "label"])
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in ("id", "text", "label")} for r in subset)
+    encoder = SentenceEmbedder(
+        settings.embedding_model,
+        dtype=settings.embedding_dtype,
+        batch_size=settings.embedding_batch_size,
+        chunking=settings.embedding_chunking,
+    )
+    client = connect(path=settings.qdrant_location, backend="edge")
+    runtime = Runtime(settings, encoder=encoder, qdrant=client)
+    t0 = time.perf_counter()
+    with runtime.sessions() as session:
+        ingest_csv(session, path, runtime.taxonomy, source="perf")
+        train(runtime, session)
+        reindex(runtime, session)
+    echo(f"  service: trained and indexed {len(subset)} ads in {time.perf_counter() - t0:.0f}s")
+    off = Runtime(
+        settings.model_copy(update={"microbatch": False}), encoder=encoder, qdrant=client, engine=runtime.engine
+    )
+    off.load_active_model()
+
+    def close() -> None:
+        runtime.close()
+        off.jobs.shutdown()
+
+    return _Service(runtime, off, tmp, encoder, close)
+
+
+def bench_service(cfg: PerfConfig, svc: _Service, echo: Echo) -> dict[str, Any]:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.services.classification import ClassifyItem, clean_items
+
+    texts = sample_texts(cfg.service_batch, 60)
+    runtime = svc.runtime
+    body = {"items": [{"id": str(i), "text": t} for i, t in enumerate(texts)]}
+    cleaned = clean_items(runtime, [ClassifyItem(t) for t in texts])
+    head = runtime.model.classifier
+    service_s, raw_s = float("inf"), float("inf")
+    with TestClient(create_app(runtime.settings, runtime)) as client:
+        client.post("/v1/classify/batch", json={"items": body["items"][:8]})  # warm-up
+        for r in range(cfg.service_rounds):
+            t0 = time.perf_counter()
+            response = client.post("/v1/classify/batch", json=body)
+            service_s = min(service_s, time.perf_counter() - t0)
+            assert response.status_code == 200, response.text
+            t0 = time.perf_counter()
+            head.head_proba(svc.encoder.encode(cleaned))
+            raw_s = min(raw_s, time.perf_counter() - t0)
+            echo(f"  service round {r + 1}: batch {service_s:.2f}s, encode+head {raw_s:.2f}s")
+    return {
+        "n_texts": len(texts),
+        "service_batch_s": service_s,
+        "encode_plus_head_s": raw_s,
+        "overhead_pct": 100.0 * (service_s - raw_s) / raw_s,
+        "what": "POST /v1/classify/batch (clean, embed, kNN on the edge index, fusion, 256 prediction rows "
+        "in SQLite, JSON) vs the same embedder's encode + the head on the cleaned texts",
+    }
+
+
+def bench_microbatch(cfg: PerfConfig, svc: _Service, echo: Echo) -> dict[str, Any]:
+    from fastapi.testclient import TestClient
+
+    from app.batching import MicroBatchingEncoder
+    from app.main import create_app
+
+    texts = sample_texts(cfg.clients * cfg.requests_per_client, 60)
+    out: dict[str, Any] = {"clients": cfg.clients, "requests": len(texts)}
+    for mode, runtime in (("without", svc.runtime_off), ("with", svc.runtime), ("without_again", svc.runtime_off)):
+        with TestClient(create_app(runtime.settings, runtime)) as client:
+            client.post("/v1/classify", json={"text": texts[0]})
+            latencies: list[float] = []
+            lock = threading.Lock()
+
+            def worker(
+                k: int, client: TestClient = client, latencies: list[float] = latencies, lock: threading.Lock = lock
+            ) -> None:
+                for text in texts[k :: cfg.clients]:
+                    t0 = time.perf_counter()
+                    response = client.post("/v1/classify", json={"text": text})
+                    assert response.status_code == 200, response.text
+                    with lock:
+                        latencies.append(time.perf_counter() - t0)
+
+            cpu0 = _cpu_s()
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(cfg.clients) as pool:
+                list(pool.map(worker, range(cfg.clients)))
+            wall = time.perf_counter() - t0
+            cpu = _cpu_s() - cpu0
+        row: dict[str, Any] = {
+            "wall_s": wall,
+            "requests_per_s": len(texts) / wall,
+            "cpu_s_per_request": cpu / len(texts),
+            **percentiles(latencies),
+        }
+        if isinstance(runtime.encoder, MicroBatchingEncoder):
+            s = runtime.encoder.stats
+            row["model_calls"] = s.calls
+            row["largest_group"] = s.largest
+        out[mode] = row
+        echo(f"  micro-batching {mode}: {row['requests_per_s']:.2f} req/s")
+    slow = min(out["without"]["requests_per_s"], out["without_again"]["requests_per_s"])
+    fast = max(out["without"]["requests_per_s"], out["without_again"]["requests_per_s"])
+    out["speedup"] = out["with"]["requests_per_s"] / fast
+    out["speedup_vs_slower_run"] = out["with"]["requests_per_s"] / slow
+    cpu_without = min(out["without"]["cpu_s_per_request"], out["without_again"]["cpu_s_per_request"])
+    out["cpu_ratio"] = cpu_without / out["with"]["cpu_s_per_request"]
+    return out
+
+
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process and its threads: on a loaded machine, where many
+    threads win a larger share of the cores than one, CPU time per request is the fair capacity measure."""
+    t = os.times()
+    return t.user + t.system
+
+
+# ---- kNN -----------------------------------------------------------------------------------
+def clustered(
+    n: int, rng: np.random.Generator, centres: np.ndarray, spread: float = 0.35
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` unit vectors around random centres (cluster = index into centres)."""
+    cluster = rng.integers(0, len(centres), n)
+    x = centres[cluster] + (spread / np.sqrt(DIM)) * rng.standard_normal((n, DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), cluster
+
+
+def _points(x: np.ndarray, cluster: np.ndarray, start: int) -> list[Any]:
+    from indexing.store import VacancyPoint
+
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    return [
+        VacancyPoint(
+            vacancy_id=f"p{start + i}",
+            vector=x[i],
+            label=f"label-{int(cluster[i]) % N_LABELS}",
+            source="synthetic",
+            created_at=t0 + timedelta(minutes=start + i),
+        )
+        for i in range(len(x))
+    ]
+
+
+def _load(store: Any, x: np.ndarray, cluster: np.ndarray, batch: int = 2000) -> float:
+    name = store.create_version(DIM)
+    t0 = time.perf_counter()
+    for i in range(0, len(x), batch):
+        store.upsert(_points(x[i : i + batch], cluster[i : i + batch], i), collection=name)
+    elapsed = time.perf_counter() - t0
+    store.swap_alias(name)
+    return elapsed
+
+
+def _load_slim(client: Any, store: Any, x: np.ndarray, cluster: np.ndarray, batch: int = 5000) -> float:
+    name = store.create_version(DIM)
+    t0 = time.perf_counter()
+    for i in range(0, len(x), batch):
+        ids = list(range(i + 1, i + 1 + len(x[i : i + batch])))
+        payloads = [
+            {"vacancy_id": f"p{j - 1}", "label": f"label-{int(c) % N_LABELS}"}
+            for j, c in zip(ids, cluster[i : i + batch], strict=True)
+        ]
+        client.upsert_arrays(name, ids, x[i : i + batch], payloads)
+    elapsed = time.perf_counter() - t0
+    store.swap_alias(name)
+    return elapsed
+
+
+def exact_topk(x: np.ndarray, q: np.ndarray, k: int, chunk: int = 200_000) -> np.ndarray:
+    scores = np.concatenate([q @ x[i : i + chunk].T for i in range(0, len(x), chunk)], axis=1)
+    top = np.argpartition(-scores, k, axis=1)[:, :k]
+    order = np.take_along_axis(scores, top, 1).argsort(axis=1)[:, ::-1]
+    return np.take_along_axis(top, order, 1)
+
+
+def _numpy_latency(x: np.ndarray, q: np.ndarray, mask_idx: np.ndarray | None, k: int = 10) -> dict[str, float]:
+    times = []
+    sub = x if mask_idx is None else None
+    for v in q:
+        t0 = time.perf_counter()
+        if sub is not None:
+            s = sub @ v
+            idx = np.argpartition(-s, k)[:k]
+        else:
+            assert mask_idx is not None
+            s = x[mask_idx] @ v
+            idx = mask_idx[np.argpartition(-s, k)[:k]]
+        idx[np.argsort(-s[:k] if sub is None else -s[idx])]  # order the k results, as an index would
+        times.append(time.perf_counter() - t0)
+    return percentiles(times)
+
+
+def _store_latency(store: Any, q: np.ndarray, flt: Any = None, k: int = 10) -> dict[str, float]:
+    times = []
+    for v in q:
+        t0 = time.perf_counter()
+        store.search(v, k, flt)
+        times.append(time.perf_counter() - t0)
+    return percentiles(times)
+
+
+def _recall(found: Sequence[Sequence[str]], truth: np.ndarray) -> float:
+    hits = [len({f"p{j}" for j in row} & set(f)) / len(row) for f, row in zip(found, truth, strict=True)]
+    return float(np.mean(hits))
+
+
+def bench_knn(cfg: PerfConfig, echo: Echo) -> dict[str, Any]:
+    import qdrant_edge as qe
+    from qdrant_client import QdrantClient
+
+    from indexing.edge_store import EdgeClient
+    from indexing.store import SearchFilter, VectorStore
+
+    rng = np.random.default_rng(cfg.seed)
+    centres = rng.standard_normal((1000, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    qx, _ = clustered(cfg.n_queries, rng, centres)
+    flt = SearchFilter(labels=["label-3"])  # 1 label of 20: ≈5% of the points
+    out: dict[str, Any] = {"sizes": {}, "dim": DIM, "queries": cfg.n_queries, "filter": "label = one of 20 (≈5%)"}
+    for n in cfg.sizes:
+        x, cluster = clustered(n, rng, centres)
+        labels = cluster % N_LABELS
+        row: dict[str, Any] = {}
+        truth = exact_topk(x, qx, 10)
+        mask_idx = np.flatnonzero(labels == 3)
+        row["numpy_exact"] = {
+            "upsert_per_s": None,
+            "search": _numpy_latency(x, qx, None),
+            "search_filtered": _numpy_latency(x, qx, mask_idx),
+            "recall_at_10": 1.0,
+        }
+        echo(f"  knn {n}: numpy p50 {row['numpy_exact']['search']['p50_ms']:.2f} ms")
+        # embedded Qdrant engine
+        tmp = tempfile.mkdtemp(prefix="jobclass-perf-edge-")
+        client = EdgeClient(tmp, background_optimize=False)
+        store = VectorStore(client, alias="bench")
+        if n <= cfg.local_max:
+            load_s = _load(store, x, cluster)
+            payload = "full (VectorStore.upsert)"
+        else:
+            load_s = _load_slim(client, store, x, cluster)
+            payload = "vacancy_id + label only (EdgeClient.upsert_arrays), to fit the run in minutes"
+        edge: dict[str, Any] = {"upsert_per_s": n / load_s, "upsert_s": load_s, "payload": payload}
+        if n <= cfg.hnsw_max:
+            t0 = time.perf_counter()
+            client.optimize("bench")
+            edge["hnsw_build_s"] = time.perf_counter() - t0
+            edge["index"] = "hnsw m=16 ef_construct=100"
+        else:
+            edge["index"] = "none (HNSW build skipped at this size; exact scan inside the engine)"
+        edge["search"] = _store_latency(store, qx)
+        edge["search_filtered"] = _store_latency(store, qx, flt)
+        found = [[h.vacancy_id for h in hits] for hits in store.search_many(qx, 10)]
+        edge["recall_at_10"] = _recall(found, truth)
+        info = client.get_collection("bench")
+        edge["indexed_vectors"] = info.indexed_vectors_count
+        row["edge"] = edge
+        echo(f"  knn {n}: edge {edge}")
+        if n == 100_000:
+            row["edge_quantization"] = _quantization(cfg, x, cluster, qx, truth, echo)
+        client.close()
+        # qdrant-client local mode
+        if n <= cfg.local_max:
+            local = VectorStore(QdrantClient(":memory:"), alias="bench")
+            load_s = _load(local, x, cluster)
+            nq = cfg.n_queries if n < 100_000 else cfg.local_queries_large
+            row["qdrant_local"] = {
+                "upsert_per_s": n / load_s,
+                "upsert_s": load_s,
+                "search": _store_latency(local, qx[:nq]),
+                "search_filtered": _store_latency(local, qx[:nq], flt),
+                "queries_measured": nq,
+                "recall_at_10": 1.0,
+            }
+            local.client.close()
+            echo(f"  knn {n}: local {row['qdrant_local']}")
+        else:
+            row["qdrant_local"] = {
+                "skipped": f"brute force in Python: ≈{n // 100_000}× the 100k latency, minutes of upsert"
+            }
+        out["sizes"][str(n)] = row
+        del x, cluster
+    _ = qe
+    return out
+
+
+def _quantization(
+    cfg: PerfConfig, x: np.ndarray, cluster: np.ndarray, qx: np.ndarray, truth: np.ndarray, echo: Echo
+) -> dict[str, Any]:
+    """Recall@10 and latency at 100k on the edge HNSW index: no quantization, scalar int8, binary."""
+    import qdrant_edge as qe
+    from qdrant_client.http import models
+
+    from indexing.edge_store import EdgeClient
+    from indexing.store import VectorStore
+
+    configs: dict[str, Any] = {
+        "int8": qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True),
+        "binary": qe.BinaryQuantizationConfig(always_ram=True),
+    }
+    searches = {
+        "int8": {
+            "no_rescore": models.QuantizationSearchParams(rescore=False),
+            "rescore": models.QuantizationSearchParams(rescore=True, oversampling=2.0),
+        },
+        "binary": {
+            "no_rescore": models.QuantizationSearchParams(rescore=False),
+            "rescore_x3": models.QuantizationSearchParams(rescore=True, oversampling=3.0),
+        },
+    }
+    out: dict[str, Any] = {}
+    for name, qcfg in configs.items():
+        tmp = tempfile.mkdtemp(prefix="jobclass-perf-q-")
+        client = EdgeClient(tmp, quantization=qcfg, background_optimize=False)
+        store = VectorStore(client, alias="q")
+        _load(store, x, cluster)
+        t0 = time.perf_counter()
+        client.optimize("q")
+        build = time.perf_counter() - t0
+        for label, params in searches[name].items():
+            times, found = [], []
+            for v in qx:
+                request = models.QueryRequest(
+                    query=v.tolist(), limit=10, with_payload=True, params=models.SearchParams(quantization=params)
+                )
+                t1 = time.perf_counter()
+                [resp] = client.query_batch_points("q", [request])
+                times.append(time.perf_counter() - t1)
+                found.append([str((p.payload or {}).get("vacancy_id")) for p in resp.points])
+            out[f"{name}_{label}"] = {"build_s": build, "recall_at_10": _recall(found, truth), **percentiles(times)}
+            echo(f"  quantization {name} {label}: {out[f'{name}_{label}']}")
+        client.close()
+    return out
+
+
+# ---- memory --------------------------------------------------------------------------------
+def rss_probe(backend: str, n: int) -> dict[str, float]:
+    """Run in a child process: RSS with the serving embedder loaded, then with ``n`` vectors indexed."""
+    import gc
+
+    from indexing.embed import DEFAULT_MODEL, SentenceEmbedder
+    from indexing.store import VectorStore, connect
+
+    base = rss_mb()
+    embedder = SentenceEmbedder(DEFAULT_MODEL)
+    embedder.encode(["warm-up text for the model"])
+    with_model = rss_mb()
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((1000, DIM)).astype(np.float32)
+    x, cluster = clustered(n, rng, centres)
+    tmp = tempfile.mkdtemp(prefix="jobclass-perf-rss-")
+    client = connect(path=tmp if backend == "edge" else ":memory:", backend=backend)  # type: ignore[arg-type]
+    store = VectorStore(client, alias="m")
+    _load(store, x, cluster)  # edge: no HNSW build here (the graph adds ≈ n·m·2·4 bytes ≈ 13 MB at 100k)
+    q = x[:50]
+    del x, cluster
+    gc.collect()
+    for v in q:
+        store.search(v, 10)
+    indexed = rss_mb()
+    client.close()
+    return {"python_mb": base, "with_model_mb": with_model, "with_index_mb": indexed, "index_mb": indexed - with_model}
+
+
+def bench_memory(n: int, echo: Echo) -> dict[str, Any]:
+    out: dict[str, Any] = {"vectors": n}
+    for backend in ("edge", "local"):
+        code = f"import json; from app.perf import rss_probe; print(json.dumps(rss_probe({backend!r}, {n})))"
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=1800, check=False
+        )
+        if proc.returncode != 0:
+            out[backend] = {"error": proc.stderr[-500:]}
+        else:
+            out[backend] = json.loads(proc.stdout.strip().splitlines()[-1])
+        echo(f"  memory {backend}: {out[backend]}")
+    return out
+
+
+# ---- run and report ------------------------------------------------------------------------
+def run_perf(cfg: PerfConfig, echo: Echo = print) -> dict[str, Any]:
+    import torch
+
+    result: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "load_avg_at_start": os.getloadavg(),
+        },
+        "config": asdict(cfg),
+    }
+    timings: dict[str, float] = {}
+    if "embedding" in cfg.sections:
+        t0 = time.perf_counter()
+        result["embedding"] = bench_embedding(cfg, echo)
+        timings["embedding"] = time.perf_counter() - t0
+    if "service" in cfg.sections or "microbatch" in cfg.sections:
+        t0 = time.perf_counter()
+        svc = _build_service(cfg, echo)
+        try:
+            if "service" in cfg.sections:
+                result["service"] = bench_service(cfg, svc, echo)
+            if "microbatch" in cfg.sections:
+                result["microbatch"] = bench_microbatch(cfg, svc, echo)
+        finally:
+            svc.close()
+        timings["service+microbatch"] = time.perf_counter() - t0
+    if "knn" in cfg.sections:
+        t0 = time.perf_counter()
+        result["knn"] = bench_knn(cfg, echo)
+        timings["knn"] = time.perf_counter() - t0
+    if "memory" in cfg.sections:
+        t0 = time.perf_counter()
+        result["memory"] = bench_memory(100_000, echo)
+        timings["memory"] = time.perf_counter() - t0
+    result["machine"]["load_avg_at_end"] = os.getloadavg()
+    result["section_seconds"] = timings
+    return result
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# Performance benchmark (`jobclass bench-perf`)",
+        "",
+        f"Run {result['when']} on {result['machine']['cpus']} CPUs ({result['machine']['processor']}), torch "
+        f"{result['machine']['torch']} with {result['machine']['torch_threads']} threads; load average at start "
+        f"{', '.join(f'{x:.1f}' for x in result['machine']['load_avg_at_start'])}. Ratios are side by side in one run.",
+        "",
+    ]
+    emb = result.get("embedding")
+    if emb:
+        lines += [
+            "## Embedding",
+            "",
+            f"CPU capability `{emb['cpu_capability']}`, native bfloat16: {emb['native_bf16']} → default dtype here: "
+            f"`{emb['default_dtype_here']}`.",
+            "",
+            "| texts | variant | texts/s | × raw float32 | cosine mean | cosine min | cosine vs |",
+            "|---|---|---:|---:|---:|---:|---|",
+        ]
+        for set_name, data in emb["sets"].items():
+            for name, r in data["variants"].items():
+                lines.append(
+                    f"| {set_name} ({data['n_texts']}) | {name} | {r['texts_per_s']:.1f} | "
+                    f"{r['speed_vs_raw_float32']:.2f} | "
+                    f"{r['cosine_mean']:.5f} | {r['cosine_min']:.5f} | {r['cosine_reference']} |"
+                )
+        lines.append("")
+    svc = result.get("service")
+    if svc:
+        lines += [
+            "## Service overhead",
+            "",
+            "| texts | POST /v1/classify/batch (s) | encode + head (s) | overhead |",
+            "|---:|---:|---:|---:|",
+            f"| {svc['n_texts']} | {svc['service_batch_s']:.2f} | {svc['encode_plus_head_s']:.2f} | "
+            f"{svc['overhead_pct']:.1f}% |",
+            "",
+            svc["what"] + ".",
+            "",
+        ]
+    mb = result.get("microbatch")
+    if mb:
+        lines += [
+            "## Micro-batching",
+            "",
+            f"{mb['clients']} concurrent clients, {mb['requests']} single `POST /v1/classify` requests per run.",
+            "",
+            "| run | requests/s | CPU s / request | p50 ms | p99 ms | model calls | largest group |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for mode in ("without", "with", "without_again"):
+            r = mb[mode]
+            lines.append(
+                f"| {mode.replace('_', ' ')} | {r['requests_per_s']:.2f} | {r['cpu_s_per_request']:.3f} | "
+                f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {_f(r.get('model_calls'))} | {_f(r.get('largest_group'))} |"
+            )
+        lines += [
+            "",
+            f"Wall-clock throughput with micro-batching: {mb['speedup']:.2f}× the faster run without; "
+            f"CPU time per request: {mb['cpu_ratio']:.2f}× less.",
+            "",
+        ]
+    knn = result.get("knn")
+    if knn:
+        lines += [
+            "## kNN search",
+            "",
+            f"{knn['dim']}-d synthetic clustered unit vectors (1000 clusters), {knn['queries']} queries, k = 10; "
+            f"filter: {knn['filter']}. Latency per single query through `VectorStore.search` (numpy: the matrix "
+            "product and a partial sort only).",
+            "",
+            "| vectors | backend | upsert/s | index build s | p50 ms | p99 ms | filtered p50 ms | filtered p99 ms "
+            "| recall@10 |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for n, row in knn["sizes"].items():
+            for backend in ("numpy_exact", "qdrant_local", "edge"):
+                r = row.get(backend)
+                if r is None:
+                    continue
+                if "skipped" in r:
+                    lines.append(f"| {int(n):,} | {backend} | – | – | – | – | – | – | skipped: {r['skipped']} |")
+                    continue
+                note = (
+                    f" ({r['queries_measured']} queries)"
+                    if r.get("queries_measured", 0) not in (0, knn["queries"])
+                    else ""
+                )
+                lines.append(
+                    f"| {int(n):,} | {backend}{note} | {_f(r.get('upsert_per_s'), 0)} | {_f(r.get('hnsw_build_s'))} | "
+                    f"{r['search']['p50_ms']:.2f} | {r['search']['p99_ms']:.2f} | "
+                    f"{r['search_filtered']['p50_ms']:.2f} | "
+                    f"{r['search_filtered']['p99_ms']:.2f} | {r['recall_at_10']:.3f} |"
+                )
+        quant = next((row["edge_quantization"] for row in knn["sizes"].values() if "edge_quantization" in row), None)
+        if quant:
+            none = knn["sizes"]["100000"]["edge"]
+            lines += [
+                "",
+                "### Quantization at 100k (edge, HNSW m=16 ef_construct=100)",
+                "",
+                "| quantization | search | index build s | recall@10 | p50 ms | p99 ms |",
+                "|---|---|---:|---:|---:|---:|",
+                f"| none | float32 | {_f(none.get('hnsw_build_s'))} | {none['recall_at_10']:.3f} | "
+                f"{none['search']['p50_ms']:.2f} | {none['search']['p99_ms']:.2f} |",
+            ]
+            for name, r in quant.items():
+                kind, _, search = name.partition("_")
+                lines.append(
+                    f"| {kind} | {search} | {r['build_s']:.1f} | {r['recall_at_10']:.3f} | {r['p50_ms']:.2f} | "
+                    f"{r['p99_ms']:.2f} |"
+                )
+        lines.append("")
+    mem = result.get("memory")
+    if mem:
+        lines += [
+            "## Memory",
+            "",
+            f"RSS of a process with the serving embedder loaded, then with {mem['vectors']:,} vectors indexed "
+            "and queried.",
+            "",
+            "| backend | python MB | + model MB | + index MB | index share MB |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for backend in ("edge", "local"):
+            r = mem.get(backend, {})
+            if "error" in r:
+                lines.append(f"| {backend} | error | | | |")
+                continue
+            lines.append(
+                f"| {backend} | {r['python_mb']:.0f} | {r['with_model_mb']:.0f} | {r['with_index_mb']:.0f} | "
+                f"{r['index_mb']:.0f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_outputs(result: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / "report.md").write_text(markdown(result))
+
+
+def iter_sections(value: str | None) -> Iterator[str]:
+    for part in (value or ",".join(SECTIONS)).split(","):
+        part = part.strip()
+        if part not in SECTIONS:
+            raise ValueError(f"unknown section {part!r}; choose from {', '.join(SECTIONS)}")
+        yield part
