@@ -126,7 +126,12 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # pool_pre_ping: a connection the server dropped (restart, pg_terminate_backend) is replaced on checkout,
+    # so the service recovers without a restart; connect_timeout and pool_timeout bound how long a request
+    # waits for a database that is gone before it answers 503.
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10, connect_args={"connect_timeout": 5}
+    )
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from qdrant_client.http.exceptions import ApiException
+
+from indexing.store import StoreError
+
+RETRY_AFTER_SECONDS = 5  # the hint sent with every 503: a dependency is expected back soon
+
 
 class ServiceError(Exception):
     status_code = 500
@@ -25,6 +31,27 @@ class Conflict(ServiceError):
 
 
 class Unavailable(ServiceError):
-    """A dependency (database, vector store, model) cannot serve the request right now."""
+    """A dependency (database, vector store, model) cannot serve the request right now (503 with a
+    ``Retry-After`` header)."""
 
     status_code = 503
+
+    def __init__(self, message: str, *, field: str | None = None, retry_after: int = RETRY_AFTER_SECONDS) -> None:
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database cannot be reached: nothing was written, try again later."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(
+            "the database is unavailable; nothing was written, retry later" + (f" ({detail})" if detail else "")
+        )
+
+
+# What the vector store raises when it cannot answer: no collection behind the alias (StoreError), a server
+# that refuses or times out (ApiException, OSError), a closed local client (RuntimeError), a collection of
+# another dimension (ValueError). Classification falls back to the head on these; search answers 503.
+STORE_UNREACHABLE: tuple[type[Exception], ...] = (StoreError, ApiException, OSError)
+STORE_ERRORS: tuple[type[Exception], ...] = (*STORE_UNREACHABLE, ValueError, RuntimeError)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import Feedback, Prediction, Vacancy, utcnow
-from app.errors import InvalidInput, NotFound
+from app.errors import STORE_ERRORS, Conflict, InvalidInput, NotFound
 from app.runtime import Runtime
 from app.services.index import index_vacancy
-from indexing.store import StoreError
 
 log = logging.getLogger(__name__)
+WRITE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -26,16 +27,15 @@ def feedback_vacancy_id(prediction_id: str) -> str:
     return f"feedback-{prediction_id}"
 
 
-def submit_feedback(
-    runtime: Runtime, session: Session, prediction_id: str, label: str, comment: str | None = None
-) -> FeedbackResult:
-    if label not in runtime.taxonomy:
-        raise InvalidInput(f"unknown label {label!r}: it is not in the taxonomy (GET /v1/taxonomy)", field="label")
+def _store(session: Session, prediction_id: str, label: str, comment: str | None) -> tuple[Feedback, Vacancy]:
     prediction = session.get(Prediction, prediction_id)
     if prediction is None:
         raise NotFound(f"no prediction with id {prediction_id!r}", field="prediction_id")
     vid = feedback_vacancy_id(prediction_id)
-    vacancy = session.get(Vacancy, vid)
+    # FOR UPDATE: concurrent corrections of one prediction queue here, each reads the label the previous
+    # one committed, so the vacancy's label is always the latest feedback row's (an unlocked read could be
+    # stale, and an unchanged-looking label is then not written at all).
+    vacancy = session.get(Vacancy, vid, populate_existing=True, with_for_update=True)
     if vacancy is None:
         vacancy = Vacancy(id=vid, text=prediction.text, text_hash=prediction.text_hash, label=label, source="feedback")
         session.add(vacancy)
@@ -45,10 +45,33 @@ def submit_feedback(
     row = Feedback(prediction=prediction, vacancy=vacancy, label=label, comment=comment)
     session.add(row)
     session.commit()
+    return row, vacancy
+
+
+def submit_feedback(
+    runtime: Runtime, session: Session, prediction_id: str, label: str, comment: str | None = None
+) -> FeedbackResult:
+    if label not in runtime.taxonomy:
+        raise InvalidInput(f"unknown label {label!r}: it is not in the taxonomy (GET /v1/taxonomy)", field="label")
+    if "\x00" in prediction_id:  # no stored id holds a NUL byte (Postgres text cannot)
+        raise NotFound(f"no prediction with id {prediction_id!r}", field="prediction_id")
+    if comment is not None:
+        comment = comment.replace("\x00", "")  # stored cleaned: Postgres text cannot hold NUL bytes
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            row, vacancy = _store(session, prediction_id, label, comment)
+            break
+        except IntegrityError as exc:
+            # Concurrent first corrections of one prediction both create its vacancy: one insert wins, the
+            # other rolls back and, on the next attempt, finds that vacancy and updates it instead.
+            session.rollback()
+            if attempt == WRITE_ATTEMPTS:
+                raise Conflict("the correction collided with concurrent ones; nothing was written, retry") from exc
+            log.info("feedback for %s collided with a concurrent one (attempt %d), retrying", prediction_id, attempt)
     try:
         index_vacancy(runtime, vacancy)
         indexed = True
-    except (StoreError, ValueError, RuntimeError) as exc:
+    except STORE_ERRORS as exc:
         log.warning("feedback %s stored but not indexed (the next reindex adds it): %s", row.id, exc)
         indexed = False
     return FeedbackResult(row, indexed)

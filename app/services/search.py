@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
+
 from sqlalchemy.orm import Session
 
 from app.db import Vacancy
-from app.errors import InvalidInput, NotFound, Unavailable
+from app.errors import STORE_ERRORS, InvalidInput, NotFound, Unavailable
 from app.runtime import Runtime
 from indexing.clean import clean_text
-from indexing.store import Hit, SearchFilter, StoreError
+from indexing.store import Hit, SearchFilter
 
 
 def search_text(runtime: Runtime, text: str, k: int, flt: SearchFilter | None = None) -> list[Hit]:
@@ -17,6 +20,8 @@ def search_text(runtime: Runtime, text: str, k: int, flt: SearchFilter | None = 
     cleaned = clean_text(text, max_chars=runtime.settings.clean_max_chars)
     if not cleaned:
         raise InvalidInput("text is empty after cleaning (no words left)", field="text")
+    if flt:
+        flt = _check_filter(flt)
     if flt and flt.labels:
         unknown = [lab for lab in flt.labels if lab not in runtime.taxonomy]
         if unknown:
@@ -24,13 +29,25 @@ def search_text(runtime: Runtime, text: str, k: int, flt: SearchFilter | None = 
     vector = runtime.encoder.encode([cleaned])[0]
     try:
         return runtime.store.search(vector, k, flt)
-    except StoreError as exc:
-        raise Unavailable(f"vector store unavailable: {exc}") from exc
+    except STORE_ERRORS as exc:
+        raise Unavailable(f"vector store unavailable: {type(exc).__name__}: {exc}") from exc
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)  # a date without zone is UTC
+
+
+def _check_filter(flt: SearchFilter) -> SearchFilter:
+    since = _aware(flt.since) if flt.since is not None else None
+    until = _aware(flt.until) if flt.until is not None else None
+    if since is not None and until is not None and until < since:
+        raise InvalidInput("filter.until is before filter.since", field="filter.until")
+    return replace(flt, since=since, until=until)
 
 
 def similar_to(runtime: Runtime, session: Session, vacancy_id: str, k: int) -> list[Hit]:
     """Nearest vacancies to a stored one, excluding itself and exact duplicates of its text."""
-    vacancy = session.get(Vacancy, vacancy_id)
+    vacancy = session.get(Vacancy, vacancy_id) if "\x00" not in vacancy_id else None  # no id holds a NUL
     if vacancy is None:
         raise NotFound(f"no vacancy with id {vacancy_id!r}", field="vacancy_id")
     try:
@@ -38,6 +55,6 @@ def similar_to(runtime: Runtime, session: Session, vacancy_id: str, k: int) -> l
         if vector is None:
             vector = runtime.encoder.encode([vacancy.text])[0]
         hits = runtime.store.search(vector, k + 10, SearchFilter(exclude_ids=[vacancy_id]))
-    except StoreError as exc:
-        raise Unavailable(f"vector store unavailable: {exc}") from exc
+    except STORE_ERRORS as exc:
+        raise Unavailable(f"vector store unavailable: {type(exc).__name__}: {exc}") from exc
     return [h for h in hits if h.text_hash != vacancy.text_hash][:k]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -149,6 +150,7 @@ def test_search_filters_and_similar(client: TestClient) -> None:
         ("/v1/classify", {"text": "ok text", "unexpected": 1}, "unexpected"),
         ("/v1/classify/batch", {"items": []}, "items"),
         ("/v1/classify/batch", {"items": [{"text": "ok"}, {"text": ""}]}, "items[1].text"),
+        ("/v1/classify/batch", {"items": [{"text": "<p> </p>"}]}, "items[0].text"),  # a batch of one is a batch
         ("/v1/classify/batch", {"items": [{"text": "ok words"}] * 257}, "items"),
         ("/v1/search", {"text": "carpenter", "k": 0}, "k"),
         ("/v1/search", {"text": "carpenter", "k": 101}, "k"),
@@ -156,6 +158,24 @@ def test_search_filters_and_similar(client: TestClient) -> None:
         ("/v1/search", {"text": "carpenter", "filter": {"since": "yesterday"}}, "filter.since"),
         ("/v1/feedback", {"prediction_id": "p", "label": "Not a label"}, "label"),
         ("/v1/feedback", {"prediction_id": "", "label": "Ledelse"}, "prediction_id"),
+        # wrong JSON types, limits and malformed filters
+        ("/v1/classify", {"text": ["a list"]}, "text"),
+        ("/v1/classify", {"text": "ok text", "top_k": "five"}, "top_k"),
+        ("/v1/classify", {"text": "ok text", "top_k": 51}, "top_k"),
+        ("/v1/classify/batch", {"items": "not a list"}, "items"),
+        ("/v1/classify/batch", {"items": [{"text": "ok words"}, {"text": "x" * 20_001}]}, "items[1].text"),
+        ("/v1/classify/batch", {"items": [{"id": "a\x00b", "text": "ok words"}]}, "items[0].id"),
+        ("/v1/classify/batch", {"items": [{"id": "x" * 129, "text": "ok words"}]}, "items[0].id"),
+        ("/v1/search", {"text": "   "}, "text"),
+        ("/v1/search", {"text": "x" * 20_001}, "text"),
+        ("/v1/search", {"text": "carpenter", "k": "ten"}, "k"),
+        ("/v1/search", {"text": "carpenter", "filter": {"labels": "Ledelse"}}, "filter.labels"),
+        ("/v1/search", {"text": "carpenter", "filter": {"until": 12.5e99}}, "filter.until"),
+        ("/v1/search", {"text": "carpenter", "filter": {"bogus": 1}}, "filter.bogus"),
+        ("/v1/search", {"text": "carpenter", "filter": {"since": "2024-06-01", "until": "2024-01-01"}}, "filter.until"),
+        ("/v1/feedback", {"prediction_id": 5, "label": "Ledelse"}, "prediction_id"),
+        ("/v1/feedback", {"prediction_id": "p", "label": "Ledelse", "comment": "x" * 2001}, "comment"),
+        ("/v1/admin/retrain", {"margin": 2}, "margin"),
     ],
 )
 def test_bad_input_is_a_clear_422(client: TestClient, path: str, payload: dict, field: str) -> None:
@@ -185,6 +205,79 @@ def test_malformed_json_and_oversized_bodies(client: TestClient) -> None:
     assert response.status_code == 422
     big = client.post("/v1/classify", content=b"x", headers={"content-length": str(9 * 1024 * 1024)})
     assert big.status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # streamed without a Content-Length: counted while read
+        yield b'{"text": "'
+        for _ in range(9):
+            yield b"x" * 1024 * 1024
+
+    streamed = client.post("/v1/classify", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413 and streamed.json()["field"] == "body"
+
+
+@pytest.mark.parametrize("body", [b'{"text": "caf\xe9 carpenter"}', b'{"text": "\xc3\x28 carpenter \xed\xa0\x80"}'])
+def test_invalid_utf8_is_a_4xx_naming_the_body(client: TestClient, body: bytes) -> None:
+    response = client.post("/v1/classify", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json() == {"detail": "the body is not valid UTF-8: send JSON encoded as UTF-8", "field": "body"}
+
+
+@pytest.mark.parametrize(("query", "field"), [("k=0", "k"), ("k=101", "k"), ("k=ten", "k")])
+def test_similar_k_out_of_range(client: TestClient, query: str, field: str) -> None:
+    response = client.get(f"/v1/vacancies/t0-00/similar?{query}")
+    assert response.status_code == 422 and response.json()["field"] == field
+
+
+HOSTILE = [
+    "'; DROP TABLE predictions; --",
+    '" OR "1"="1',
+    "Robert'); DELETE FROM feedback WHERE ('1'='1",
+    "1; UPDATE vacancies SET label='x' --",
+    "nul\x00byte",
+    "ümlaut ø å 中文 🚀 \u202eevil \U0001f600",
+    "%s %(x)s {0} $1 \\ `id` ${jndi:ldap://x}",
+    "<script>alert(1)</script>",
+    "y" * 5_000,
+]
+
+
+def test_hostile_strings_are_stored_verbatim_or_cleaned_never_executed(client: TestClient, runtime: Runtime) -> None:
+    """SQL-like, quoting, NUL, unicode and long strings in every text field: never a 5xx, stored as sent
+    (NUL bytes removed, ids with control characters refused), and the tables are intact afterwards."""
+    vacancies = count(runtime, Vacancy)
+    for h in HOSTILE:
+        one = client.post("/v1/classify", json={"text": f"{CARPENTER} {h}"})
+        assert one.status_code == 200, (h, one.text)
+        pid = one.json()["prediction_id"]
+        assert pid and one.json()["stored"] is True
+        batch = client.post("/v1/classify/batch", json={"items": [{"id": h, "text": DEVELOPER}]})
+        if len(h) <= 128 and "\x00" not in h:
+            assert batch.status_code == 200, (h, batch.text)
+            result = batch.json()["results"][0]
+            assert result["id"] == h
+            with runtime.sessions() as session:
+                row = session.get(Prediction, result["prediction_id"])
+                assert row is not None and row.external_id == h
+        else:
+            assert batch.status_code == 422 and batch.json()["field"] == "items[0].id"
+        fb = client.post("/v1/feedback", json={"prediction_id": pid, "label": "Ledelse", "comment": h[:2000]})
+        assert fb.status_code == 201, (h, fb.text)
+        with runtime.sessions() as session:
+            stored = session.get(Feedback, fb.json()["id"])
+            assert stored is not None and stored.comment == h[:2000].replace("\x00", "")
+        bad_label = client.post("/v1/feedback", json={"prediction_id": pid, "label": h[:200]})
+        assert bad_label.status_code == 422 and bad_label.json()["field"] == "label"
+        unknown = client.post("/v1/feedback", json={"prediction_id": h[:64], "label": "Ledelse"})
+        assert unknown.status_code == 404 and unknown.json()["field"] == "prediction_id"
+        search = client.post("/v1/search", json={"text": CARPENTER, "filter": {"source": h}})
+        assert search.status_code == 200 and search.json()["hits"] == []
+        labels = client.post("/v1/search", json={"text": CARPENTER, "filter": {"labels": [h]}})
+        assert labels.status_code == 422 and labels.json()["field"] == "filter.labels"
+        similar = client.get(f"/v1/vacancies/{quote(h, safe='')}/similar")
+        assert similar.status_code == (404 if len(h) <= 128 else 422), (h, similar.text)
+    assert count(runtime, Vacancy) == vacancies + len(HOSTILE)  # one corrected vacancy per prediction
+    assert count(runtime, Feedback) == len(HOSTILE)
+    assert count(runtime, Prediction) >= 2 * len(HOSTILE) - 2
 
 
 def test_health_models_and_taxonomy(client: TestClient, runtime: Runtime) -> None:
