@@ -27,6 +27,8 @@ function renderResult(result) {
   if (!result.stored) notes.push("not stored: it cannot be corrected");
   $("result-meta").textContent = notes.join(" · ");
 
+  renderExtraction(result.extraction);
+
   $("probabilities").replaceChildren(
     ...result.probabilities.map((p) => {
       const fill = el("div", { class: "fill" });
@@ -61,6 +63,28 @@ function renderResult(result) {
   setStatus($("correct-status"), "");
 }
 
+// With an extractor configured (JOBCLASS_EXTRACTOR_MODEL) the answer explains what was embedded: the job
+// title, skills and tasks found in the ad. Person names are found only to be scrubbed and are not shown.
+const ROLES = [
+  ["title", "Job title"],
+  ["skills", "Skills"],
+  ["tasks", "Tasks"],
+];
+
+function renderExtraction(extraction) {
+  const box = $("extraction");
+  const items = [];
+  for (const [role, name] of extraction ? ROLES : []) {
+    const terms = [...new Set(extraction.spans.filter((s) => s.role === role).map((s) => s.text))];
+    if (terms.length) {
+      items.push(el("dt", {}, name), el("dd", {}, ...terms.map((t) => el("span", { class: "term" }, t))));
+    }
+  }
+  $("extraction-terms").replaceChildren(...items);
+  $("extraction-embedded").textContent = extraction ? extraction.embedded : "";
+  box.hidden = items.length === 0;
+}
+
 async function classify(event) {
   event.preventDefault();
   const text = $("text").value;
@@ -76,7 +100,7 @@ async function classify(event) {
   $("result").setAttribute("aria-busy", "true");
   setStatus($("classify-status"), "Classifying…");
   try {
-    const result = await api("/v1/classify", { method: "POST", body: { text, top_k: 5 } });
+    const result = await api("/v1/classify", { method: "POST", body: { text, top_k: 5, explain: true } });
     renderResult(result);
     const what = result.abstained ? "uncertain" : result.probabilities[0].display_name;
     setStatus($("classify-status"), `Classified: ${what} (${percent(result.confidence)}).`, "ok");

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from qdrant_client import QdrantClient
 from app.db import migrate
 from app.main import create_app
 from app.runtime import Runtime
+from indexing.extract import DEFAULT_LABELS, Extraction, Span, compact_string
 from tests.conftest import IN_CI, make_settings
 from tests.factories import seed
 from tests.fakes import FakeEncoder
@@ -101,6 +103,44 @@ def server(browser_ready: None, tmp_path: Path) -> Iterator[ServerThread]:
     settings = make_settings(tmp_path)
     migrate(settings.db_url)
     runtime = Runtime(settings, encoder=FakeEncoder(), qdrant=QdrantClient(":memory:"))
+    try:
+        seed(runtime, tmp_path)
+        with ServerThread(create_app(settings, runtime)) as running:
+            yield running
+    finally:
+        runtime.close()
+
+
+class TermExtractor:
+    """A stand-in for GLiNER: finds a few known job titles and skills, and the name after "Contact"."""
+
+    signature = "gliner:fake|browser-test"
+    TERMS = (("title", ("carpenter", "nurse", "guard")), ("skills", ("scaffolding", "timber", "cctv")))
+
+    def extract(self, texts: Sequence[str]) -> list[Extraction]:
+        out = []
+        for text in texts:
+            spans = [
+                Span(DEFAULT_LABELS[role], role, m.group(), m.start(), m.end(), 0.9)
+                for role, words in self.TERMS
+                for word in words
+                for m in re.finditer(rf"\b{word}\b", text, re.IGNORECASE)
+            ]
+            spans += [
+                Span("person", "person", m.group(1), m.start(1), m.end(1), 0.8)
+                for m in re.finditer(r"Contact ([A-Z]\w+ [A-Z]\w+)", text)
+            ]
+            spans.sort(key=lambda s: s.start)
+            out.append(Extraction(compact_string(spans), tuple(spans)))
+        return out
+
+
+@pytest.fixture
+def extracting_server(browser_ready: None, tmp_path: Path) -> Iterator[ServerThread]:
+    """The app with an extractor configured: answers explain which terms were embedded."""
+    settings = make_settings(tmp_path, extractor_model="fake-gliner")
+    migrate(settings.db_url)
+    runtime = Runtime(settings, encoder=FakeEncoder(), extractor=TermExtractor(), qdrant=QdrantClient(":memory:"))
     try:
         seed(runtime, tmp_path)
         with ServerThread(create_app(settings, runtime)) as running:
@@ -227,3 +267,43 @@ def test_classify_correct_and_review(server: ServerThread, driver: Any) -> None:
     driver.find_element(By.ID, "refresh").click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "queue-summary"), "Nothing to review"))
     assert not driver.find_elements(By.CSS_SELECTOR, "li[data-prediction-id]")
+
+
+def test_extracted_terms_are_shown_when_an_extractor_is_active(server: ServerThread, driver: Any) -> None:
+    """Without an extractor the section stays hidden (the answer's `extraction` is null)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, WAIT_S)
+    driver.get(server.url + "/")
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "body[data-ready='true']")))
+    driver.find_element(By.ID, "text").send_keys(SECOND_AD)
+    driver.find_element(By.ID, "classify-button").click()
+    wait.until(ec.visibility_of_element_located((By.ID, "result-body")))
+    assert not driver.find_element(By.ID, "extraction").is_displayed()
+
+
+def test_extracted_terms_with_an_extractor(extracting_server: ServerThread, driver: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, WAIT_S)
+    driver.get(extracting_server.url + "/")
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "body[data-ready='true']")))
+    driver.find_element(By.ID, "text").send_keys(
+        "Carpenter for timber framing and scaffolding. Contact Jens Hansen for details."
+    )
+    driver.find_element(By.ID, "classify-button").click()
+    wait.until(ec.visibility_of_element_located((By.ID, "extraction")))
+    terms = driver.find_element(By.ID, "extraction-terms")
+    names = [dt.text for dt in terms.find_elements(By.TAG_NAME, "dt")]
+    values = [
+        [t.text for t in dd.find_elements(By.CLASS_NAME, "term")] for dd in terms.find_elements(By.TAG_NAME, "dd")
+    ]
+    assert dict(zip(names, values, strict=True)) == {"Job title": ["Carpenter"], "Skills": ["timber", "scaffolding"]}
+    embedded = driver.find_element(By.ID, "extraction-embedded").text
+    assert embedded.startswith("title: Carpenter") and "scaffolding" in embedded
+    assert "Jens" not in terms.text and "Jens" not in embedded  # names are found to be scrubbed, never shown
+    screenshot(driver, "web-extraction.png")

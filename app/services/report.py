@@ -1,0 +1,165 @@
+"""The active model's report: confusion matrix and per-class precision / recall / F1 on its hold-out.
+
+The hold-out is the one training uses (``models.training.holdout_split`` on the vacancy ids, salted
+with the seed): no model version trains on it. The model is scored as it is served (its head variant)
+with neighbours drawn from the training part, exactly as ``retrain`` scores champion and challenger,
+so on unchanged data the numbers equal the validation metrics recorded when the model was trained.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from app.errors import InvalidInput, Unavailable
+from app.runtime import Runtime
+from app.services import render
+from app.services.vacancies import labelled_vacancies
+from indexing.cache import encode_cached
+from models.classifier import Neighbour
+from models.metrics import confusion_matrix, coverage_at, expected_calibration_error, macro_f1, per_class
+from models.training import holdout_split, neighbour_arrays
+
+
+def model_report(runtime: Runtime, session: Session) -> dict[str, Any]:
+    """Scores of the active model on the validation hold-out (JSON-ready)."""
+    loaded = runtime.model if runtime.has_model else runtime.load_active_model()
+    if loaded is None:
+        raise Unavailable("no trained model is active: run `jobclass train`")
+    classifier = loaded.classifier
+    labels = classifier.labels
+    index = {label: i for i, label in enumerate(labels)}
+    usable = [v for v in labelled_vacancies(session) if v.label in index]
+    if not usable:
+        raise InvalidInput("no labelled vacancies with the model's labels: run `jobclass ingest`")
+    settings = runtime.settings
+    y = np.array([index[v.label] for v in usable if v.label is not None], dtype=np.int64)
+    tr, va = holdout_split([v.id for v in usable], y, settings.validation_fraction, salt=str(settings.seed))
+    if len(va) == 0 or len(tr) == 0:
+        raise InvalidInput("too few labelled vacancies for a hold-out: ingest more data")
+    x = encode_cached(runtime.encoder, [v.text for v in usable], runtime.cache)
+    nb_labels, nb_scores = neighbour_arrays(x[va], x[tr], y[tr])
+    neighbours = [
+        [Neighbour(labels[int(lab)], float(s)) for lab, s in zip(row_l, row_s, strict=True)]
+        for row_l, row_s in zip(nb_labels, nb_scores, strict=True)
+    ]
+    probs = classifier.predict_proba(x[va], neighbours)
+    y_val, y_pred = y[va], probs.argmax(axis=1)
+    cm = confusion_matrix(y_val, y_pred, len(labels))
+    scores = per_class(y_val, y_pred, len(labels))
+    recorded = loaded.metadata.get("metrics", {}).get("validation", {}).get("fused")
+    return {
+        "model_version": loaded.version,
+        "variant": classifier.variant,
+        "embedder": loaded.metadata.get("embedder"),
+        "n_train": len(tr),
+        "n_val": len(va),
+        "accuracy": float(np.mean(y_pred == y_val)),
+        "macro_f1": macro_f1(y_val, y_pred, len(labels)),
+        "ece": expected_calibration_error(probs, y_val),
+        "coverage": coverage_at(probs, y_val, settings.abstain_threshold),
+        "recorded_at_training": recorded,
+        "labels": labels,
+        "classes": [
+            {
+                "label": label,
+                "display_name": runtime.taxonomy.display_name(label),
+                "precision": float(scores["precision"][c]),
+                "recall": float(scores["recall"][c]),
+                "f1": float(scores["f1"][c]),
+                "support": int(scores["support"][c]),
+                "predicted": int(cm[:, c].sum()),
+            }
+            for c, label in enumerate(labels)
+        ],
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def write_model_report(result: dict[str, Any], out: Path) -> list[Path]:
+    """``report.json``, ``confusion.png``, ``per_class.png`` and ``report.html`` (plots inlined)."""
+    out.mkdir(parents=True, exist_ok=True)
+    cm = np.array(result["confusion_matrix"], dtype=np.int64)
+    names = [c["display_name"] for c in result["classes"]]
+    confusion = _plot_confusion(cm, names, f"{result['model_version']} on {result['n_val']} held-out vacancies")
+    bars = _plot_per_class(result["classes"])
+    (out / "confusion.png").write_bytes(confusion)
+    (out / "per_class.png").write_bytes(bars)
+    (out / "report.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "report.html").write_text(_html(result, confusion, bars), encoding="utf-8")
+    return [out / "report.json", out / "report.html", out / "confusion.png", out / "per_class.png"]
+
+
+def _plot_confusion(cm: np.ndarray, names: list[str], title: str) -> bytes:
+    n = len(names)
+    size = max(6.0, 0.45 * n + 3)
+    fig, ax = render.new_figure(size, size)
+    row_sums = np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    ax.imshow(cm / row_sums, cmap="Blues", vmin=0, vmax=1)
+    short = [s if len(s) <= 28 else s[:26] + "…" for s in names]
+    ax.set_xticks(range(n), short, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), short, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(n):
+        for j in range(n):
+            if cm[i, j]:
+                dark = cm[i, j] / row_sums[i, 0] > 0.5
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6, color="white" if dark else "black")
+    ax.set_title(title, fontsize=9)
+    return render.figure_png(fig)
+
+
+def _plot_per_class(classes: list[dict[str, Any]]) -> bytes:
+    shown = [c for c in classes if c["support"] or c["predicted"]]
+    pos = np.arange(len(shown))
+    fig, ax = render.new_figure(9, max(3.0, 0.36 * len(shown) + 1.2))
+    for offset, key in ((-0.27, "precision"), (0.0, "recall"), (0.27, "f1")):
+        ax.barh(pos + offset, [c[key] for c in shown], height=0.27, label=key)
+    ax.set_yticks(pos, [c["display_name"][:32] for c in shown], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=3, fontsize=8)
+    ax.set_title("Per-class precision, recall and F1 on the hold-out")
+    return render.figure_png(fig)
+
+
+def _html(result: dict[str, Any], confusion: bytes, bars: bytes) -> str:
+    cov = result["coverage"]
+    overview = render.table(
+        ["measure", "value"],
+        [
+            ["model version", result["model_version"]],
+            ["head variant", result["variant"]],
+            ["embedder", result["embedder"]],
+            ["hold-out / training part", f"{result['n_val']} / {result['n_train']}"],
+            ["accuracy", result["accuracy"]],
+            ["macro-F1", result["macro_f1"]],
+            ["ECE", result["ece"]],
+            [f"coverage at confidence ≥ {cov['threshold']:g}", cov["coverage"]],
+            ["accuracy on answered", cov["accuracy"]],
+        ],
+        digits=4,
+    )
+    classes = render.table(
+        ["label", "precision", "recall", "F1", "support", "predicted"],
+        [
+            [c["display_name"], c["precision"], c["recall"], c["f1"], c["support"], c["predicted"]]
+            for c in result["classes"]
+        ],
+    )
+    return render.page(
+        "jobclass model report",
+        [
+            overview,
+            "<h2>Confusion matrix</h2>",
+            render.img(confusion, "confusion matrix, rows true labels, columns predicted labels"),
+            "<h2>Per class</h2>",
+            render.img(bars, "per-class precision, recall and F1"),
+            classes,
+        ],
+    )

@@ -1,0 +1,145 @@
+"""CLI ergonomics: `jobclass --help` lists every command with a one-line description, and errors a user
+can cause or fix are one line `error: …` with exit code 2 (bad input or configuration) or 1, never a
+traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from pydantic import ValidationError
+from qdrant_client import QdrantClient
+from sqlalchemy.exc import OperationalError
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.cli_errors import describe
+from app.db import migrate
+from app.errors import Conflict, InvalidInput, NotFound
+from app.settings import Settings, get_settings
+from indexing.store import StoreLockedError
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private state folder (SQLite, models, Qdrant folder) through the environment, as a user sets it."""
+    for name in ("JOBCLASS_DATABASE_URL", "JOBCLASS_QDRANT_URL", "JOBCLASS_QDRANT_PATH", "JOBCLASS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("JOBCLASS_STATE_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def one_error_line(result: Any) -> str:
+    output = result.output.strip()
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def test_help_lists_every_command_with_a_description() -> None:
+    result = runner.invoke(cli, ["--help"], env={"COLUMNS": "200"}, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    group = typer.main.get_command(cli)
+    commands = group.commands  # type: ignore[attr-defined]
+    assert {"setup", "serve", "ingest", "train", "reindex", "retrain", "drift", "report", "models"} <= set(commands)
+    lines = result.output.splitlines()
+    for name, command in commands.items():
+        summary = command.get_short_help_str(limit=1000)
+        assert summary.strip(), f"`jobclass {name}` has no description"
+        row = next((line for line in lines if line.strip(" │").startswith(name + " ")), None)
+        assert row is not None, f"`jobclass {name}` is missing from --help:\n{result.output}"
+        assert row.strip(" │")[len(name) :].strip(), f"`jobclass {name}` shows no description in --help"
+
+
+def test_bad_date_is_one_line(state: Path) -> None:
+    result = runner.invoke(cli, ["drift", "--since", "last tuesday", "--out", str(state / "out")])
+    assert result.exit_code == 2
+    assert "is not a date" in one_error_line(result)
+    assert not (state / "out").exists()
+
+
+def test_no_predictions_in_range_is_one_line(state: Path) -> None:
+    migrate(f"sqlite:///{state / 'jobclass.db'}")
+    result = runner.invoke(cli, ["drift", "--since", "2026-01-01", "--until", "2026-01-31", "--out", str(state / "o")])
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert "no predictions in 2026-01-01" in line and "2026-02-01" in line
+
+
+def test_report_without_a_model_is_one_line(state: Path) -> None:
+    migrate(f"sqlite:///{state / 'jobclass.db'}")
+    result = runner.invoke(cli, ["report", "--out", str(state / "report")])
+    assert result.exit_code == 1
+    assert "run `jobclass train`" in one_error_line(result)
+
+
+def test_unmigrated_database_says_to_migrate(state: Path) -> None:
+    result = runner.invoke(cli, ["drift", "--since", "2026-01-01", "--out", str(state / "o")])
+    assert result.exit_code == 1
+    assert "jobclass migrate" in one_error_line(result)
+
+
+def test_unreachable_database_is_one_line(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBCLASS_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/nowhere")
+    result = runner.invoke(cli, ["migrate"])
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert line.startswith("error: database error:") and "JOBCLASS_DATABASE_URL" in line
+
+
+def test_invalid_settings_are_one_line(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBCLASS_PROFILE", "production")  # without an admin token
+    monkeypatch.delenv("JOBCLASS_ADMIN_TOKEN", raising=False)
+    result = runner.invoke(cli, ["migrate"])
+    assert result.exit_code == 2
+    assert "invalid configuration: the production profile needs JOBCLASS_ADMIN_TOKEN" in one_error_line(result)
+
+    monkeypatch.setenv("JOBCLASS_PROFILE", "dev")
+    monkeypatch.setenv("JOBCLASS_ABSTAIN_THRESHOLD", "2")
+    get_settings.cache_clear()
+    result = runner.invoke(cli, ["migrate"])
+    assert result.exit_code == 2
+    assert "JOBCLASS_ABSTAIN_THRESHOLD" in one_error_line(result)
+
+
+def test_unknown_model_version_is_one_line(state: Path) -> None:
+    migrate(f"sqlite:///{state / 'jobclass.db'}")
+    result = runner.invoke(cli, ["models", "activate", "no-such-version"])
+    assert result.exit_code == 1
+    assert "unknown model version 'no-such-version'" in one_error_line(result)
+
+
+def test_locked_index_is_one_line(state: Path) -> None:
+    migrate(f"sqlite:///{state / 'jobclass.db'}")
+    holder = QdrantClient(path=str(state / "qdrant"))  # as a running `jobclass serve` would
+    try:
+        result = runner.invoke(cli, ["reindex"])
+    finally:
+        holder.close()
+    assert result.exit_code == 2
+    assert "in use by another process" in one_error_line(result)
+
+
+def test_known_errors_map_to_codes_and_bugs_do_not() -> None:
+    assert describe(InvalidInput("bad")) == (2, "bad")
+    assert describe(NotFound("gone")) == (1, "gone")
+    assert describe(Conflict("busy")) == (1, "busy")
+    assert describe(StoreLockedError("locked\nmore")) == (2, "locked")
+    missing = describe(FileNotFoundError(2, "No such file or directory", "/nope.csv"))
+    assert missing == (1, "No such file or directory: /nope.csv")
+    db = describe(OperationalError("SELECT 1", {}, Exception("connection refused\nDETAIL: x")))
+    assert db is not None and db[0] == 1 and "connection refused" in db[1] and "DETAIL" not in db[1]
+    with pytest.raises(ValidationError) as info:
+        Settings(_env_file=None, search_k=0)
+    invalid = describe(info.value)
+    assert invalid is not None and invalid[0] == 2 and invalid[1].startswith("invalid configuration: JOBCLASS_SEARCH_K")
+    assert describe(ValueError("a bug")) is None  # unknown errors keep their traceback
+    assert describe(KeyError("x")) is None
