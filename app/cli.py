@@ -13,16 +13,24 @@ import numpy as np
 import typer
 from tqdm import tqdm
 
+from app.cli_errors import FriendlyErrors
+from app.cli_finetune import encoders_cli, finetune_command, upgrade_encoder_command
 from app.errors import ServiceError
 from app.runtime import Runtime
 from app.settings import PROJECT_ROOT, Settings, get_settings
 from indexing.store import StoreLockedError
 
 cli = typer.Typer(
-    help="Classify job vacancies and find similar ones.", no_args_is_help=True, pretty_exceptions_enable=False
+    help="Classify job vacancies and find similar ones.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    cls=FriendlyErrors,  # known errors print one line `error: …` instead of a traceback
 )
-models_cli = typer.Typer(help="List and activate model versions.", no_args_is_help=True)
+models_cli = typer.Typer(help="List and activate model versions.", no_args_is_help=True, cls=FriendlyErrors)
 cli.add_typer(models_cli, name="models")
+cli.add_typer(encoders_cli, name="encoders")
+cli.command("finetune")(finetune_command)
+cli.command("upgrade-encoder")(upgrade_encoder_command)
 
 
 def _runtime(settings: Settings | None = None) -> Runtime:
@@ -88,7 +96,13 @@ def ingest(
     try:
         with runtime.sessions() as session:
             result = ingest_csv(
-                session, path, runtime.taxonomy, source=source, clean_max_chars=settings.clean_max_chars
+                session,
+                path,
+                runtime.taxonomy,
+                source=source,
+                clean_max_chars=settings.clean_max_chars,
+                extractor=runtime.extractor,
+                store_raw_text=settings.store_raw_text,
             )
     except ServiceError as exc:
         raise _fail(exc) from exc
@@ -280,8 +294,21 @@ def bench(
     name: Annotated[str | None, typer.Option(help="dataset name in the report")] = None,
     folds: Annotated[int, typer.Option(help="k-fold cross-validation over train (+val); 0 = off")] = 0,
     timing: Annotated[bool, typer.Option(help="measure throughput and latency")] = True,
+    finetune: Annotated[bool, typer.Option(help="also fine-tune the encoder: rows ft_head, ft_knn, ft_fused…")] = False,
+    ft_epochs: Annotated[float, typer.Option(min=0.01, help="fine-tuning epochs (with --finetune)")] = 1.0,
+    ft_max_pairs: Annotated[int, typer.Option(min=1, help="fine-tuning pairs per class (with --finetune)")] = 200,
+    ft_batch_size: Annotated[int, typer.Option(min=2, help="fine-tuning batch size (with --finetune)")] = 32,
+    extract: Annotated[
+        bool, typer.Option(help="compare raw vs cleaned vs extracted text instead (extract.json, extract.md)")
+    ] = False,
+    extractor: Annotated[
+        str | None, typer.Option(help="GLiNER folder or name for --extract (default: JOBCLASS_EXTRACTOR_MODEL)")
+    ] = None,
 ) -> None:
     """Train every method on TRAIN (tuning on VAL), score on TEST; write metrics.json and report.md."""
+    if extract:
+        _bench_extract(train, out, test, name, extractor)
+        return
     from app.bench import METHOD_ORDER, BenchConfig, Split, load_split, run_bench, run_cv, write_outputs
 
     if test is None and folds < 2:
@@ -303,11 +330,77 @@ def bench(
             (out / "cv.json").write_text(json.dumps(cv, indent=2))
             return
         result["cv"] = cv
+    if finetune and test is not None:
+        from app.bench import run_finetune_rows
+        from indexing.finetune import FinetuneConfig
+
+        ft_cfg = FinetuneConfig(
+            epochs=ft_epochs, max_pairs_per_class=ft_max_pairs, batch_size=ft_batch_size, seed=cfg.seed
+        )
+        test_split = load_split(test, settings.clean_max_chars)
+        ft = run_finetune_rows(tr, va, test_split, encoder, cfg, ft_cfg, typer.echo)
+        result["methods"].update(ft["methods"])
+        result["finetune"] = ft["finetune"]
     write_outputs(result, out)
+    if "finetune" in result:
+        from app.bench import FT_METHODS, finetune_markdown
+
+        with (out / "report.md").open("a") as report:
+            report.write(finetune_markdown(result))
     m = result["methods"]
-    for method in METHOD_ORDER:
+    for method in (*METHOD_ORDER, *(FT_METHODS if "finetune" in result else ())):
         typer.echo(f"  {method:18s} accuracy {m[method]['accuracy']:.4f}  macro-F1 {m[method]['macro_f1']:.4f}")
     typer.echo(f"wrote {out}/metrics.json, report.md, confusion_fused.png")
+
+
+def _bench_extract(train: Path, out: Path, test: Path | None, name: str | None, extractor: str | None) -> None:
+    """``bench --extract``: raw vs cleaned vs extracted text on TRAIN (split) or TRAIN/TEST."""
+    from app.bench import BenchConfig
+    from app.bench_extract import run_extract_bench, write
+    from indexing.extract import Extractor, ExtractorError, parse_labels
+
+    settings = get_settings()
+    model = extractor or settings.extractor_model
+    if not model:
+        raise _fail(ValueError("--extract needs --extractor PATH or JOBCLASS_EXTRACTOR_MODEL"))
+    try:
+        gliner = Extractor.load(
+            model, labels=parse_labels(settings.extractor_labels), threshold=settings.extractor_threshold
+        )
+    except ExtractorError as exc:
+        raise _fail(exc) from exc
+    encoder, _ = _bench_encoder(settings)
+    cfg = BenchConfig(name=name or train.stem, abstain_threshold=settings.abstain_threshold, timing=False)
+    result = run_extract_bench(
+        train, encoder, gliner, cfg, typer.echo, test=test, clean_max_chars=settings.clean_max_chars
+    )
+    write(result, out)
+    typer.echo(f"wrote {out}/extract.json, extract.md")
+
+
+@cli.command("bench-perf")
+def bench_perf(
+    out: Annotated[Path, typer.Option(help="output folder for metrics.json and report.md")] = Path("perf"),
+    only: Annotated[
+        str | None, typer.Option(help="comma-separated sections: embedding,service,microbatch,knn,memory")
+    ] = None,
+    sizes: Annotated[str, typer.Option(help="index sizes for the kNN section")] = "10000,100000,1000000",
+    queries: Annotated[int, typer.Option(help="kNN queries per size")] = 200,
+) -> None:
+    """Speed side by side: embedder dtypes, service overhead, micro-batching, kNN backends, memory."""
+    from app.perf import PerfConfig, iter_sections, run_perf, write_outputs
+
+    try:
+        cfg = PerfConfig(
+            sizes=tuple(int(s) for s in sizes.split(",") if s.strip()),
+            n_queries=queries,
+            sections=tuple(iter_sections(only)),
+        )
+    except ValueError as exc:
+        raise _fail(exc) from exc
+    result = run_perf(cfg, typer.echo)
+    write_outputs(result, out)
+    typer.echo(f"wrote {out}/metrics.json and {out}/report.md")
 
 
 @cli.command("bench-all")
@@ -374,6 +467,79 @@ def bench_all(
     typer.echo(f"wrote {out / 'benchmarks.md'}")
 
 
+@cli.command()
+def drift(
+    since: Annotated[str, typer.Option(help="Start of the window: YYYY-MM-DD or an ISO datetime (UTC).")],
+    out: Annotated[Path, typer.Option(help="Folder for drift.json, drift.html and the plots.")],
+    until: Annotated[
+        str | None, typer.Option(help="End of the window (exclusive; a date includes that day). Default: now.")
+    ] = None,
+    ood_quantile: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            max=0.49,
+            help="Out-of-distribution threshold: this quantile of the labelled vacancies' leave-one-out "
+            "nearest-neighbour similarity.",
+        ),
+    ] = 0.05,
+    fail_on_alert: Annotated[
+        bool, typer.Option(help="Exit with status 3 when the report raises an alert (for cron and CI).")
+    ] = False,
+) -> None:
+    """Compare recent predictions with the training data: label shift, centroid distance, OOD rate."""
+    from app.services.drift import compute_drift, window, write_drift_report
+
+    win = window(since, until)
+    runtime = _offline_runtime()
+    try:
+        with runtime.sessions() as session:
+            result = compute_drift(runtime, session, win, ood_quantile=ood_quantile)
+    finally:
+        runtime.close()
+    write_drift_report(result, out)
+    shift, ood = result["label_shift"], result["ood"]
+    typer.echo(
+        f"{result['n_recent']} predictions vs {result['n_reference']} labelled vacancies: "
+        f"PSI {shift['psi']:.3f}, JS {shift['js_divergence']:.3f}, centroid cosine {result['centroid']['cosine']:.4f}, "
+        f"OOD rate {ood['rate']:.1%} (threshold {ood['threshold']:.3f})"
+    )
+    for alert in result["alerts"]:
+        typer.secho(f"  alert: {alert}", fg=typer.colors.YELLOW)
+    typer.echo(f"wrote {out / 'drift.json'} and {out / 'drift.html'}")
+    if fail_on_alert and result["alerts"]:
+        raise typer.Exit(3)
+
+
+@cli.command()
+def report(
+    out: Annotated[Path, typer.Option(help="Folder for report.json, report.html, confusion.png, per_class.png.")],
+) -> None:
+    """Confusion matrix and per-class precision/recall/F1 of the active model on its hold-out."""
+    from app.services.report import model_report, write_model_report
+
+    runtime = _offline_runtime()
+    try:
+        with runtime.sessions() as session:
+            result = model_report(runtime, session)
+    finally:
+        runtime.close()
+    write_model_report(result, out)
+    typer.echo(
+        f"model {result['model_version']} on {result['n_val']} held-out vacancies: accuracy "
+        f"{result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, ECE {result['ece']:.4f}"
+    )
+    typer.echo(f"wrote {out / 'report.html'} (and report.json, confusion.png, per_class.png)")
+
+
+def _offline_runtime() -> Runtime:
+    """A runtime for read-only reports: they never touch the vector index, so it is left closed (an
+    in-memory client) and the command runs while a server owns the embedded index."""
+    from qdrant_client import QdrantClient
+
+    return Runtime(get_settings(), qdrant=QdrantClient(":memory:"))
+
+
 @models_cli.command("list")
 def models_list() -> None:
     """List model versions, newest first."""
@@ -405,6 +571,68 @@ def models_activate(version: str) -> None:
     finally:
         runtime.close()
     typer.echo(f"active model: {done.active} (was {done.previous})")
+
+
+@cli.command()
+def loadtest(
+    url: Annotated[str, typer.Option(help="The running server, e.g. http://127.0.0.1:8000")],
+    clients: Annotated[int, typer.Option(min=1, max=1024, help="Concurrent clients (threads).")] = 32,
+    duration: Annotated[float, typer.Option(min=0.1, help="Seconds to run.")] = 60.0,
+    pid: Annotated[int | None, typer.Option(help="Server process id for RSS (else GET /health).")] = None,
+    out: Annotated[Path, typer.Option(help="Markdown report; the JSON goes next to it.")] = PROJECT_ROOT
+    / "docs"
+    / "operations"
+    / "loadtest.md",
+    token: Annotated[str | None, typer.Option(envvar="JOBCLASS_LOADTEST_TOKEN", help="Bearer token.")] = None,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Per-request timeout in seconds.")] = 30.0,
+) -> None:
+    """Drive a running server with a mix of classify, batch and search requests; report throughput,
+    p50/p99 latency, errors and the server's RSS before and after. Exits 1 if any request failed."""
+    from app.loadtest import run_loadtest, write_report
+
+    report = run_loadtest(url, clients=clients, duration=duration, pid=pid, timeout=timeout, token=token)
+    md, js = write_report(report, out)
+    typer.echo(json.dumps(report.to_dict(), indent=2))
+    typer.echo(f"wrote {md} and {js}")
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@cli.command("train-extractor")
+def train_extractor_command(
+    spans: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="span-annotated JSON lines")],
+    out: Annotated[Path, typer.Option(help="folder for the GLiNER model and metrics.json")],
+    steps: Annotated[int, typer.Option(min=1, help="training steps (at most)")] = 300,
+    max_cpu_minutes: Annotated[float | None, typer.Option(help="stop once this much CPU time is used")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="stop once this much wall-clock time has passed")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    holdout: Annotated[float, typer.Option(min=0.05, max=0.5, help="held-out fraction for P/R/F1")] = 0.2,
+    by_category: Annotated[bool, typer.Option(help="hold out whole categories (unseen titles)")] = False,
+    backbone: Annotated[str | None, typer.Option(help="local transformer folder (default: packaged MiniLM)")] = None,
+    init_from: Annotated[Path | None, typer.Option(help="continue training this saved GLiNER model")] = None,
+    seed: Annotated[int, typer.Option()] = 6,
+) -> None:
+    """Fine-tune a GLiNER extractor on SPANS from a local backbone; save it to OUT with metrics.json."""
+    from indexing.extract_training import TrainConfig, train_extractor
+
+    config = TrainConfig(
+        steps=steps,
+        max_cpu_seconds=max_cpu_minutes * 60 if max_cpu_minutes else None,
+        max_wall_seconds=max_minutes * 60 if max_minutes else None,
+        threads=threads,
+        batch_size=batch_size,
+        holdout=holdout,
+        by_category=by_category,
+        seed=seed,
+    )
+    try:
+        result = train_extractor(spans, out, config, backbone=backbone, init_from=init_from, log_fn=typer.echo)
+    except ValueError as exc:
+        raise _fail(exc) from exc
+    s = result.scores
+    typer.echo(f"held-out ({result.n_heldout} examples): P {s.precision:.3f}  R {s.recall:.3f}  F1 {s.f1:.3f}")
+    typer.echo(f"wrote {out}/metrics.json")
 
 
 def main() -> None:

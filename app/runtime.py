@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qdrant_client import QdrantClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.batching import MicroBatchingEncoder
 from app.db import make_engine, make_session_factory
 from app.errors import Unavailable
 from app.services.jobs import JobRegistry
@@ -23,9 +24,13 @@ from app.settings import Settings
 from app.taxonomy import Taxonomy
 from indexing.cache import EmbeddingCache
 from indexing.embed import Encoder, SentenceEmbedder
+from indexing.extract import ExtractingEncoder, Extractor, ExtractorError, TextExtractor, parse_labels
 from indexing.store import VectorStore, connect
 from models.classifier import FusedClassifier
-from models.registry import ModelRegistry, RegistryError
+from models.registry import EncoderRegistry, ModelRegistry, RegistryError
+
+if TYPE_CHECKING:
+    from indexing.edge_store import EdgeClient
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +48,27 @@ class Runtime:
         settings: Settings,
         *,
         encoder: Encoder | None = None,
-        qdrant: QdrantClient | None = None,
+        extractor: TextExtractor | None = None,
+        qdrant: QdrantClient | EdgeClient | None = None,
         engine: Engine | None = None,
     ) -> None:
+        # A fine-tuned encoder promoted by `jobclass upgrade-encoder` overrides JOBCLASS_EMBEDDING_MODEL.
+        active_encoder = EncoderRegistry.under(settings.model_dir).active_path()
+        if active_encoder is not None:
+            settings = settings.model_copy(update={"embedding_model": str(active_encoder)})
         self.settings = settings
         self.taxonomy = Taxonomy.from_csv(settings.taxonomy_path)
         self.engine = engine or make_engine(settings.db_url)
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
-        self._encoder = encoder
+        self._encoder = self._batched(encoder) if encoder is not None else None
         self._encoder_lock = threading.Lock()
+        self._extractor = extractor  # GLiNER, loaded on first use when JOBCLASS_EXTRACTOR_MODEL is set
+        self._extracting: ExtractingEncoder | None = None
         client = qdrant or connect(
             settings.qdrant_url,
             settings.qdrant_location,
             settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+            backend=settings.qdrant_backend,
         )
         self.store = VectorStore(client, alias=settings.collection)
         self.registry = ModelRegistry(settings.model_dir)
@@ -73,14 +86,47 @@ class Runtime:
                 if self._encoder is None:
                     s = self.settings
                     log.info("loading embedding model %s (%s)", s.embedding_model, s.embedding_dtype)
-                    self._encoder = SentenceEmbedder(
-                        s.embedding_model,
-                        prefix=s.embedding_prefix,
-                        dtype=s.embedding_dtype,
-                        batch_size=s.embedding_batch_size,
-                        chunking=s.embedding_chunking,
+                    self._encoder = self._batched(
+                        SentenceEmbedder(
+                            s.embedding_model,
+                            prefix=s.embedding_prefix,
+                            dtype=s.embedding_dtype,
+                            batch_size=s.embedding_batch_size,
+                            chunking=s.embedding_chunking,
+                        )
                     )
-        return self._encoder
+        return self._encoder if not self.settings.extractor_model else self._extracting_encoder(self._encoder)
+
+    # ---- extractor (GLiNER): embed "title: …; skills: …; tasks: …" and scrub person names ----
+    @property
+    def extractor(self) -> TextExtractor | None:
+        if self._extractor is None and self.settings.extractor_model:
+            with self._encoder_lock:
+                if self._extractor is None:
+                    s = self.settings
+                    log.info("loading extractor %s", s.extractor_model)
+                    try:
+                        self._extractor = Extractor.load(
+                            s.extractor_model, labels=parse_labels(s.extractor_labels), threshold=s.extractor_threshold
+                        )
+                    except ExtractorError as exc:
+                        raise Unavailable(f"{exc} (JOBCLASS_EXTRACTOR_MODEL)") from exc
+        return self._extractor
+
+    def _extracting_encoder(self, inner: Encoder) -> ExtractingEncoder:
+        extractor = self.extractor
+        assert extractor is not None  # extractor_model is set
+        current = self._extracting
+        if current is None or current.inner is not inner:
+            current = self._extracting = ExtractingEncoder(inner, extractor)
+        return current
+
+    def _batched(self, encoder: Encoder) -> Encoder:
+        """Concurrent small encode calls share one model call (``JOBCLASS_MICROBATCH``, on by default)."""
+        s = self.settings
+        if not s.microbatch or isinstance(encoder, MicroBatchingEncoder):
+            return encoder
+        return MicroBatchingEncoder(encoder, wait_ms=s.microbatch_wait_ms, max_items=s.microbatch_max)
 
     # ---- active model ----------------------------------------------------------------------
     @property
@@ -111,6 +157,15 @@ class Runtime:
             classifier = classifier.with_variant(variant)
         self._model = LoadedModel(classifier, version, metadata)  # one assignment: atomic for readers
 
+    def switch_embedder(
+        self, settings: Settings, encoder: Encoder, classifier: FusedClassifier, version: str, metadata: dict[str, Any]
+    ) -> None:
+        """An encoder upgrade: the settings (embedder signature), the encoder and the model switch together."""
+        with self._encoder_lock:
+            self.settings = settings
+            self._encoder = self._batched(encoder)
+        self.set_model(classifier, version, metadata)
+
     def _check_compatible(self, meta: dict[str, Any]) -> None:
         expected = self.settings.embedding_signature
         if meta.get("embedding") != expected:
@@ -130,6 +185,8 @@ class Runtime:
 
     def close(self) -> None:
         self.jobs.shutdown()
+        if isinstance(self._encoder, MicroBatchingEncoder):
+            self._encoder.close()
         if self.cache is not None:
             self.cache.close()
         self.store.client.close()

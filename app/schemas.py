@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -22,8 +22,15 @@ class _In(BaseModel):
 class ClassifyRequest(_In):
     text: str = Field(min_length=1, description="The vacancy text (plain text or HTML).")
     top_k: int = Field(5, ge=1, le=50, description="How many labels to return with probabilities.")
+    explain: bool = Field(False, description="Return the extracted spans and the compact text that was embedded.")
 
     _text = field_validator("text")(_not_blank)
+
+
+def _printable_id(value: str | None) -> str | None:
+    if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters (NUL, newlines, …)")
+    return value
 
 
 class BatchItem(_In):
@@ -31,11 +38,13 @@ class BatchItem(_In):
     text: str = Field(min_length=1)
 
     _text = field_validator("text")(_not_blank)
+    _id = field_validator("id")(_printable_id)
 
 
 class BatchClassifyRequest(_In):
     items: list[BatchItem] = Field(min_length=1)
     top_k: int = Field(5, ge=1, le=50)
+    explain: bool = Field(False, description="Return each item's extracted spans and the compact text embedded.")
 
 
 class LabelProbability(BaseModel):
@@ -50,6 +59,22 @@ class NeighbourPublic(BaseModel):
     score: float
 
 
+class SpanPublic(BaseModel):
+    label: str = Field(description="The label the extractor was prompted with, e.g. 'job title'.")
+    role: Literal["title", "skills", "tasks", "person"]
+    text: str
+    start: int = Field(description="Character offset into `extraction.text`.")
+    end: int
+    score: float
+
+
+class ExtractionPublic(BaseModel):
+    compact: str = Field(description="The compact 'title: …; skills: …; tasks: …' string; empty if nothing was found.")
+    embedded: str = Field(description="What was embedded: the compact string, or the cleaned text when it is empty.")
+    text: str = Field(description="The cleaned text the span offsets refer to (returned, never stored).")
+    spans: list[SpanPublic]
+
+
 class ClassificationPublic(BaseModel):
     prediction_id: str | None = Field(description="Id to send feedback for; null when the prediction was not stored.")
     label: str | None = Field(description="The predicted label; null when the model abstains.")
@@ -60,6 +85,9 @@ class ClassificationPublic(BaseModel):
     model_version: str
     index_used: bool = Field(description="False when the vector store was unavailable and the head answered alone.")
     stored: bool
+    extraction: ExtractionPublic | None = Field(
+        None, description="Only with `explain: true`; null when no extractor is configured (JOBCLASS_EXTRACTOR_MODEL)."
+    )
 
 
 class BatchItemResult(ClassificationPublic):
@@ -106,6 +134,12 @@ class FeedbackCreate(_In):
     comment: str | None = Field(None, max_length=2000)
 
 
+def _assume_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back stored times without their zone; they were written in UTC. Answers always carry
+    the offset, so every ``date-time`` in a response is RFC 3339 as the schema says."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 class FeedbackPublic(BaseModel):
     id: int
     prediction_id: str
@@ -114,6 +148,8 @@ class FeedbackPublic(BaseModel):
     comment: str | None
     created_at: datetime
     indexed: bool = Field(description="Whether the corrected vacancy is already in the kNN index.")
+
+    _utc = field_validator("created_at")(_assume_utc)
 
 
 # ---- predictions (the review queue) ----------------------------------------------------------
@@ -132,6 +168,8 @@ class PredictionPublic(BaseModel):
     reviewed_label: str | None = Field(description="The latest feedback label; null while unreviewed.")
     reviewed_at: datetime | None
     feedback_count: int
+
+    _utc = field_validator("created_at", "reviewed_at")(_assume_utc)
 
 
 class PredictionsResponse(BaseModel):
@@ -246,8 +284,17 @@ class HealthPublic(BaseModel):
     database: ComponentHealth
     vector_store: ComponentHealth
     model: ComponentHealth
+    rss_bytes: int | None = Field(None, description="Resident memory of the server process (Linux), for load tests.")
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
 
 
 class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: what is wrong and, for bad input, which field."""
+
     detail: str
     field: str | None = None
+    errors: list[FieldError] | None = Field(None, description="Every invalid field (422 on a request body).")

@@ -28,15 +28,22 @@ class Settings(BaseSettings):
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
     qdrant_path: str | None = None  # a folder, or ":memory:"
+    # Embedded store without a URL: "local" (qdrant-client local mode) or "edge" (the in-process Qdrant engine).
+    qdrant_backend: Literal["local", "edge"] = "local"
     collection: str = "vacancies"
 
     # Embedding
     embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
     embedding_prefix: str = ""  # e5 models: "query: "
-    embedding_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    # bfloat16 where the CPU has native bf16 (AVX512-BF16/AMX), float32 elsewhere; int8 = dynamic quantization
+    embedding_dtype: Literal["float32", "bfloat16", "int8"] = "bfloat16"
     embedding_chunking: Literal["none", "sentences"] = "sentences"  # mean of sentence-chunk embeddings
     embedding_batch_size: int = Field(32, ge=1, le=1024)
     embedding_cache: bool = True
+    # Micro-batching: concurrent small encode calls (single /v1/classify requests) share one model call.
+    microbatch: bool = True
+    microbatch_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)  # how long the first request waits for others
+    microbatch_max: int = Field(64, ge=1, le=1024)  # texts per grouped call
 
     # Data
     taxonomy_path: Path = DATA_DIR / "taxonomy" / "jobnet_categories.csv"
@@ -59,6 +66,14 @@ class Settings(BaseSettings):
     max_search_k: int = Field(100, ge=1, le=1000)
     clean_max_chars: int = Field(4_000, ge=100)  # text kept for embedding after cleaning
 
+    # Extraction (GLiNER): when a model is set, ingest and classify embed the compact
+    # "title: …; skills: …; tasks: …" string and person names are scrubbed. Empty = off.
+    extractor_model: str = ""  # a GLiNER folder or hub id (HF_HUB_OFFLINE: local cache only)
+    extractor_labels: str = ""  # "" / "en", "da", or "title=job title,skills=skill,tasks=task,person=person"
+    extractor_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    # Privacy: keep e-mails, phone numbers, URLs and names in stored texts (DB rows, index payloads).
+    store_raw_text: bool = False
+
     # Access
     admin_token: SecretStr | None = None
     api_token: SecretStr | None = None
@@ -70,6 +85,14 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("extractor_labels")
+    @classmethod
+    def _extractor_labels(cls, value: str) -> str:
+        from indexing.extract import parse_labels
+
+        parse_labels(value)  # fail fast on a malformed spec
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -87,7 +110,7 @@ class Settings(BaseSettings):
 
     @property
     def qdrant_location(self) -> str:
-        return self.qdrant_path or str(self.state_dir / "qdrant")
+        return self.qdrant_path or str(self.state_dir / ("qdrant-edge" if self.qdrant_backend == "edge" else "qdrant"))
 
     @property
     def embedding_signature(self) -> dict[str, str]:
@@ -96,7 +119,16 @@ class Settings(BaseSettings):
             "model": self.embedding_model,
             "prefix": self.embedding_prefix,
             "chunking": self.embedding_chunking,
-        }
+        } | ({"extractor": self.extractor_signature} if self.extractor_model else {})
+
+    @property
+    def extractor_signature(self) -> str:
+        """Vectors of extracted text are not comparable with vectors of the cleaned text."""
+        if not self.extractor_model:
+            return ""
+        from indexing.extract import parse_labels, signature_of
+
+        return signature_of(self.extractor_model, parse_labels(self.extractor_labels), self.extractor_threshold)
 
     @property
     def model_dir(self) -> Path:

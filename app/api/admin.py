@@ -2,9 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Response, status
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.deps import AdminDep, RuntimeDep, SessionDep
+from app.errors import DatabaseUnavailable
 from app.schemas import (
     ActivationPublic,
     JobProgress,
@@ -24,6 +27,19 @@ from app.services.jobs import Job
 from app.services.training import RetrainResult, activate, start_retrain
 
 router = APIRouter(prefix="/v1", tags=["admin"])
+
+
+def require_database(runtime: RuntimeDep) -> None:
+    """Admin changes read and write the database: refuse them (503, retry hint) while it is unreachable
+    rather than accept a job that can only fail or switch a model whose activation cannot be recorded."""
+    try:
+        with runtime.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(type(getattr(exc, "orig", None) or exc).__name__) from exc
+
+
+DatabaseDep = Depends(require_database)
 
 
 def _result(value: object) -> ReindexPublic | RetrainPublic | None:
@@ -82,7 +98,7 @@ def _accepted(job: Job, response: Response) -> JobPublic:
     "/admin/reindex",
     response_model=JobPublic,
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[AdminDep],
+    dependencies=[AdminDep, DatabaseDep],
     summary="Rebuild the index in the background (poll the job)",
 )
 def admin_reindex(runtime: RuntimeDep, response: Response) -> JobPublic:
@@ -93,7 +109,7 @@ def admin_reindex(runtime: RuntimeDep, response: Response) -> JobPublic:
     "/admin/retrain",
     response_model=JobPublic,
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[AdminDep],
+    dependencies=[AdminDep, DatabaseDep],
     summary="Train a challenger and promote it if it is not worse (poll the job)",
 )
 def admin_retrain(
@@ -112,7 +128,7 @@ def get_job(job_id: Annotated[str, Path(min_length=1, max_length=64)], runtime: 
     return job_public(runtime.jobs.get(job_id))
 
 
-@router.post("/admin/models/{version}/activate", response_model=ActivationPublic, dependencies=[AdminDep])
+@router.post("/admin/models/{version}/activate", response_model=ActivationPublic, dependencies=[AdminDep, DatabaseDep])
 def activate_model(
     version: Annotated[str, Path(min_length=1, max_length=64)], runtime: RuntimeDep, session: SessionDep
 ) -> ActivationPublic:

@@ -10,10 +10,13 @@ from app.schemas import (
     BatchItemResult,
     ClassificationPublic,
     ClassifyRequest,
+    ExtractionPublic,
     LabelProbability,
     NeighbourPublic,
+    SpanPublic,
 )
 from app.services.classification import Classification, ClassifyItem, classify
+from indexing.extract import text_for_embedding
 
 router = APIRouter(prefix="/v1/classify", tags=["classify"])
 
@@ -34,25 +37,49 @@ def to_public(result: Classification) -> dict[str, object]:
     }
 
 
+def explanation(result: Classification) -> ExtractionPublic | None:
+    e = result.extraction
+    if e is None:
+        return None
+    return ExtractionPublic(
+        compact=e.compact,
+        embedded=text_for_embedding(result.extracted_from, e),
+        text=result.extracted_from,
+        spans=[
+            SpanPublic(label=s.label, role=s.role, text=s.text, start=s.start, end=s.end, score=s.score)
+            for s in e.spans
+        ],
+    )
+
+
 # Plain ``def`` routes: embedding is CPU-bound and runs in FastAPI's worker threads, not on the event loop.
-@router.post("", response_model=ClassificationPublic)
+# ``exclude_unset``: the optional ``extraction`` field is absent unless ``explain`` asked for it.
+@router.post("", response_model=ClassificationPublic, response_model_exclude_unset=True)
 def classify_one(
     body: ClassifyRequest, runtime: RuntimeDep, session: SessionDep, metrics: MetricsDep, _: ModelDep
 ) -> ClassificationPublic:
     [result] = classify(runtime, session, [ClassifyItem(body.text)], top_k=body.top_k)
     metrics.observe_predictions([result.label])
-    return ClassificationPublic.model_validate(to_public(result))
+    public = to_public(result)
+    if body.explain:
+        public["extraction"] = explanation(result)
+    return ClassificationPublic.model_validate(public)
 
 
-@router.post("/batch", response_model=BatchClassifyResponse)
+@router.post("/batch", response_model=BatchClassifyResponse, response_model_exclude_unset=True)
 def classify_batch(
     body: BatchClassifyRequest, runtime: RuntimeDep, session: SessionDep, metrics: MetricsDep, _: ModelDep
 ) -> BatchClassifyResponse:
     limit = runtime.settings.max_batch_items
     if len(body.items) > limit:
         raise InvalidInput(f"batch has {len(body.items)} items; the limit is {limit}", field="items")
-    results = classify(runtime, session, [ClassifyItem(i.text, i.id) for i in body.items], top_k=body.top_k)
+    items = [ClassifyItem(i.text, i.id) for i in body.items]
+    results = classify(runtime, session, items, top_k=body.top_k, batch=True)
     metrics.observe_predictions([r.label for r in results])
-    return BatchClassifyResponse(
-        results=[BatchItemResult.model_validate({"id": r.id, **to_public(r)}) for r in results]
-    )
+    public = []
+    for r in results:
+        fields = {"id": r.id, **to_public(r)}
+        if body.explain:
+            fields["extraction"] = explanation(r)
+        public.append(BatchItemResult.model_validate(fields))
+    return BatchClassifyResponse(results=public)

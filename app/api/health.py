@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from fastapi import APIRouter, Response, status
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import text
@@ -11,7 +14,22 @@ from app.schemas import ComponentHealth, HealthPublic
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", response_model=HealthPublic)
+def _rss_bytes() -> int | None:
+    """This process's resident memory (Linux ``/proc``); None elsewhere."""
+    try:
+        for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+@router.get(
+    "/health",
+    response_model=HealthPublic,
+    responses={503: {"model": HealthPublic, "description": "Degraded: the component that is down says why."}},
+)
 def health(runtime: RuntimeDep, response: Response) -> HealthPublic:
     try:
         with runtime.engine.connect() as conn:
@@ -35,7 +53,9 @@ def health(runtime: RuntimeDep, response: Response) -> HealthPublic:
     ok = db.ok and store.ok and model.ok
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return HealthPublic(status="ok" if ok else "degraded", database=db, vector_store=store, model=model)
+    return HealthPublic(
+        status="ok" if ok else "degraded", database=db, vector_store=store, model=model, rss_bytes=_rss_bytes()
+    )
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

@@ -11,11 +11,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.db import Prediction, new_id
-from app.errors import InvalidInput
+from app.errors import STORE_ERRORS, InvalidInput
 from app.runtime import Runtime
 from indexing.cache import text_hash
-from indexing.clean import clean_text
-from indexing.store import Hit, StoreError
+from indexing.clean import clean_text, scrub_names
+from indexing.extract import ExtractingEncoder, Extraction
+from indexing.store import Hit
 from models.classifier import Neighbour
 
 log = logging.getLogger(__name__)
@@ -47,14 +48,17 @@ class Classification:
     index_used: bool
     prediction_id: str | None = None
     stored: bool = False
-    cleaned_text: str = field(default="", repr=False)
+    cleaned_text: str = field(default="", repr=False)  # what is stored: scrubbed unless JOBCLASS_STORE_RAW_TEXT
+    extraction: Extraction | None = field(default=None, repr=False)  # when an extractor is configured
+    extracted_from: str = field(default="", repr=False)  # the text the span offsets refer to; never stored
 
 
-def clean_items(runtime: Runtime, items: Sequence[ClassifyItem]) -> list[str]:
+def clean_items(runtime: Runtime, items: Sequence[ClassifyItem], *, batch: bool = False) -> list[str]:
+    """The cleaned texts; an unusable one is a 422 naming its field (``items[i].text`` in a batch)."""
     limit = runtime.settings.max_text_chars
     cleaned = []
     for i, item in enumerate(items):
-        where = "text" if len(items) == 1 else f"items[{i}].text"
+        where = f"items[{i}].text" if batch else "text"
         if len(item.text) > limit:
             raise InvalidInput(f"text is {len(item.text)} characters; the limit is {limit}", field=where)
         text = clean_text(item.text, max_chars=runtime.settings.clean_max_chars)
@@ -64,20 +68,49 @@ def clean_items(runtime: Runtime, items: Sequence[ClassifyItem]) -> list[str]:
     return cleaned
 
 
+def extract_and_scrub(runtime: Runtime, texts: list[str]) -> tuple[list[str], list[Extraction] | None]:
+    """With an extractor configured: extract from the cleaned texts and replace the person names it
+    found with ``[NAME]``. Without one: the texts as they are."""
+    extractor = runtime.extractor
+    if extractor is None:
+        return texts, None
+    extractions = extractor.extract(texts)
+    return [scrub_names(t, e.persons) for t, e in zip(texts, extractions, strict=True)], extractions
+
+
+def stored_texts(runtime: Runtime, items: Sequence[ClassifyItem], scrubbed: list[str]) -> list[str]:
+    """The texts written to the database: scrubbed, unless ``JOBCLASS_STORE_RAW_TEXT`` allows personal data."""
+    if not runtime.settings.store_raw_text:
+        return scrubbed
+    return [clean_text(i.text, max_chars=runtime.settings.clean_max_chars, scrub=False) for i in items]
+
+
 def classify(
-    runtime: Runtime, session: Session | None, items: Sequence[ClassifyItem], top_k: int = 5
+    runtime: Runtime,
+    session: Session | None,
+    items: Sequence[ClassifyItem],
+    top_k: int = 5,
+    *,
+    batch: bool = False,
 ) -> list[Classification]:
     """Classify a batch with one embedding call and one batched neighbour query, then store one
-    prediction row per item (``stored`` says whether that write happened)."""
-    texts = clean_items(runtime, items)
+    prediction row per item (``stored`` says whether that write happened). ``batch``: the items
+    came as a batch request (errors name ``items[i].text``)."""
+    cleaned = clean_items(runtime, items, batch=batch)
+    texts, extractions = extract_and_scrub(runtime, cleaned)
     loaded = runtime.model  # one reference for the whole batch, even if a new model is swapped in
     classifier = loaded.classifier
-    vectors = runtime.encoder.encode(texts)
+    encoder = runtime.encoder
+    if extractions is not None and isinstance(encoder, ExtractingEncoder):  # extracted once, not twice
+        vectors = encoder.encode_extracted(texts, extractions)
+    else:
+        vectors = encoder.encode(texts)
+    kept = stored_texts(runtime, items, texts)
     k = max(classifier.params.k, SHOWN_NEIGHBOURS)
     hits: list[list[Hit]] | None
     try:
         hits = runtime.store.search_many(vectors, k)
-    except (StoreError, ValueError, RuntimeError) as exc:  # index unavailable: the head answers alone
+    except STORE_ERRORS as exc:  # index unavailable: the head answers alone
         log.warning("vector store unavailable, classifying with the head alone: %s", exc)
         hits = None
     neighbours = None if hits is None else [[Neighbour(h.label, h.score, h.labelled_at) for h in row] for row in hits]
@@ -107,7 +140,9 @@ def classify(
                 neighbours=hits[i][:SHOWN_NEIGHBOURS] if hits is not None else [],
                 model_version=loaded.version,
                 index_used=hits is not None,
-                cleaned_text=texts[i],
+                cleaned_text=kept[i],
+                extraction=extractions[i] if extractions is not None else None,
+                extracted_from=cleaned[i] if extractions is not None else "",
             )
         )
     if session is not None:
