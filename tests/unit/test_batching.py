@@ -51,10 +51,11 @@ def _wait_until(condition: object, timeout: float = 10.0) -> None:
         time.sleep(0.002)
 
 
-def _hold_first_call(encoder: MicroBatchingEncoder, inner: GatedEncoder, n_waiting: int) -> None:
-    """Keep the model busy with the first call until ``n_waiting`` requests have queued up behind it."""
+def _hold_first_call(encoder: MicroBatchingEncoder, inner: GatedEncoder, n_total: int) -> None:
+    """Keep the model busy with the first call until all ``n_total`` single-text requests are either in
+    it or queued up behind it (requests sent at once may already share the first call)."""
     assert inner.entered.wait(timeout=10)
-    _wait_until(lambda: encoder._queue.qsize() >= n_waiting)
+    _wait_until(lambda: len(inner.batches[0]) + encoder._queue.qsize() >= n_total)
     inner.gate.set()
 
 
@@ -67,7 +68,7 @@ def test_concurrent_single_calls_share_one_model_call() -> None:
             first = pool.submit(encoder.encode, [texts[0]])
             assert inner.entered.wait(timeout=10)
             rest = [pool.submit(encoder.encode, [t]) for t in texts[1:]]
-            _hold_first_call(encoder, inner, N - 1)
+            _hold_first_call(encoder, inner, N)
             results = [first.result(timeout=10)] + [f.result(timeout=10) for f in rest]
     finally:
         encoder.close()
@@ -99,7 +100,7 @@ def test_max_items_bounds_a_group() -> None:
             first = pool.submit(encoder.encode, ["t0"])
             assert inner.entered.wait(timeout=10)
             rest = [pool.submit(encoder.encode, [f"t{i}"]) for i in range(1, 13)]
-            _hold_first_call(encoder, inner, 12)
+            _hold_first_call(encoder, inner, 13)
             for f in [first, *rest]:
                 f.result(timeout=10)
     finally:
@@ -116,7 +117,7 @@ def test_an_error_stays_with_its_request() -> None:
             assert inner.entered.wait(timeout=10)
             good = [pool.submit(encoder.encode, [f"good {i}"]) for i in range(5)]
             bad = pool.submit(encoder.encode, ["bad"])
-            _hold_first_call(encoder, inner, 6)
+            _hold_first_call(encoder, inner, 7)
             first.result(timeout=10)
             with pytest.raises(ValueError, match="cannot embed"):
                 bad.result(timeout=10)
@@ -179,7 +180,7 @@ def test_concurrent_classify_requests_are_grouped_and_answer_as_alone(tmp_path: 
             before = batcher.stats.calls
             with ThreadPoolExecutor(N) as pool:
                 futures = [pool.submit(client.post, "/v1/classify", json={"text": t}) for t in texts]
-                _hold_first_call(batcher, inner, N - 1)
+                _hold_first_call(batcher, inner, N)
                 together = [f.result(timeout=30) for f in futures]
         assert all(r.status_code == 200 for r in together)
         for a, b in zip(alone, [r.json() for r in together], strict=True):
