@@ -20,6 +20,7 @@ from models.knn import exact_neighbours, knn_vote
 from models.metrics import summary
 
 MAX_K = 30
+CROSSFIT_FOLDS = 5
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +88,41 @@ def neighbour_arrays(
     return corpus_y[idx], scores
 
 
+def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """A fold number per example, each class dealt round-robin over the folds in a shuffled order."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), dtype=np.int64)
+    for cls in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == cls))
+        fold[members] = (np.arange(len(members)) + int(rng.integers(folds))) % folds
+    return fold
+
+
+def out_of_fold(
+    x: np.ndarray, y: np.ndarray, n_classes: int, config: HeadConfig, epochs: int, folds: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Head probabilities and kNN neighbours for every training example from models that never saw it.
+
+    Each fold's head is trained on the other folds for ``epochs`` epochs (the early-stopped count of
+    the full fit) and its neighbours come from the other folds only, as a new vacancy's come from the
+    index. Returns ``(p_head, neighbour_labels, neighbour_scores)`` over all of ``x``.
+    """
+    fold = stratified_folds(y, folds, seed)
+    p_head = np.zeros((len(y), n_classes), dtype=np.float32)
+    k = min(MAX_K, len(y) - int(np.bincount(fold).max()))
+    nb_labels = np.zeros((len(y), k), dtype=np.int64)
+    nb_scores = np.zeros((len(y), k), dtype=np.float32)
+    fold_config = replace(config, max_epochs=max(1, epochs))
+    for f in range(folds):
+        inside, rest = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
+        if len(inside) == 0:
+            continue
+        head = LinearHead(fold_config).fit(x[rest], y[rest])
+        p_head[inside] = head.predict_proba(x[inside])
+        nb_labels[inside], nb_scores[inside] = neighbour_arrays(x[inside], x[rest], y[rest], k)
+    return p_head, nb_labels, nb_scores
+
+
 def train_classifier(
     x: np.ndarray,
     y: np.ndarray,
@@ -99,10 +135,18 @@ def train_classifier(
     abstain_threshold: float = 0.0,
     refit: bool = True,
     head_config: HeadConfig | None = None,
+    crossfit: int = CROSSFIT_FOLDS,
 ) -> tuple[FusedClassifier, TrainReport]:
-    """Fit on ``x``/``y`` (class indices into ``labels``), tune on a validation split (given, or
-    carved out of the data), report validation metrics, and, when ``refit`` is true, refit the head on
-    training + validation data for the early-stopped number of epochs (the fusion parameters stay)."""
+    """Fit on ``x``/``y`` (class indices into ``labels``), tune the fusion, report validation metrics,
+    and, when ``refit`` is true, refit the head on training + validation data for the early-stopped
+    number of epochs (the fusion parameters stay).
+
+    The validation split (given, or carved out of the data) early-stops the head and is what the
+    metrics are reported on. With ``crossfit >= 2`` the fusion (α, k, temperatures) is tuned on
+    out-of-fold predictions for every training example instead of on the validation split alone: a
+    few hundred validation examples make a noisy grid search, the whole training set does not, and the
+    validation split stays an unbiased score. ``crossfit=0`` tunes on the validation split.
+    """
     n_classes = len(labels)
     if x_val is None or y_val is None:
         tr, va = stratified_split(y, val_fraction, seed)
@@ -115,16 +159,23 @@ def train_classifier(
     head = LinearHead(config).fit(x_tr, y_tr, x_va, y_va)
     p_head = head.predict_proba(x_va)
     nb_labels, nb_scores = neighbour_arrays(x_va, x_tr, y_tr)
-    tuned = tune(p_head, nb_labels, nb_scores, y_va, n_classes, abstain_threshold=abstain_threshold)
+    if crossfit >= 2 and len(y_tr) >= crossfit * 2:
+        oof = out_of_fold(x_tr, y_tr, n_classes, config, head.best_epoch, crossfit, seed)
+        tuned = tune(*oof, y_tr, n_classes, abstain_threshold=abstain_threshold)
+        tuning = {"on": f"out_of_fold_{crossfit}", "n": len(y_tr)}
+    else:
+        tuned = tune(p_head, nb_labels, nb_scores, y_va, n_classes, abstain_threshold=abstain_threshold)
+        tuning = {"on": "validation", "n": len(y_va)}
     params = tuned.params
     p_knn = knn_vote(nb_labels, nb_scores, n_classes, k=params.k, temperature=params.knn_temperature)
     p_fused = fuse(p_head, p_knn, params)
-    metrics = {
+    metrics: dict[str, Any] = {
+        "fusion_tuning": tuning,
         "validation": {
             "head": summary(p_head, y_va, labels),
             "knn": summary(p_knn, y_va, labels),
             "fused": summary(p_fused, y_va, labels),
-        }
+        },
     }
     best_epoch = head.best_epoch
     classifier = FusedClassifier(labels, head, params)

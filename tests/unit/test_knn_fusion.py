@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from models.fusion import FusionParams, calibrate, fuse, tune
+from models.head import HeadConfig
 from models.knn import exact_neighbours, knn_vote
+from models.training import out_of_fold, stratified_folds, train_classifier
 
 
 def test_vote_weights_closer_neighbours_more() -> None:
@@ -66,3 +68,39 @@ def test_tuning_is_never_worse_than_either_signal_on_its_data() -> None:
     assert result.accuracy >= result.head_accuracy
     assert result.accuracy >= result.knn_accuracy
     assert 0.0 < result.params.alpha < 1.0
+
+
+def test_folds_deal_each_class_evenly() -> None:
+    y = np.repeat(np.arange(3), [10, 7, 3])
+    fold = stratified_folds(y, 5, seed=1)
+    for cls in range(3):
+        counts = np.bincount(fold[y == cls], minlength=5)
+        assert counts.max() - counts.min() <= 1
+
+
+def test_out_of_fold_never_uses_an_example_to_score_itself() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = np.arange(60) % 3
+    p_head, nb_labels, nb_scores = out_of_fold(x, y, 3, HeadConfig(dim=16, n_classes=3), epochs=20, folds=5, seed=0)
+    assert p_head.shape == (60, 3) and np.allclose(p_head.sum(axis=1), 1.0, atol=1e-5)
+    assert nb_labels.shape == nb_scores.shape and nb_labels.shape[0] == 60
+    assert nb_scores.max() < 0.99  # random directions: only the example itself would score 1.0
+    exact, _ = exact_neighbours(x, x, 1)
+    assert (exact[:, 0] == np.arange(60)).all()  # (whereas with itself in the corpus it comes first)
+
+
+def test_cross_fitted_tuning_reports_on_the_untouched_validation_split() -> None:
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(4, 16))
+    y = np.arange(200) % 4
+    x = (centres[y] + rng.normal(scale=1.5, size=(200, 16))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = ["a", "b", "c", "d"]
+    _, report = train_classifier(x[:160], y[:160], labels, x_val=x[160:], y_val=y[160:], refit=False, crossfit=5)
+    _, plain_report = train_classifier(x[:160], y[:160], labels, x_val=x[160:], y_val=y[160:], refit=False, crossfit=0)
+    assert report.metrics["fusion_tuning"] == {"on": "out_of_fold_5", "n": 160}
+    assert plain_report.metrics["fusion_tuning"] == {"on": "validation", "n": 40}
+    assert report.n_val == plain_report.n_val == 40  # both are scored on the same untouched split
+    assert report.metrics["validation"]["fused"]["accuracy"] >= 0.5  # four noisy clusters: far above chance
