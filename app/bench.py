@@ -647,3 +647,61 @@ def finetune_markdown(result: dict[str, Any]) -> str:
             s = m[name]
             lines.append(f"| {name} | {s['accuracy']:.4f} | {s['macro_f1']:.4f} | {s['ece']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+COMPRESSED = ("fused_int8", "fused_pruned", "fused_int8_pruned")
+
+
+def target_checks(result: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets for one dataset, in accuracy points (and macro-F1 points where named):
+    fused minus head, knn and tfidf_lr, and the largest loss of a compressed variant against fused.
+    With a cross-validation section, the same numbers over its folds' means as well."""
+
+    def deltas(acc: dict[str, float], f1: dict[str, float]) -> dict[str, float]:
+        return {
+            "fused_minus_head": 100 * (acc["fused"] - acc["head"]),
+            "fused_minus_knn": 100 * (acc["fused"] - acc["knn"]),
+            "fused_minus_head_f1": 100 * (f1["fused"] - f1["head"]),
+            "fused_minus_knn_f1": 100 * (f1["fused"] - f1["knn"]),
+            "fused_minus_tfidf": 100 * (acc["fused"] - acc["tfidf_lr"]),
+            "hybrid_minus_tfidf": 100 * (acc["fused_tfidf"] - acc["tfidf_lr"]),
+            "compression_loss": max(0.0, *(100 * (acc["fused"] - acc[c]) for c in COMPRESSED)),
+        }
+
+    m = result["methods"]
+    out: dict[str, Any] = {
+        "val": deltas({k: v["accuracy"] for k, v in m.items()}, {k: v["macro_f1"] for k, v in m.items()})
+    }
+    cv = result.get("cv")
+    if cv:
+        cm = cv["methods"]
+        out["cv"] = deltas(
+            {k: v["accuracy_mean"] for k, v in cm.items()}, {k: v["macro_f1_mean"] for k, v in cm.items()}
+        )
+    return out
+
+
+def targets_markdown(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """One row per dataset (and per CV section): ✓ where the target holds, the margin in points."""
+
+    def cell(value: float, ok: bool) -> str:
+        return f"{'✓' if ok else '✗'} {value:+.2f}"
+
+    lines = [
+        "| dataset | fused − head (acc / F1) | fused − knn (acc / F1) | fused − tfidf_lr | hybrid − tfidf_lr "
+        "| worst compression loss |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, checks in rows:
+        for scope, d in checks.items():
+            lines.append(
+                f"| {name}{' (5-fold CV)' if scope == 'cv' else ''} "
+                f"| {cell(d['fused_minus_head'], d['fused_minus_head'] >= 0)} / "
+                f"{cell(d['fused_minus_head_f1'], d['fused_minus_head_f1'] >= 0)} "
+                f"| {cell(d['fused_minus_knn'], d['fused_minus_knn'] >= 0)} / "
+                f"{cell(d['fused_minus_knn_f1'], d['fused_minus_knn_f1'] >= 0)} "
+                f"| {cell(d['fused_minus_tfidf'], d['fused_minus_tfidf'] >= 0)} "
+                f"| {cell(d['hybrid_minus_tfidf'], d['hybrid_minus_tfidf'] >= 0)} "
+                f"| {cell(-d['compression_loss'], d['compression_loss'] <= 0.5)} |"
+            )
+    return "\n".join(lines)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from app.bench import BenchConfig, Split, run_bench, run_cv, write_outputs
+from app.bench import BenchConfig, Split, run_bench, run_cv, target_checks, targets_markdown, write_outputs
 from app.cli import cli
 from app.settings import DATA_DIR
 from indexing.cache import EmbeddingCache
@@ -100,3 +100,28 @@ def test_bench_command_with_the_real_embedder(tmp_path: Path, monkeypatch: pytes
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_test"] == len(subset[1::2]) and metrics["methods"]["fused"]["accuracy"] >= 0.9
     assert metrics["embedder"].startswith("sentence-transformers/all-MiniLM-L6-v2")
+
+
+def test_target_checks_against_hand_computed_margins() -> None:
+    def row(acc: float, f1: float) -> dict[str, float]:
+        return {"accuracy": acc, "macro_f1": f1}
+
+    result = {
+        "methods": {
+            "tfidf_lr": row(0.70, 0.60),
+            "head": row(0.66, 0.62),
+            "knn": row(0.69, 0.58),
+            "fused": row(0.71, 0.61),
+            "fused_int8": row(0.71, 0.61),
+            "fused_pruned": row(0.70, 0.60),
+            "fused_int8_pruned": row(0.704, 0.60),
+            "fused_tfidf": row(0.72, 0.63),
+        }
+    }
+    d = target_checks(result)["val"]
+    assert d["fused_minus_head"] == pytest.approx(5.0) and d["fused_minus_knn"] == pytest.approx(2.0)
+    assert d["fused_minus_head_f1"] == pytest.approx(-1.0) and d["fused_minus_knn_f1"] == pytest.approx(3.0)
+    assert d["fused_minus_tfidf"] == pytest.approx(1.0) and d["hybrid_minus_tfidf"] == pytest.approx(2.0)
+    assert d["compression_loss"] == pytest.approx(1.0)  # the pruned head: 0.71 -> 0.70
+    table = targets_markdown([("toy", target_checks(result))])
+    assert "| toy | ✓ +5.00 / ✗ -1.00 | ✓ +2.00 / ✓ +3.00 | ✓ +1.00 | ✓ +2.00 | ✗ -1.00 |" in table
