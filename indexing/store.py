@@ -258,7 +258,9 @@ class VectorStore:
             for v in vectors
         ]
         responses = self.client.query_batch_points(self._require_active(), requests=requests)
-        return [[_hit(p) for p in r.points] for r in responses]
+        # Equal scores in a stable order (by vacancy id): every backend, and every rebuild of a collection,
+        # lists the same neighbours the same way.
+        return [sorted((_hit(p) for p in r.points), key=lambda h: (-h.score, h.vacancy_id)) for r in responses]
 
     def _require_active(self) -> str:
         """The alias, once it is known to exist: requests name the alias, which Qdrant resolves
