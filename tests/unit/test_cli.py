@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import typer
 from pydantic import ValidationError
-from qdrant_client import QdrantClient
 from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
@@ -20,7 +19,7 @@ from app.cli_errors import describe
 from app.db import migrate
 from app.errors import Conflict, InvalidInput, NotFound
 from app.settings import Settings, get_settings
-from indexing.store import StoreLockedError
+from indexing.store import StoreLockedError, connect
 
 runner = CliRunner()
 
@@ -117,9 +116,12 @@ def test_unknown_model_version_is_one_line(state: Path) -> None:
     assert "unknown model version 'no-such-version'" in one_error_line(result)
 
 
-def test_locked_index_is_one_line(state: Path) -> None:
-    migrate(f"sqlite:///{state / 'jobclass.db'}")
-    holder = QdrantClient(path=str(state / "qdrant"))  # as a running `jobclass serve` would
+@pytest.mark.parametrize("backend", ["edge", "local"])
+def test_locked_index_is_one_line(state: Path, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBCLASS_QDRANT_BACKEND", backend)
+    settings = Settings()
+    migrate(settings.db_url)
+    holder = connect(path=settings.qdrant_location, backend=settings.qdrant_backend)  # as `jobclass serve` would
     try:
         result = runner.invoke(cli, ["reindex"])
     finally:

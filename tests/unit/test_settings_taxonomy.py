@@ -56,4 +56,4 @@ def test_settings_read_the_environment(tmp_path: Path, monkeypatch: pytest.Monke
     settings = Settings(_env_file=None)
     assert settings.head_variant == "int8_pruned"
     assert settings.db_url == f"sqlite:///{tmp_path / 'jobclass.db'}"
-    assert settings.qdrant_location == str(tmp_path / "qdrant")
+    assert settings.qdrant_location == str(tmp_path / "qdrant-edge")  # the embedded engine by default
