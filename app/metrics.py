@@ -7,6 +7,8 @@ are read from the runtime at scrape time, so a model swapped in by retraining sh
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -19,6 +21,7 @@ from app.runtime import Runtime
 log = logging.getLogger(__name__)
 UNCERTAIN = "uncertain"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RATE_WINDOW = 1000  # the ratio gauges cover this many latest answers / corrections
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 
@@ -48,6 +51,41 @@ class RuntimeCollector(Collector):
         yield GaugeMetricFamily("jobclass_index_vectors", "Vectors in the active kNN collection.", value=size)
 
 
+class RecentRatio:
+    """The share of true outcomes among the latest ``window`` (NaN before the first)."""
+
+    def __init__(self, window: int = RATE_WINDOW) -> None:
+        self._outcomes: deque[bool] = deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def add(self, outcome: bool) -> None:
+        with self._lock:
+            self._outcomes.append(outcome)
+
+    def value(self) -> float:
+        with self._lock:
+            return sum(self._outcomes) / len(self._outcomes) if self._outcomes else float("nan")
+
+
+class RatioCollector(Collector):
+    """Abstain and disagreement ratios over recent traffic, ready to alert on (the counters give totals)."""
+
+    def __init__(self, abstain: RecentRatio, disagreement: RecentRatio) -> None:
+        self.abstain, self.disagreement = abstain, disagreement
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "jobclass_abstain_ratio",
+            f"Share of the latest {RATE_WINDOW} answers where the model abstained (NaN before any).",
+            value=self.abstain.value(),
+        )
+        yield GaugeMetricFamily(
+            "jobclass_feedback_disagreement_ratio",
+            f"Share of the latest {RATE_WINDOW} corrections whose label differs from the prediction (NaN before any).",
+            value=self.disagreement.value(),
+        )
+
+
 class Metrics:
     def __init__(self, get_runtime: Callable[[], Runtime | None]) -> None:
         self.registry = CollectorRegistry()
@@ -73,7 +111,9 @@ class Metrics:
         self.disagreements = Counter(
             "jobclass_feedback_disagreements", "Corrections whose label differs from the predicted label.", registry=r
         )
+        self.recent_abstain, self.recent_disagreement = RecentRatio(), RecentRatio()
         r.register(RuntimeCollector(get_runtime))
+        r.register(RatioCollector(self.recent_abstain, self.recent_disagreement))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         labels = (method, route, str(status))
@@ -84,11 +124,13 @@ class Metrics:
         """One entry per answer: its label, or None when the model abstained."""
         for label in labels:
             self.predictions.labels(label or UNCERTAIN).inc()
+            self.recent_abstain.add(label is None)
             if label is None:
                 self.abstentions.inc()
 
     def observe_feedback(self, predicted: str, corrected: str) -> None:
         self.feedback.inc()
+        self.recent_disagreement.add(predicted != corrected)
         if predicted != corrected:
             self.disagreements.inc()
 

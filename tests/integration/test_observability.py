@@ -172,6 +172,13 @@ def test_metrics_move_after_classify_and_feedback(client: TestClient, runtime: R
     assert moved("jobclass_abstentions_total") == 1
     assert moved("jobclass_feedback_total") == 2
     assert moved("jobclass_feedback_disagreements_total") == 1
+    # the ratio gauges over recent traffic agree with the counters (fewer events than the window here)
+    answers = sum(v for (name, _), v in after.items() if name == "jobclass_predictions_total")
+    assert value(after, "jobclass_abstain_ratio") == pytest.approx(value(after, "jobclass_abstentions_total") / answers)
+    assert value(after, "jobclass_feedback_disagreement_ratio") == pytest.approx(
+        value(after, "jobclass_feedback_disagreements_total") / value(after, "jobclass_feedback_total")
+    )
+    assert 0 < value(after, "jobclass_abstain_ratio") < 1
     assert value(after, "jobclass_model_info", version=runtime.model.version, variant="fp32") == 1
     assert (
         value(after, "jobclass_index_vectors") == runtime.store.count() == value(before, "jobclass_index_vectors") + 1
