@@ -86,7 +86,8 @@ def summary(probs: np.ndarray, y_true: np.ndarray, labels: Sequence[str]) -> dic
     }
 
 
-def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: Path | str, title: str = "") -> None:
+def confusion_figure(cm: np.ndarray, labels: Sequence[str], title: str = "") -> Any:
+    """A matplotlib figure of the confusion matrix: rows normalised for colour, counts written in."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,17 +106,17 @@ def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: Path | str, titl
     for i in range(n):
         for j in range(n):
             if cm[i, j]:
-                ax.text(
-                    j,
-                    i,
-                    str(cm[i, j]),
-                    ha="center",
-                    va="center",
-                    fontsize=6,
-                    color="white" if cm[i, j] / row_sums[i, 0] > 0.5 else "black",
-                )
+                dark = cm[i, j] / row_sums[i, 0] > 0.5
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6, color="white" if dark else "black")
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: Path | str, title: str = "") -> None:
+    import matplotlib.pyplot as plt
+
+    fig = confusion_figure(cm, labels, title)
     fig.savefig(str(path), dpi=110)
     plt.close(fig)

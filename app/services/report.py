@@ -21,7 +21,14 @@ from app.services import render
 from app.services.vacancies import labelled_vacancies
 from indexing.cache import encode_cached
 from models.classifier import Neighbour
-from models.metrics import confusion_matrix, coverage_at, expected_calibration_error, macro_f1, per_class
+from models.metrics import (
+    confusion_figure,
+    confusion_matrix,
+    coverage_at,
+    expected_calibration_error,
+    macro_f1,
+    per_class,
+)
 from models.training import holdout_split, neighbour_arrays
 
 
@@ -95,23 +102,7 @@ def write_model_report(result: dict[str, Any], out: Path) -> list[Path]:
 
 
 def _plot_confusion(cm: np.ndarray, names: list[str], title: str) -> bytes:
-    n = len(names)
-    size = max(6.0, 0.45 * n + 3)
-    fig, ax = render.new_figure(size, size)
-    row_sums = np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    ax.imshow(cm / row_sums, cmap="Blues", vmin=0, vmax=1)
-    short = [s if len(s) <= 28 else s[:26] + "…" for s in names]
-    ax.set_xticks(range(n), short, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), short, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(n):
-        for j in range(n):
-            if cm[i, j]:
-                dark = cm[i, j] / row_sums[i, 0] > 0.5
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6, color="white" if dark else "black")
-    ax.set_title(title, fontsize=9)
-    return render.figure_png(fig)
+    return render.figure_png(confusion_figure(cm, names, title))
 
 
 def _plot_per_class(classes: list[dict[str, Any]]) -> bytes:
