@@ -35,7 +35,7 @@ from app.errors import Conflict, InvalidInput
 from app.runtime import Runtime
 from app.services.index import CATCH_UP_SLACK, _labelled_since, to_points
 from app.services.jobs import Job
-from app.services.training import _champion, _scores, activate_version, data_hash
+from app.services.training import _champion, _scores, activate_version, data_hash, decide_promotion
 from app.services.vacancies import labelled_vacancies
 from app.settings import Settings
 from indexing.cache import encode_cached
@@ -191,30 +191,24 @@ def upgrade_encoder(
             served = challenger if challenger.variant == variant else challenger.with_variant(variant)
             challenger_scores = _scores(evaluate(served, x_new[va], y[va], x_new[tr], y[tr]))
             champion, why_none = _champion(runtime)
-            champion_scores: dict[str, float] | None = None
-            if champion is None:
-                promoted, reason = True, why_none
-            elif champion.classifier.labels != labels:
-                promoted, reason = True, f"the champion {champion.version} has another label set (taxonomy changed)"
-            else:
+
+            def score_with_old_encoder(classifier: FusedClassifier) -> dict[str, float]:
+                # the champion on the same hold-out, embedded by the encoder it was trained with
                 x_old = _embed(runtime.encoder, runtime, [v.text for v in usable], None)
-                champion_scores = _scores(evaluate(champion.classifier, x_old[va], y[va], x_old[tr], y[tr]))
-                promoted = challenger_scores["accuracy"] >= champion_scores["accuracy"] - margin
-                reason = (
-                    f"challenger (encoder {enc_version}) accuracy {challenger_scores['accuracy']:.4f} "
-                    f"{'≥' if promoted else '<'} champion {champion_scores['accuracy']:.4f} − margin {margin:g}"
-                )
-            promotion = {
-                "champion": champion.version if champion else None,
-                "promoted": promoted,
-                "reason": reason,
-                "margin": margin,
-                "n_val": len(va),
-                "challenger": challenger_scores,
-                "champion_scores": champion_scores,
-                "encoder": enc_version,
-                "collection": collection,
-            }
+                return _scores(evaluate(classifier, x_old[va], y[va], x_old[tr], y[tr]))
+
+            promotion = decide_promotion(
+                champion,
+                why_none,
+                labels,
+                challenger_scores,
+                score_with_old_encoder,
+                margin,
+                n_val=len(va),
+                challenger_name=f"challenger (encoder {enc_version})",
+            )
+            promotion.update(encoder=enc_version, collection=collection)
+            promoted, reason = promotion["promoted"], promotion["reason"]
             parent_model = champion.version if champion else runtime.registry.active_version()
             model_version, meta = _register_head(
                 runtime,
@@ -254,7 +248,7 @@ def upgrade_encoder(
         reason=reason,
         champion=champion.version if champion else None,
         challenger_scores=challenger_scores,
-        champion_scores=champion_scores,
+        champion_scores=promotion["champion_scores"],
         n_finetune=len(ft_train.texts),
         n_val=len(va),
         finetune={k: info.get(k) for k in ("metrics", "wall_seconds", "train_seconds", "texts_per_s", "steps")},

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,28 +115,16 @@ def retrain(
     variant = runtime.settings.head_variant
     served = fit.classifier if fit.classifier.variant == variant else fit.classifier.with_variant(variant)
     challenger_scores = _scores(evaluate(served, x_va, y_va, x_tr, y_tr))
-    champion_scores: dict[str, float] | None = None
-    if champion is None:
-        promoted, reason = True, why_none
-    elif champion.classifier.labels != fit.classifier.labels:
-        promoted, reason = True, f"the champion {champion.version} has another label set (taxonomy changed)"
-    else:
-        champion_scores = _scores(evaluate(champion.classifier, x_va, y_va, x_tr, y_tr))
-        bar = champion_scores["accuracy"] - margin
-        promoted = challenger_scores["accuracy"] >= bar
-        reason = (
-            f"challenger accuracy {challenger_scores['accuracy']:.4f} "
-            f"{'≥' if promoted else '<'} champion {champion_scores['accuracy']:.4f} − margin {margin:g}"
-        )
-    promotion = {
-        "champion": champion.version if champion else None,
-        "promoted": promoted,
-        "reason": reason,
-        "margin": margin,
-        "n_val": len(y_va),
-        "challenger": challenger_scores,
-        "champion_scores": champion_scores,
-    }
+    promotion = decide_promotion(
+        champion,
+        why_none,
+        fit.classifier.labels,
+        challenger_scores,
+        lambda c: _scores(evaluate(c, x_va, y_va, x_tr, y_tr)),
+        margin,
+        n_val=len(y_va),
+    )
+    promoted, reason = promotion["promoted"], promotion["reason"]
     parent = champion.version if champion else runtime.registry.active_version()
     version, meta = _register(runtime, session, fit, parent=parent, extra={"promotion": promotion})
     if promoted:
@@ -154,7 +142,7 @@ def retrain(
         n_train=len(fit.train_idx),
         n_val=len(fit.val_idx),
         challenger_scores=challenger_scores,
-        champion_scores=champion_scores,
+        champion_scores=promotion["champion_scores"],
         seconds=time.perf_counter() - start,
     )
 
@@ -246,6 +234,42 @@ def _champion(runtime: Runtime) -> tuple[LoadedModel | None, str]:
 
 def _scores(summary: dict[str, Any]) -> dict[str, float]:
     return {"accuracy": float(summary["accuracy"]), "macro_f1": float(summary["macro_f1"])}
+
+
+def decide_promotion(
+    champion: LoadedModel | None,
+    why_none: str,
+    labels: Sequence[str],
+    challenger_scores: dict[str, float],
+    score_champion: Callable[[FusedClassifier], dict[str, float]],
+    margin: float,
+    *,
+    n_val: int,
+    challenger_name: str = "challenger",
+) -> dict[str, Any]:
+    """Promote when there is no comparable champion, or when the challenger's validation accuracy is at
+    least the champion's minus ``margin`` (both scored by the caller on the same hold-out)."""
+    champion_scores: dict[str, float] | None = None
+    if champion is None:
+        promoted, reason = True, why_none
+    elif list(champion.classifier.labels) != list(labels):
+        promoted, reason = True, f"the champion {champion.version} has another label set (taxonomy changed)"
+    else:
+        champion_scores = score_champion(champion.classifier)
+        promoted = challenger_scores["accuracy"] >= champion_scores["accuracy"] - margin
+        reason = (
+            f"{challenger_name} accuracy {challenger_scores['accuracy']:.4f} "
+            f"{'≥' if promoted else '<'} champion {champion_scores['accuracy']:.4f} − margin {margin:g}"
+        )
+    return {
+        "champion": champion.version if champion else None,
+        "promoted": promoted,
+        "reason": reason,
+        "margin": margin,
+        "n_val": n_val,
+        "challenger": challenger_scores,
+        "champion_scores": champion_scores,
+    }
 
 
 def _register(
