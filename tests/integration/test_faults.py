@@ -28,7 +28,7 @@ from app.main import create_app
 from app.observability import JsonFormatter
 from app.runtime import Runtime
 from app.settings import Settings
-from tests.conftest import POSTGRES_URL, make_settings
+from tests.conftest import POSTGRES_URL, _postgres_engine, make_settings
 from tests.factories import seed, wait_for_job
 from tests.fakes import FakeEncoder
 
@@ -109,18 +109,8 @@ class TcpProxy:
 
 
 def _postgres_or_skip() -> None:
-    engine = make_engine(POSTGRES_URL)
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as exc:
-        from tests.conftest import IN_CI
-
-        if IN_CI:
-            pytest.fail(f"Postgres at {POSTGRES_URL} is unreachable: {exc}", pytrace=False)
-        pytest.skip(f"Postgres at {POSTGRES_URL} is unreachable: {exc}")
-    finally:
-        engine.dispose()
+    """Skip locally without Postgres; under CI=true fail (tests.conftest._postgres_engine decides)."""
+    _postgres_engine().dispose()
 
 
 # ---- fixtures ------------------------------------------------------------------------------------
