@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     abstain_threshold: float = Field(0.25, ge=0.0, le=1.0)
     search_k: int = Field(30, ge=1, le=200)  # neighbours fetched per classify (the vote uses the tuned k)
     validation_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    # folds of out-of-fold predictions the fusion is tuned on (0: tune on the hold-out alone)
+    fusion_crossfit: int = Field(5, ge=0, le=20)
     seed: int = 20240601
 
     # Learning loop and index lifecycle

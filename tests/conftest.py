@@ -45,6 +45,8 @@ def make_settings(state_dir: Path, **overrides: object) -> Settings:
         "embedding_model": "fake-encoder",
         "abstain_threshold": 0.0,
         "microbatch": False,  # tests that need micro-batching turn it on (tests/unit/test_batching.py)
+        # five extra head fits per training would double the suite; cross-fitting has its own tests
+        "fusion_crossfit": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]

@@ -186,6 +186,7 @@ def upgrade_encoder(
                 seed=settings.seed,
                 abstain_threshold=settings.abstain_threshold,
                 refit=False,
+                crossfit=settings.fusion_crossfit,
             )
             variant = settings.head_variant
             served = challenger if challenger.variant == variant else challenger.with_variant(variant)

@@ -206,6 +206,7 @@ def _fit(runtime: Runtime, session: Session, *, show_progress: bool = False, pro
         seed=settings.seed,
         abstain_threshold=settings.abstain_threshold,
         refit=False,  # the hold-out stays unseen by every version: comparisons between versions are fair
+        crossfit=settings.fusion_crossfit,
     )
     return _Fit(classifier, report, usable, x, y, tr, va)
 

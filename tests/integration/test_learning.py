@@ -358,3 +358,15 @@ def test_a_correction_made_during_a_reindex_survives_the_swap(live_runtime: Runt
         hit = client.post("/v1/search", json={"text": GUARD, "k": 1}).json()["hits"][0]
         assert hit["vacancy_id"] == fb["vacancy_id"] and hit["label"] == SECURITY
         assert classify(client, GUARD)["label"] == SECURITY
+
+
+def test_training_tunes_the_fusion_on_out_of_fold_predictions(runtime: Runtime, tmp_path: Path) -> None:
+    """With JOBCLASS_FUSION_CROSSFIT (default 5) the fusion is tuned on every training example's
+    out-of-fold prediction; the hold-out it reports on is the same either way."""
+    runtime.settings.fusion_crossfit = 5
+    seed(runtime, tmp_path, n_per_label=8)
+    meta = runtime.registry.metadata(runtime.model.version)
+    tuning = meta["metrics"]["fusion_tuning"]
+    assert tuning["on"] == "out_of_fold_5"
+    assert tuning["n"] == meta["metrics"]["n_train"]  # every training example, not the hold-out
+    assert meta["metrics"]["n_val"] > 0
