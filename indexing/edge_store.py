@@ -371,14 +371,7 @@ class EdgeClient:
         self, collection_name: str, points: Sequence[models.PointStruct], wait: bool = True, **_: Any
     ) -> models.UpdateResult:
         edge_points = [qe.Point(_edge_id(p.id), p.vector, p.payload or {}) for p in points]  # type: ignore[arg-type]
-        coll = self._acquire(collection_name)
-        try:
-            if edge_points:
-                coll.shard.update(qe.UpdateOperation.upsert_points(edge_points))
-        finally:
-            self._release(coll)
-        if edge_points:
-            self._maybe_optimize(coll)
+        self._upsert_points(collection_name, edge_points)
         return models.UpdateResult(operation_id=0, status=models.UpdateStatus.COMPLETED)
 
     @_translated
@@ -388,6 +381,11 @@ class EdgeClient:
         """Bulk upsert without building qdrant-client models (what ``VectorStore.upsert`` uses here)."""
         rows = vectors.astype(np.float32, copy=False).tolist()
         edge_points = [qe.Point(_edge_id(i), v, p) for i, v, p in zip(ids, rows, payloads, strict=True)]
+        self._upsert_points(collection_name, edge_points)
+        return len(edge_points)
+
+    def _upsert_points(self, collection_name: str, edge_points: list[Any]) -> None:
+        """Write the points to the collection's shard, then let the optimizer index them."""
         coll = self._acquire(collection_name)
         try:
             if edge_points:
@@ -396,7 +394,6 @@ class EdgeClient:
             self._release(coll)
         if edge_points:
             self._maybe_optimize(coll)
-        return len(edge_points)
 
     @_translated
     def delete(

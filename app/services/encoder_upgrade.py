@@ -35,14 +35,21 @@ from app.errors import Conflict, InvalidInput
 from app.runtime import Runtime
 from app.services.index import CATCH_UP_SLACK, _labelled_since, to_points
 from app.services.jobs import Job
-from app.services.training import _champion, _scores, activate_version, data_hash, decide_promotion
+from app.services.training import (
+    _champion,
+    _scores,
+    activate_version,
+    data_hash,
+    decide_promotion,
+    train_on_holdout,
+)
 from app.services.vacancies import labelled_vacancies
 from app.settings import Settings
 from indexing.cache import encode_cached
 from indexing.embed import Encoder, SentenceEmbedder
 from models.classifier import FusedClassifier
 from models.registry import EncoderRegistry
-from models.training import evaluate, holdout_split, stratified_split, train_classifier
+from models.training import evaluate, holdout_split, stratified_split
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
@@ -177,17 +184,7 @@ def upgrade_encoder(
             x_new = _embed(new_encoder, runtime, [v.text for v in usable], progress)
             _write(runtime, usable, x_new, collection)
             # 3. + 4. challenger head on the new vectors; both scored on the hold-out.
-            challenger, report = train_classifier(
-                x_new[tr],
-                y[tr],
-                labels,
-                x_val=x_new[va],
-                y_val=y[va],
-                seed=settings.seed,
-                abstain_threshold=settings.abstain_threshold,
-                refit=False,
-                crossfit=settings.fusion_crossfit,
-            )
+            challenger, report = train_on_holdout(runtime, x_new, y, labels, tr, va)
             variant = settings.head_variant
             served = challenger if challenger.variant == variant else challenger.with_variant(variant)
             challenger_scores = _scores(evaluate(served, x_new[va], y[va], x_new[tr], y[tr]))

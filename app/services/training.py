@@ -197,7 +197,16 @@ def _fit(runtime: Runtime, session: Session, *, show_progress: bool = False, pro
     tr, va = holdout_split([v.id for v in usable], y, settings.validation_fraction, salt=str(settings.seed))
     if len(va) == 0:
         raise InvalidInput("training needs at least two labelled vacancies of some class for validation")
-    classifier, report = train_classifier(
+    classifier, report = train_on_holdout(runtime, x, y, labels, tr, va)
+    return _Fit(classifier, report, usable, x, y, tr, va)
+
+
+def train_on_holdout(
+    runtime: Runtime, x: np.ndarray, y: np.ndarray, labels: Sequence[str], tr: np.ndarray, va: np.ndarray
+) -> tuple[FusedClassifier, TrainReport]:
+    """A head (and fusion) trained on ``tr`` with the service's settings, validated on the hold-out ``va``."""
+    settings = runtime.settings
+    return train_classifier(
         x[tr],
         y[tr],
         labels,
@@ -208,7 +217,6 @@ def _fit(runtime: Runtime, session: Session, *, show_progress: bool = False, pro
         refit=False,  # the hold-out stays unseen by every version: comparisons between versions are fair
         crossfit=settings.fusion_crossfit,
     )
-    return _Fit(classifier, report, usable, x, y, tr, va)
 
 
 def _embed(runtime: Runtime, texts: list[str], show_progress: bool, progress: Progress | None) -> np.ndarray:
