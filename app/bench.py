@@ -301,6 +301,17 @@ def _timing(
     }
 
 
+def _with_tuning_split(train: Split, val: Split | None, cfg: BenchConfig) -> tuple[Split, Split]:
+    """(train, val); without a val split, a stratified ``cfg.val_fraction`` of train is carved out for
+    tuning. The test split stays untouched."""
+    if val is not None:
+        return train, val
+    labels_tr = sorted(set(train.labels))
+    y = _indices(train.labels, {lab: i for i, lab in enumerate(labels_tr)})
+    tr_idx, va_idx = stratified_split(y, cfg.val_fraction, cfg.seed)
+    return train.take(tr_idx), train.take(va_idx)
+
+
 def run_bench(
     train: Split,
     val: Split | None,
@@ -310,11 +321,7 @@ def run_bench(
     cfg: BenchConfig,
     say: Say = log.info,
 ) -> dict[str, Any]:
-    if val is None:  # carve a tuning split out of training; the test split stays untouched
-        labels_tr = sorted(set(train.labels))
-        y = _indices(train.labels, {lab: i for i, lab in enumerate(labels_tr)})
-        tr_idx, va_idx = stratified_split(y, cfg.val_fraction, cfg.seed)
-        train, val = train.take(tr_idx), train.take(va_idx)
+    train, val = _with_tuning_split(train, val, cfg)
     labels = sorted(set(train.labels) | set(val.labels))
     index = {lab: i for i, lab in enumerate(labels)}
     say(f"[{cfg.name}] train {len(train)}, val {len(val)}, test {len(test)}, {len(labels)} classes")
@@ -555,11 +562,7 @@ def run_finetune_rows(
     from indexing.embed import SentenceEmbedder
     from indexing.finetune import FinetuneConfig, finetune
 
-    if val is None:
-        labels_tr = sorted(set(train.labels))
-        y = _indices(train.labels, {lab: i for i, lab in enumerate(labels_tr)})
-        tr_idx, va_idx = stratified_split(y, cfg.val_fraction, cfg.seed)
-        train, val = train.take(tr_idx), train.take(va_idx)
+    train, val = _with_tuning_split(train, val, cfg)
     labels = sorted(set(train.labels) | set(val.labels))
     index = {lab: i for i, lab in enumerate(labels)}
     ft_cfg = ft_cfg or FinetuneConfig(seed=cfg.seed)
