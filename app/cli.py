@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import numpy as np
 import typer
@@ -298,6 +298,9 @@ def bench(
     ft_epochs: Annotated[float, typer.Option(min=0.01, help="fine-tuning epochs (with --finetune)")] = 1.0,
     ft_max_pairs: Annotated[int, typer.Option(min=1, help="fine-tuning pairs per class (with --finetune)")] = 200,
     ft_batch_size: Annotated[int, typer.Option(min=2, help="fine-tuning batch size (with --finetune)")] = 32,
+    ft_objective: Annotated[
+        str, typer.Option(help="fine-tuning objective: triplets (label-aware MNRL) or supcon (with --finetune)")
+    ] = "triplets",
     extract: Annotated[
         bool, typer.Option(help="compare raw vs cleaned vs extracted text instead (extract.json, extract.md)")
     ] = False,
@@ -313,6 +316,10 @@ def bench(
 
     if test is None and folds < 2:
         raise _fail(ValueError("give --test, or --folds K (K >= 2) for cross-validation"))
+    from indexing.finetune import OBJECTIVES
+
+    if ft_objective not in OBJECTIVES:
+        raise _fail(ValueError(f"--ft-objective must be one of {', '.join(OBJECTIVES)}, not {ft_objective!r}"))
     settings = get_settings()
     encoder, cache = _bench_encoder(settings)
     cfg = BenchConfig(name=name or train.parent.name, abstain_threshold=settings.abstain_threshold)
@@ -332,10 +339,14 @@ def bench(
         result["cv"] = cv
     if finetune and test is not None:
         from app.bench import run_finetune_rows
-        from indexing.finetune import FinetuneConfig
+        from indexing.finetune import FinetuneConfig, Objective
 
         ft_cfg = FinetuneConfig(
-            epochs=ft_epochs, max_pairs_per_class=ft_max_pairs, batch_size=ft_batch_size, seed=cfg.seed
+            objective=cast(Objective, ft_objective),
+            epochs=ft_epochs,
+            max_pairs_per_class=ft_max_pairs,
+            batch_size=ft_batch_size,
+            seed=cfg.seed,
         )
         test_split = load_split(test, settings.clean_max_chars)
         ft = run_finetune_rows(tr, va, test_split, encoder, cfg, ft_cfg, typer.echo)

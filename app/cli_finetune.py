@@ -1,17 +1,17 @@
 """CLI commands of the encoder lifecycle: ``jobclass finetune``, ``jobclass upgrade-encoder``,
-``jobclass encoders list|activate|deactivate`` (registered by ``app.cli``)."""
+``jobclass encoders list|rollback`` (registered by ``app.cli``)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
 from app.errors import ServiceError
 from app.settings import get_settings
-from indexing.finetune import FinetuneConfig
+from indexing.finetune import OBJECTIVES, FinetuneConfig, Objective
 
 encoders_cli = typer.Typer(help="List and switch fine-tuned encoders.", no_args_is_help=True)
 
@@ -23,6 +23,13 @@ MaxPairs = Annotated[int, typer.Option(min=1, help="anchor/positive pairs sample
 Seed = Annotated[int, typer.Option(help="sampling and training seed")]
 MaxSeqLength = Annotated[int, typer.Option(min=8, max=512, help="tokens per text while training")]
 Bf16 = Annotated[bool, typer.Option(help="bfloat16 autocast on CPU (float32 master weights)")]
+ObjectiveOpt = Annotated[
+    str,
+    typer.Option(
+        "--objective",
+        help="triplets: label-aware MNRL on hard-negative triplets; supcon: supervised contrastive on labelled texts",
+    ),
+]
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -31,10 +38,18 @@ def _fail(exc: Exception) -> typer.Exit:
 
 
 def _config(
-    epochs: float, batch_size: int, max_pairs_per_class: int, seed: int, max_seq_length: int, bf16: bool
+    epochs: float,
+    batch_size: int,
+    max_pairs_per_class: int,
+    seed: int,
+    max_seq_length: int,
+    bf16: bool,
+    objective: str = "triplets",
 ) -> FinetuneConfig:
-
+    if objective not in OBJECTIVES:
+        raise _fail(ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}"))
     return FinetuneConfig(
+        objective=cast(Objective, objective),
         epochs=epochs,
         batch_size=batch_size,
         max_pairs_per_class=max_pairs_per_class,
@@ -56,6 +71,7 @@ def finetune_command(
     seed: Seed = 20240601,
     max_seq_length: MaxSeqLength = 128,
     bf16: Bf16 = False,
+    objective: ObjectiveOpt = "triplets",
     fine_labels: Annotated[
         bool, typer.Option(help="train on label_fine; report fine and coarse (fine mapped up) kNN accuracy")
     ] = False,
@@ -69,7 +85,7 @@ def finetune_command(
     from models.registry import EncoderRegistry
 
     settings = get_settings()
-    cfg = _config(epochs, batch_size, max_pairs_per_class, seed, max_seq_length, bf16)
+    cfg = _config(epochs, batch_size, max_pairs_per_class, seed, max_seq_length, bf16, objective)
     try:
         tr = load_split(train, settings.clean_max_chars)
         va = load_split(val, settings.clean_max_chars)
@@ -131,6 +147,7 @@ def upgrade_encoder_command(
     seed: Seed = 20240601,
     max_seq_length: MaxSeqLength = 128,
     bf16: Bf16 = False,
+    objective: ObjectiveOpt = "triplets",
 ) -> None:
     """Fine-tune the encoder, reindex into a new collection, train a head on it, compare with the champion
     on the hold-out; swap encoder + alias + model together, or discard the candidate."""
@@ -139,7 +156,7 @@ def upgrade_encoder_command(
     from app.services.encoder_upgrade import LabelledTexts, sentence_transformers_finetune, upgrade_encoder
 
     settings = get_settings()
-    cfg = _config(epochs, batch_size, max_pairs_per_class, seed, max_seq_length, bf16)
+    cfg = _config(epochs, batch_size, max_pairs_per_class, seed, max_seq_length, bf16, objective)
     sets: list[LabelledTexts | None] = []
     for path in (train, val):
         if path is None:
@@ -188,3 +205,25 @@ def encoders_list() -> None:
         )
     if active is None:
         typer.echo(f"(no fine-tuned encoder active: the configured {get_settings().embedding_model} is used)")
+
+
+@encoders_cli.command("rollback")
+def encoders_rollback() -> None:
+    """Go back to the active encoder's parent (a registered version or the base model) and the head that
+    served with it: every labelled vacancy is re-embedded into a new collection, then encoder, alias and
+    model switch together."""
+    from app.cli import _progress_bar, _runtime
+    from app.services.encoder_upgrade import rollback_encoder
+
+    runtime = _runtime()
+    bar, progress = _progress_bar("embedding with the previous encoder")
+    try:
+        with runtime.sessions() as session:
+            result = rollback_encoder(runtime, session, say=typer.echo, progress=progress)
+    except ServiceError as exc:
+        raise _fail(exc) from exc
+    finally:
+        bar.close()
+        runtime.close()
+    typer.echo(json.dumps(result.to_dict(), indent=2))
+    typer.echo(f"rolled back encoder {result.rolled_back}: now {result.encoder} with model {result.model_version}")

@@ -216,6 +216,49 @@ class RetrainPublic(BaseModel):
     seconds: float
 
 
+class UpgradeEncoderRequest(_In):
+    margin: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Promote if challenger accuracy ≥ champion accuracy − margin (default: the setting).",
+    )
+    objective: Literal["triplets", "supcon"] = Field(
+        "triplets",
+        description="Contrastive objective: label-aware MNRL on hard-negative triplets, or supervised contrastive.",
+    )
+    epochs: float = Field(
+        1.0, gt=0.0, le=50.0, description="Passes over the training examples (early stopping may end sooner)."
+    )
+    batch_size: int = Field(32, ge=2, le=1024)
+    max_pairs_per_class: int = Field(200, ge=1, description="Triplets: anchor/positive pairs sampled per class.")
+    seed: int = 20240601
+
+
+class UpgradeEncoderPublic(BaseModel):
+    encoder_version: str = Field(description="The fine-tuned encoder; registered whether it was promoted or not.")
+    model_version: str = Field(description="The head trained on it.")
+    collection: str
+    promoted: bool
+    reason: str
+    champion: str | None
+    challenger_scores: ScoresPublic
+    champion_scores: ScoresPublic | None
+    n_finetune: int
+    n_val: int
+    seconds: float
+
+
+class RollbackEncoderPublic(BaseModel):
+    rolled_back: str = Field(description="The encoder version that was active; now retired.")
+    encoder: str = Field(description="The encoder in use now: its parent (a registered version or the base model).")
+    model_version: str
+    collection: str
+    retrained: bool = Field(description="True when no head of that encoder was on record and one was trained.")
+    count: int = Field(description="Labelled vacancies re-embedded.")
+    seconds: float
+
+
 class JobProgress(BaseModel):
     done: int
     total: int | None
@@ -224,14 +267,14 @@ class JobProgress(BaseModel):
 
 class JobPublic(BaseModel):
     id: str
-    kind: Literal["reindex", "retrain"]
+    kind: Literal["reindex", "retrain", "upgrade-encoder", "rollback-encoder"]
     status: Literal["queued", "running", "succeeded", "failed"]
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     seconds: float | None
     progress: JobProgress
-    result: ReindexPublic | RetrainPublic | None
+    result: ReindexPublic | RetrainPublic | UpgradeEncoderPublic | RollbackEncoderPublic | None
     error: str | None
 
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -38,13 +38,17 @@ from models.knn import knn_vote
 log = logging.getLogger(__name__)
 FINETUNE_FILE = "finetune.json"
 Say = Callable[[str], None]
+Objective = Literal["triplets", "supcon"]
+OBJECTIVES: tuple[Objective, ...] = ("triplets", "supcon")
 
 
 @dataclass
 class FinetuneConfig:
+    objective: Objective = "triplets"
     epochs: float = 1.0
     batch_size: int = 32
-    max_pairs_per_class: int = 200
+    max_pairs_per_class: int = 200  # triplets: anchors per class
+    max_texts_per_class: int | None = None  # supcon: training texts per class (None: all)
     hard_negatives: bool = True
     learning_rate: float = 3e-5
     warmup_ratio: float = 0.1
@@ -183,6 +187,38 @@ class LabelAwareMNRLoss(nn.Module):
         return {"scale": self.scale, "same_class_masked": True}
 
 
+class SupConLoss(nn.Module):
+    """Supervised contrastive loss (Khosla et al. 2020) over a batch of labelled texts: each text is an
+    anchor whose positives are all other texts of its class in the batch, contrasted against every
+    other text of the batch. One forward pass per text (a triplet costs three), so an epoch covers
+    every training text at a third of the cost of as many triplets; anchors with no positive in the
+    batch contribute nothing."""
+
+    def __init__(self, model: Any, scale: float = 20.0) -> None:
+        super().__init__()
+        self.model = model
+        self.scale = scale
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
+        (features,) = list(sentence_features)
+        reps = nn.functional.normalize(self.model(features)["sentence_embedding"].float(), dim=-1)
+        labels = labels.view(-1).to(reps.device)
+        n = reps.shape[0]
+        self_mask = torch.eye(n, dtype=torch.bool, device=reps.device)
+        scores = (reps @ reps.T * self.scale).masked_fill(self_mask, float("-inf"))
+        log_prob = scores.log_softmax(dim=1).masked_fill(self_mask, 0.0)
+        positive = (labels[:, None] == labels[None, :]) & ~self_mask
+        n_pos = positive.sum(dim=1)
+        has = n_pos > 0
+        if not bool(has.any()):
+            return (reps * 0.0).sum()  # keeps the graph; nothing to learn from this batch
+        per_anchor = -(log_prob * positive).sum(dim=1)[has] / n_pos[has]
+        return per_anchor.mean()
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "objective": "supcon"}
+
+
 # ---- evaluation -------------------------------------------------------------------------------
 def encode_texts(
     model: Any, texts: Sequence[str], *, chunking: bool, batch_size: int = 64, bf16: bool = True
@@ -225,6 +261,15 @@ def knn_accuracy(
     return knn_vote(ref_y[top], top_s, n_classes, temperature=temperature).argmax(1)
 
 
+def _per_class_cap(y: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
+    """Indices of at most ``cap`` texts per class (all when ``cap`` is None), shuffled."""
+    rng = np.random.default_rng(seed)
+    if cap is None:
+        return rng.permutation(len(y))
+    picked = [rng.permutation(np.flatnonzero(y == cls))[:cap] for cls in np.unique(y)]
+    return rng.permutation(np.concatenate(picked))
+
+
 def _stratified_cap(y: np.ndarray, cap: int, seed: int) -> np.ndarray:
     if len(y) <= cap:
         return np.arange(len(y))
@@ -249,7 +294,10 @@ def make_knn_evaluator(
 ) -> Any:
     """A sentence-transformers evaluator: kNN accuracy of the validation texts (primary metric), plus
     coarse accuracy (fine predictions mapped up through ``coarse_of``) when labels are fine."""
-    from sentence_transformers.evaluation import SentenceEvaluator
+    try:  # sentence-transformers ≥ 6 moved it
+        from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+    except ImportError:  # pragma: no cover - older releases
+        from sentence_transformers.evaluation import SentenceEvaluator
 
     ref_pick = _stratified_cap(np.asarray(ref_y), cfg.max_eval_reference, cfg.seed)
     val_pick = _stratified_cap(np.asarray(val_y), cfg.max_eval_queries, cfg.seed)
@@ -344,25 +392,37 @@ def finetune(
 
     model = load_model(base_model, cfg.max_seq_length)
     t0 = time.perf_counter()
-    emb = base_embeddings
-    if cfg.hard_negatives and emb is None:
-        say(f"embedding {len(train_texts)} training texts with the base encoder to mine hard negatives")
-        emb = encode_texts(model, train_texts, chunking=False, bf16=cfg.bf16)
-    triplets = build_triplets(train_texts, y_tr, cfg.max_pairs_per_class, cfg.seed, emb if cfg.hard_negatives else None)
+    if cfg.objective == "supcon":
+        picked = _per_class_cap(y_tr, cfg.max_texts_per_class, cfg.seed)
+        dataset = Dataset.from_dict({"text": [train_texts[i] for i in picked], "label": [int(y_tr[i]) for i in picked]})
+        loss: nn.Module = SupConLoss(model, scale=cfg.scale)
+        n_examples, per_example = len(picked), 1
+        described = f"{n_examples} labelled texts (supervised contrastive)"
+    else:
+        emb = base_embeddings
+        if cfg.hard_negatives and emb is None:
+            say(f"embedding {len(train_texts)} training texts with the base encoder to mine hard negatives")
+            emb = encode_texts(model, train_texts, chunking=False, bf16=cfg.bf16)
+        triplets = build_triplets(
+            train_texts, y_tr, cfg.max_pairs_per_class, cfg.seed, emb if cfg.hard_negatives else None
+        )
+        dataset = Dataset.from_dict(
+            {
+                "anchor": [train_texts[a] for a, _, _ in triplets],
+                "positive": [train_texts[p] for _, p, _ in triplets],
+                "negative": [train_texts[n] for _, _, n in triplets],
+                "label": [[int(y_tr[a]), int(y_tr[n])] for a, _, n in triplets],
+            }
+        )
+        loss = LabelAwareMNRLoss(model, scale=cfg.scale)
+        n_examples, per_example = len(triplets), 3
+        described = f"{n_examples} triplets"
     mining_seconds = time.perf_counter() - t0
-    dataset = Dataset.from_dict(
-        {
-            "anchor": [train_texts[a] for a, _, _ in triplets],
-            "positive": [train_texts[p] for _, p, _ in triplets],
-            "negative": [train_texts[n] for _, _, n in triplets],
-            "label": [[int(y_tr[a]), int(y_tr[n])] for a, _, n in triplets],
-        }
-    )
     evaluator = make_knn_evaluator(train_texts, y_tr, val_texts, y_va, len(labels), cfg, coarse_of)
     metric = "knn_coarse_accuracy" if coarse_of is not None else "knn_accuracy"
-    say(f"{len(triplets)} triplets from {len(train_texts)} texts, {len(labels)} classes; scoring the base encoder")
+    say(f"{described} from {len(train_texts)} texts, {len(labels)} classes; scoring the base encoder")
     before = evaluator(model)
-    steps_per_epoch = max(1, -(-len(triplets) // cfg.batch_size))
+    steps_per_epoch = max(1, -(-n_examples // cfg.batch_size))
     eval_steps = max(1, steps_per_epoch // max(cfg.evals_per_epoch, 1))
     ckpt_dir = out / "checkpoints"
     args = SentenceTransformerTrainingArguments(
@@ -370,7 +430,7 @@ def finetune(
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
-        warmup_ratio=cfg.warmup_ratio,
+        **_warmup(cfg.warmup_ratio),
         bf16=cfg.bf16,
         use_cpu=True,
         seed=cfg.seed,
@@ -392,7 +452,7 @@ def finetune(
         model=model,
         args=args,
         train_dataset=dataset,
-        loss=LabelAwareMNRLoss(model, scale=cfg.scale),
+        loss=loss,
         evaluator=evaluator,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience)],
     )
@@ -410,7 +470,7 @@ def finetune(
     history = [h for h in evaluator.history]
     model.save(str(out))
     wall = time.perf_counter() - started
-    sequences = 3 * min(steps * cfg.batch_size, len(triplets) * max(cfg.epochs, 1))
+    sequences = per_example * min(steps * cfg.batch_size, n_examples * max(cfg.epochs, 1))
     metrics = {"base_" + k.removeprefix("val_"): float(v) for k, v in before.items() if isinstance(v, int | float)}
     if best_metric is not None:
         metrics[f"best_{metric}"] = float(best_metric)
@@ -419,7 +479,7 @@ def finetune(
         base_model=base_model,
         data_hash=labelled_data_hash(train_texts, train_labels),
         n_train_texts=len(train_texts),
-        n_examples=len(triplets),
+        n_examples=n_examples,
         n_classes=len(labels),
         steps=steps,
         best_step=best_step,
@@ -449,6 +509,14 @@ def finetune(
         f"kNN {metric} {metrics.get('base_' + metric, float('nan')):.4f} → {best_metric}"
     )
     return result
+
+
+def _warmup(ratio: float) -> dict[str, float]:
+    """Transformers 5 takes the warm-up ratio as a float ``warmup_steps``; 4 as ``warmup_ratio``."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return {"warmup_steps": ratio} if major >= 5 else {"warmup_ratio": ratio}
 
 
 def read_finetune_info(path: Path | str) -> dict[str, Any]:

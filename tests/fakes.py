@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from app.services.encoder_upgrade import LabelledTexts
 from indexing.embed import l2_normalise
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -101,3 +105,19 @@ def topic_texts(n_per_label: int = 12, seed: int = 0) -> list[tuple[str, str, st
             rng.shuffle(picked)
             rows.append((f"t{t}-{i:02d}", " ".join(picked), label))
     return rows
+
+
+class FakeFinetune:
+    """Writes a folder shaped like a sentence-transformers model and records what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, LabelledTexts, LabelledTexts]] = []
+
+    def __call__(self, base: str, train: LabelledTexts, val: LabelledTexts, out: Path) -> dict[str, Any]:
+        self.calls.append((base, train, val))
+        out.mkdir(parents=True)
+        (out / "modules.json").write_text("[]")
+        (out / "model.safetensors").write_bytes(b"\0" * 8)
+        info = {"metrics": {"base_knn_accuracy": 0.5, "best_knn_accuracy": 0.9}, "wall_seconds": 0.1, "texts_per_s": 9}
+        (out / "finetune.json").write_text(json.dumps(info))
+        return info

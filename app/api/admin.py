@@ -18,13 +18,24 @@ from app.schemas import (
     ReindexPublic,
     RetrainPublic,
     RetrainRequest,
+    RollbackEncoderPublic,
     ScoresPublic,
     TaxonomyLabel,
     TaxonomyPublic,
+    UpgradeEncoderPublic,
+    UpgradeEncoderRequest,
+)
+from app.services.encoder_upgrade import (
+    RollbackResult,
+    UpgradeResult,
+    sentence_transformers_finetune,
+    start_rollback_encoder,
+    start_upgrade_encoder,
 )
 from app.services.index import ReindexResult, start_reindex
 from app.services.jobs import Job
 from app.services.training import RetrainResult, activate, start_retrain
+from indexing.finetune import FinetuneConfig
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 
@@ -42,7 +53,10 @@ def require_database(runtime: RuntimeDep) -> None:
 DatabaseDep = Depends(require_database)
 
 
-def _result(value: object) -> ReindexPublic | RetrainPublic | None:
+JobResult = ReindexPublic | RetrainPublic | UpgradeEncoderPublic | RollbackEncoderPublic
+
+
+def _result(value: object) -> JobResult | None:
     if isinstance(value, ReindexResult):
         return ReindexPublic(
             collection=value.collection,
@@ -69,6 +83,22 @@ def _result(value: object) -> ReindexPublic | RetrainPublic | None:
             champion_scores=ScoresPublic(**champion) if champion is not None else None,
             seconds=value.seconds,
         )
+    if isinstance(value, UpgradeResult):
+        return UpgradeEncoderPublic(
+            encoder_version=value.encoder_version,
+            model_version=value.model_version,
+            collection=value.collection,
+            promoted=value.promoted,
+            reason=value.reason,
+            champion=value.champion,
+            challenger_scores=ScoresPublic(**value.challenger_scores),
+            champion_scores=ScoresPublic(**value.champion_scores) if value.champion_scores is not None else None,
+            n_finetune=value.n_finetune,
+            n_val=value.n_val,
+            seconds=value.seconds,
+        )
+    if isinstance(value, RollbackResult):
+        return RollbackEncoderPublic(**value.to_dict())
     return None
 
 
@@ -116,6 +146,40 @@ def admin_retrain(
     runtime: RuntimeDep, response: Response, body: Annotated[RetrainRequest | None, Body()] = None
 ) -> JobPublic:
     return _accepted(start_retrain(runtime, body.margin if body else None), response)
+
+
+@router.post(
+    "/admin/upgrade-encoder",
+    response_model=JobPublic,
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[AdminDep, DatabaseDep],
+    summary="Fine-tune the encoder, reindex, train a head, compare; swap or discard (poll the job)",
+)
+def admin_upgrade_encoder(
+    runtime: RuntimeDep, response: Response, body: Annotated[UpgradeEncoderRequest | None, Body()] = None
+) -> JobPublic:
+    body = body or UpgradeEncoderRequest()
+    cfg = FinetuneConfig(
+        objective=body.objective,
+        epochs=body.epochs,
+        batch_size=body.batch_size,
+        max_pairs_per_class=body.max_pairs_per_class,
+        seed=body.seed,
+        chunking=runtime.settings.embedding_chunking == "sentences",
+    )
+    job = start_upgrade_encoder(runtime, margin=body.margin, finetune_fn=sentence_transformers_finetune(cfg))
+    return _accepted(job, response)
+
+
+@router.post(
+    "/admin/rollback-encoder",
+    response_model=JobPublic,
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[AdminDep, DatabaseDep],
+    summary="Go back to the previous encoder and its head, re-embedding the index (poll the job)",
+)
+def admin_rollback_encoder(runtime: RuntimeDep, response: Response) -> JobPublic:
+    return _accepted(start_rollback_encoder(runtime), response)
 
 
 @router.get("/admin/jobs", response_model=JobsResponse, dependencies=[AdminDep])

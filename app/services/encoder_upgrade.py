@@ -48,7 +48,7 @@ from app.settings import Settings
 from indexing.cache import encode_cached
 from indexing.embed import Encoder, SentenceEmbedder
 from models.classifier import FusedClassifier
-from models.registry import EncoderRegistry
+from models.registry import EncoderRegistry, RegistryError
 from models.training import evaluate, holdout_split, stratified_split
 
 log = logging.getLogger(__name__)
@@ -118,11 +118,12 @@ def upgrade_encoder(
     val: LabelledTexts | None = None,
     margin: float | None = None,
     finetune_fn: FinetuneFn | None = None,
-    load_encoder: EncoderLoader = load_sentence_embedder,
+    load_encoder: EncoderLoader | None = None,
     say: Say = log.info,
     progress: Progress | None = None,
 ) -> UpgradeResult:
     start = time.perf_counter()
+    load_encoder = load_encoder or load_sentence_embedder
     settings = runtime.settings
     margin = settings.promotion_margin if margin is None else margin
     finetune_fn = finetune_fn or sentence_transformers_finetune(say=say)
@@ -262,6 +263,163 @@ def start_upgrade_encoder(runtime: Runtime, **kwargs: Any) -> Job:
             return upgrade_encoder(runtime, session, progress=progress, **kwargs)
 
     return runtime.jobs.submit("upgrade-encoder", run)
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    rolled_back: str  # the encoder version that was active
+    encoder: str  # the encoder now in use: a registry version or the base model name
+    model_version: str
+    collection: str
+    retrained: bool  # True when no head of the target encoder was on record and one was trained
+    count: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rollback_encoder(
+    runtime: Runtime,
+    session: Session,
+    *,
+    load_encoder: EncoderLoader | None = None,
+    say: Say = log.info,
+    progress: Progress | None = None,
+) -> RollbackResult:
+    """Undo the last promoted encoder upgrade: go back to its parent encoder (a registered version, or the
+    base model) and the head that served with it, re-embedding every labelled vacancy into a new
+    collection first. Encoder, alias and model switch together; the API serves throughout. When the
+    parent's head is gone from the registry (or does not fit), a head is trained on the new vectors."""
+    start = time.perf_counter()
+    load_encoder = load_encoder or load_sentence_embedder
+    settings = runtime.settings
+    encoders = EncoderRegistry.under(settings.model_dir)
+    current = _require_active_encoder(runtime)
+    meta = encoders.metadata(current)
+    parent = str(meta.get("parent") or meta.get("base_model") or "")
+    parent_is_version = bool(parent) and (encoders.root / parent / "metadata.json").is_file()
+    if parent_is_version and encoders.metadata(parent).get("status") == "rejected":
+        raise Conflict(f"encoder {current}'s parent {parent} was rejected and its weights deleted")
+    target = str(encoders.path(parent)) if parent_is_version else str(meta.get("base_model") or parent)
+    if not target:
+        raise Conflict(f"encoder {current} records no parent to roll back to")
+    new_settings = settings.model_copy(update={"embedding_model": target})
+    say(f"rolling back encoder {current} to {parent}")
+    new_encoder = load_encoder(new_settings)
+    signature = new_settings.embedding_signature
+
+    if not runtime.index_lock.acquire(blocking=False):
+        raise Conflict("a reindex is already running")
+    store = runtime.store
+    collection = ""
+    try:
+        started_at = utcnow()
+        usable = labelled_vacancies(session)
+        collection = store.create_version(new_encoder.dim, {"embedding": signature})
+        try:
+            say(f"embedding {len(usable)} labelled vacancies into {collection}")
+            x = _embed(new_encoder, runtime, [v.text for v in usable], progress)
+            _write(runtime, usable, x, collection)
+            head_version = (meta.get("promotion") or {}).get("champion")
+            classifier, head_meta, retrained = None, None, False
+            if head_version and _head_fits(runtime, head_version, signature):
+                classifier, head_meta = runtime.registry.load(head_version, variant=settings.head_variant)
+            if classifier is None or head_meta is None:
+                say(f"no head of {parent} on record: training one on the new vectors")
+                classifier, head_version, head_meta = _train_head_for(
+                    runtime, session, new_settings, usable, x, current, parent
+                )
+                retrained = True
+            assert head_version is not None
+            _write(runtime, _labelled_since(session, started_at - CATCH_UP_SLACK), None, collection, new_encoder)
+            with runtime.model_lock:
+                if parent_is_version:
+                    encoders.activate(parent)
+                else:
+                    encoders.deactivate()
+                encoders.update(current, status="retired", rolled_back_at=utcnow().isoformat())
+                activate_version(runtime, session, head_version)
+                store.swap_alias(collection)
+                runtime.switch_embedder(new_settings, new_encoder, classifier, head_version, head_meta)
+        except BaseException:
+            if collection and store.active_collection() != collection:
+                store.client.delete_collection(collection)  # the old collection keeps serving
+            raise
+    finally:
+        runtime.index_lock.release()
+    log.info("encoder %s rolled back to %s (model %s)", current, parent, head_version)
+    return RollbackResult(
+        rolled_back=current,
+        encoder=parent,
+        model_version=head_version,
+        collection=collection,
+        retrained=retrained,
+        count=len(usable),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _require_active_encoder(runtime: Runtime) -> str:
+    current = EncoderRegistry.under(runtime.settings.model_dir).active_version()
+    if current is None:
+        raise Conflict(
+            f"no fine-tuned encoder is active ({runtime.settings.embedding_model} is in use): nothing to roll back"
+        )
+    return current
+
+
+def start_rollback_encoder(runtime: Runtime) -> Job:
+    """The rollback in a background job of the server (refused at once when there is nothing to undo)."""
+    _require_active_encoder(runtime)
+
+    def run(progress: Progress) -> RollbackResult:
+        with runtime.sessions() as session:
+            return rollback_encoder(runtime, session, progress=progress)
+
+    return runtime.jobs.submit("rollback-encoder", run)
+
+
+def _head_fits(runtime: Runtime, version: str, signature: dict[str, str]) -> bool:
+    try:
+        meta = runtime.registry.metadata(version)
+    except RegistryError:
+        return False
+    return meta.get("embedding") == signature and meta.get("taxonomy_hash") == runtime.taxonomy.digest
+
+
+def _train_head_for(
+    runtime: Runtime,
+    session: Session,
+    settings: Settings,
+    usable: Sequence[Vacancy],
+    x: np.ndarray,
+    rolled_back: str,
+    parent: str,
+) -> tuple[FusedClassifier, str, dict[str, Any]]:
+    labels = list(runtime.taxonomy.labels)
+    index = {label: i for i, label in enumerate(labels)}
+    keep = [i for i, v in enumerate(usable) if v.label in index]
+    if len({usable[i].label for i in keep}) < 2:
+        raise InvalidInput("a head needs labelled vacancies of at least two classes")
+    kept = [usable[i] for i in keep]
+    y = np.array([index[v.label] for v in kept if v.label is not None], dtype=np.int64)
+    tr, va = holdout_split([v.id for v in kept], y, settings.validation_fraction, salt=str(settings.seed))
+    classifier, report = train_on_holdout(runtime, x[keep], y, labels, tr, va)
+    promotion = {"promoted": True, "reason": f"rollback of encoder {rolled_back} to {parent}", "champion": None}
+    version, meta = _register_head(
+        runtime,
+        session,
+        classifier,
+        settings,
+        kept,
+        report.to_dict(),
+        promotion,
+        runtime.registry.active_version(),
+        parent,
+        int(x.shape[1]),
+    )
+    return classifier, version, meta
 
 
 # ---- internals ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from app.db import Feedback, Prediction, Vacancy
 from app.main import create_app
 from app.runtime import Runtime
 from tests.factories import seed, wait_for_job
-from tests.fakes import FakeEncoder
+from tests.fakes import FakeEncoder, FakeFinetune
 
 CARPENTER = "carpenter needed for timber roofing and scaffolding on our building site in aarhus"
 DEVELOPER = "python developer for backend software and cloud database work"
@@ -176,6 +176,9 @@ def test_search_filters_and_similar(client: TestClient) -> None:
         ("/v1/feedback", {"prediction_id": 5, "label": "Ledelse"}, "prediction_id"),
         ("/v1/feedback", {"prediction_id": "p", "label": "Ledelse", "comment": "x" * 2001}, "comment"),
         ("/v1/admin/retrain", {"margin": 2}, "margin"),
+        ("/v1/admin/upgrade-encoder", {"objective": "magic"}, "objective"),
+        ("/v1/admin/upgrade-encoder", {"epochs": 0}, "epochs"),
+        ("/v1/admin/upgrade-encoder", {"batch_size": 1}, "batch_size"),
     ],
 )
 def test_bad_input_is_a_clear_422(client: TestClient, path: str, payload: dict, field: str) -> None:
@@ -314,6 +317,34 @@ def test_admin_and_feedback_need_tokens_when_configured(client: TestClient, runt
     payload = {"prediction_id": pid, "label": "Bygge og anlæg"}
     assert client.post("/v1/feedback", json=payload).status_code == 401
     assert client.post("/v1/feedback", json=payload, headers={"Authorization": "Bearer api-secret"}).status_code == 201
+
+
+def test_encoder_upgrade_and_rollback_run_as_jobs(
+    client: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTTP side of the encoder lifecycle; the fine-tuning and model loading are the fakes (the real
+    chain is tested in test_upgrade_encoder)."""
+    from app.api import admin
+    from app.services import encoder_upgrade
+
+    refused = client.post("/v1/admin/rollback-encoder")
+    assert refused.status_code == 409 and "nothing to roll back" in refused.json()["detail"]
+    monkeypatch.setattr(admin, "sentence_transformers_finetune", lambda cfg: FakeFinetune())
+    monkeypatch.setattr(encoder_upgrade, "load_sentence_embedder", lambda s: FakeEncoder(name=s.embedding_model))
+    champion, base = runtime.model.version, runtime.settings.embedding_model
+
+    upgraded = wait_for_job(client, client.post("/v1/admin/upgrade-encoder", json={"margin": 0.5}))
+    assert upgraded["status"] == "succeeded" and upgraded["kind"] == "upgrade-encoder", upgraded
+    result = upgraded["result"]
+    assert result["promoted"] and result["champion"] == champion and result["challenger_scores"]["accuracy"] > 0
+    assert client.post("/v1/classify", json={"text": CARPENTER}).json()["model_version"] == result["model_version"]
+
+    rolled = wait_for_job(client, client.post("/v1/admin/rollback-encoder"))
+    assert rolled["status"] == "succeeded" and rolled["kind"] == "rollback-encoder", rolled
+    assert rolled["result"]["rolled_back"] == result["encoder_version"]
+    assert rolled["result"]["encoder"] == base and rolled["result"]["model_version"] == champion
+    body = client.post("/v1/classify", json={"text": CARPENTER}).json()
+    assert body["model_version"] == champion and body["label"] == "Bygge og anlæg"
 
 
 def test_start_up_refuses_a_model_of_another_embedder(runtime: Runtime, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy import select
 from app.db import ModelVersion
 from app.errors import Conflict
 from app.runtime import Runtime
-from app.services.encoder_upgrade import LabelledTexts, upgrade_encoder
+from app.services.encoder_upgrade import LabelledTexts, rollback_encoder, upgrade_encoder
 from app.services.training import train
 from app.services.vacancies import ingest_csv
 from app.settings import Settings
@@ -26,7 +27,7 @@ from models.registry import EncoderRegistry
 from models.training import holdout_split
 from tests.conftest import make_settings, memory_qdrant
 from tests.factories import seed, write_csv
-from tests.fakes import FakeEncoder, topic_texts
+from tests.fakes import FakeEncoder, FakeFinetune, topic_texts
 
 
 class NoiseEncoder(FakeEncoder):
@@ -38,22 +39,6 @@ class NoiseEncoder(FakeEncoder):
             for t in texts
         ]
         return l2_normalise(np.array(rows, dtype=np.float32).reshape(len(texts), self.dim))
-
-
-class FakeFinetune:
-    """Writes a folder shaped like a sentence-transformers model and records what it was given."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, LabelledTexts, LabelledTexts]] = []
-
-    def __call__(self, base: str, train: LabelledTexts, val: LabelledTexts, out: Path) -> dict[str, Any]:
-        self.calls.append((base, train, val))
-        out.mkdir(parents=True)
-        (out / "modules.json").write_text("[]")
-        (out / "model.safetensors").write_bytes(b"\0" * 8)
-        info = {"metrics": {"base_knn_accuracy": 0.5, "best_knn_accuracy": 0.9}, "wall_seconds": 0.1, "texts_per_s": 9}
-        (out / "finetune.json").write_text(json.dumps(info))
-        return info
 
 
 def _collections(runtime: Runtime) -> set[str]:
@@ -159,6 +144,73 @@ def test_an_upgrade_waits_for_no_reindex(runtime: Runtime, tmp_path: Path) -> No
     assert EncoderRegistry.under(runtime.settings.model_dir).active_version() is None
 
 
+def _fake_loader(settings: Settings) -> FakeEncoder:
+    return FakeEncoder(name=settings.embedding_model)
+
+
+def _promote(runtime: Runtime) -> str:
+    with runtime.sessions() as session:
+        result = upgrade_encoder(runtime, session, finetune_fn=FakeFinetune(), load_encoder=_fake_loader)
+    assert result.promoted, result.reason
+    return result.encoder_version
+
+
+def test_rollback_restores_the_parent_encoder_and_its_head(runtime: Runtime, tmp_path: Path) -> None:
+    seed(runtime, tmp_path)
+    champion, base = runtime.model.version, runtime.settings.embedding_model
+    upgraded = _promote(runtime)
+    upgraded_collection = runtime.store.active_collection()
+    with runtime.sessions() as session:
+        result = rollback_encoder(runtime, session, load_encoder=_fake_loader)
+        active_rows = session.scalars(select(ModelVersion).where(ModelVersion.is_active)).all()
+        assert [r.id for r in active_rows] == [champion]
+    assert (result.rolled_back, result.encoder, result.model_version, result.retrained) == (
+        upgraded,
+        base,
+        champion,
+        False,
+    )
+    encoders = EncoderRegistry.under(runtime.settings.model_dir)
+    assert encoders.active_version() is None and encoders.metadata(upgraded)["status"] == "retired"
+    # encoder, head and alias switched together, to a collection embedded by the base encoder
+    assert runtime.settings.embedding_model == base and runtime.encoder.name == base
+    assert runtime.model.version == champion and runtime.registry.active_version() == champion
+    assert runtime.store.active_collection() == result.collection != upgraded_collection
+    assert upgraded_collection not in _collections(runtime)
+    assert runtime.store.count() == result.count > 0
+    runtime.check_index_compatible()
+    with runtime.sessions() as session, pytest.raises(Conflict, match="nothing to roll back"):  # nothing to undo
+        rollback_encoder(runtime, session, load_encoder=_fake_loader)
+
+
+def test_rollback_trains_a_head_when_the_parents_head_is_gone(runtime: Runtime, tmp_path: Path) -> None:
+    seed(runtime, tmp_path)
+    champion = runtime.model.version
+    _promote(runtime)
+    shutil.rmtree(runtime.registry.path(champion))
+    with runtime.sessions() as session:
+        result = rollback_encoder(runtime, session, load_encoder=_fake_loader)
+        row = session.get(ModelVersion, result.model_version)
+        assert row is not None and row.is_active
+    assert result.retrained and result.model_version != champion
+    assert runtime.model.version == result.model_version
+    assert runtime.registry.metadata(result.model_version)["embedding"] == runtime.settings.embedding_signature
+
+
+def test_rollback_waits_for_no_reindex(runtime: Runtime, tmp_path: Path) -> None:
+    seed(runtime, tmp_path)
+    upgraded = _promote(runtime)
+    before = (runtime.model.version, runtime.store.active_collection(), _collections(runtime))
+    runtime.index_lock.acquire()
+    try:
+        with runtime.sessions() as session, pytest.raises(Conflict):
+            rollback_encoder(runtime, session, load_encoder=_fake_loader)
+    finally:
+        runtime.index_lock.release()
+    assert (runtime.model.version, runtime.store.active_collection(), _collections(runtime)) == before
+    assert EncoderRegistry.under(runtime.settings.model_dir).active_version() == upgraded
+
+
 def _held_out_ids(runtime: Runtime, session: Any) -> set[str]:
     from app.services.vacancies import labelled_vacancies
 
@@ -208,3 +260,31 @@ def test_real_minilm_fine_tunes_and_the_chain_runs(tmp_path: Path) -> None:
         assert vectors.shape == (2, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
     finally:
         runtime.close()
+
+
+@pytest.mark.slow
+def test_supervised_contrastive_fine_tuning_on_real_minilm(tmp_path: Path) -> None:
+    """The supcon objective: one example per text, saved as a sentence-transformers folder that reloads."""
+    from indexing.embed import SentenceEmbedder
+    from indexing.finetune import FinetuneConfig, finetune, read_finetune_info
+
+    rows = topic_texts(8)  # 24 texts, 3 classes
+    texts, labels = [r[1] for r in rows], [r[2] for r in rows]
+    cfg = FinetuneConfig(
+        objective="supcon", epochs=1, batch_size=8, max_seq_length=32, evals_per_epoch=1, patience=1, chunking=False
+    )
+    result = finetune(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        texts,
+        labels,
+        texts[::4],
+        labels[::4],
+        tmp_path / "ft",
+        cfg,
+        show_progress=False,
+    )
+    assert result.n_examples == len(texts) and result.steps == 3 and result.texts_per_s > 0
+    info = read_finetune_info(tmp_path / "ft")
+    assert info["params"]["objective"] == "supcon" and "base_knn_accuracy" in info["metrics"]
+    vectors = SentenceEmbedder(str(tmp_path / "ft"), dtype="float32", chunking="none").encode(["python developer"])
+    assert vectors.shape == (1, 384) and np.isclose(np.linalg.norm(vectors), 1.0, atol=1e-4)

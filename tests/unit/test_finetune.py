@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from indexing.finetune import LabelAwareMNRLoss, build_triplets, knn_accuracy, labelled_data_hash
+from indexing.finetune import LabelAwareMNRLoss, SupConLoss, build_triplets, knn_accuracy, labelled_data_hash
 from models.registry import EncoderRegistry, ModelRegistry, RegistryError
 
 
@@ -100,6 +100,46 @@ def test_same_class_candidates_are_masked_not_pushed_away() -> None:
         logits = torch.stack([a[i] @ p[i], a[i] @ p[1 - i], a[i] @ n[0], a[i] @ n[1]]) * 10.0
         unmasked += float(-torch.log_softmax(logits, 0)[0]) / 2
     assert got != pytest.approx(unmasked, rel=1e-3)
+
+
+def test_supcon_averages_over_every_same_class_positive() -> None:
+    torch.manual_seed(2)
+    vectors = torch.nn.functional.normalize(torch.randn(4, 5), dim=-1)
+    labels = torch.tensor([0, 0, 1, 2])  # text 0 and 1 share a class; 2 and 3 have no positive in the batch
+    model = _Table(vectors)
+    got = float(SupConLoss(model, scale=10.0)([{"ids": torch.arange(4)}], labels).detach())
+    expected = 0.0
+    for i, j in ((0, 1), (1, 0)):  # only anchors with a positive count
+        others = [k for k in range(4) if k != i]
+        logits = torch.stack([vectors[i] @ vectors[k] for k in others]) * 10.0
+        expected += float(-torch.log_softmax(logits, 0)[others.index(j)]) / 2
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_supcon_pulls_a_class_together() -> None:
+    torch.manual_seed(3)
+    model = _Table(torch.nn.functional.normalize(torch.randn(6, 8), dim=-1))
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    loss_fn = SupConLoss(model, scale=10.0)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.5)
+    first = None
+    for _ in range(30):
+        optimiser.zero_grad()
+        loss = loss_fn([{"ids": torch.arange(6)}], labels)
+        first = float(loss) if first is None else first
+        loss.backward()
+        optimiser.step()
+    assert float(loss) < 0.5 * first
+    v = torch.nn.functional.normalize(model.vectors.detach(), dim=-1)
+    sims = v @ v.T
+    assert float(sims[:3, :3].mean()) > float(sims[:3, 3:].mean())
+
+
+def test_supcon_without_any_positive_is_zero_and_keeps_the_graph() -> None:
+    model = _Table(torch.eye(3))
+    loss = SupConLoss(model)([{"ids": torch.arange(3)}], torch.tensor([0, 1, 2]))
+    loss.backward()
+    assert float(loss) == 0.0 and model.vectors.grad is not None
 
 
 # ---- kNN score --------------------------------------------------------------------------------
