@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -297,7 +297,7 @@ def make_knn_evaluator(
     try:  # sentence-transformers ≥ 6 moved it
         from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
     except ImportError:  # pragma: no cover - older releases
-        from sentence_transformers.evaluation import SentenceEvaluator
+        from sentence_transformers.evaluation import SentenceEvaluator  # type: ignore[no-redef]
 
     ref_pick = _stratified_cap(np.asarray(ref_y), cfg.max_eval_reference, cfg.seed)
     val_pick = _stratified_cap(np.asarray(val_y), cfg.max_eval_queries, cfg.seed)
@@ -327,7 +327,7 @@ def make_knn_evaluator(
             self.history.append({**metrics, "steps": float(max(steps, 0)), "seconds": time.perf_counter() - t0})
             log.info("kNN evaluation at step %s: %s", steps, metrics)
             metrics = self.prefix_name_to_metrics(metrics, self.name)
-            self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
+            self.store_metrics_in_model_card_data(model, metrics, cast(Any, epoch), steps)
             return metrics
 
     return KnnAccuracyEvaluator()
@@ -511,7 +511,7 @@ def finetune(
     return result
 
 
-def _warmup(ratio: float) -> dict[str, float]:
+def _warmup(ratio: float) -> dict[str, Any]:
     """Transformers 5 takes the warm-up ratio as a float ``warmup_steps``; 4 as ``warmup_ratio``."""
     import transformers
 
