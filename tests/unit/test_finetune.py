@@ -126,7 +126,7 @@ def test_supcon_pulls_a_class_together() -> None:
     for _ in range(30):
         optimiser.zero_grad()
         loss = loss_fn([{"ids": torch.arange(6)}], labels)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         loss.backward()
         optimiser.step()
     assert losses[-1] < 0.5 * losses[0]
