@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.compress import VARIANTS, Variant, compress_linear, empty_linear, state_bytes
+from models.compress import VARIANTS, Variant, empty_linear, state_bytes
 from models.fusion import FusionParams, calibrate, fuse
 from models.head import LinearHead
 from models.knn import knn_vote
@@ -57,7 +57,7 @@ class FusedClassifier:
         self.head = head
         self.params = params
         self.variant: Variant = variant
-        self.module = module if module is not None else compress_linear(head.linear, variant, head.stats)  # type: ignore[arg-type]
+        self.module = module if module is not None else head.compressed(variant)
         self.module.eval()
 
     @property
@@ -108,7 +108,7 @@ class FusedClassifier:
 
     def variant_bytes(self) -> dict[str, int]:
         """Bytes of the tensors each head variant stores."""
-        return {v: state_bytes(compress_linear(self.head.linear, v)) for v in VARIANTS}  # type: ignore[arg-type]
+        return {v: state_bytes(self.head.compressed(v)) for v in VARIANTS}
 
     def with_variant(self, variant: Variant) -> FusedClassifier:
         return FusedClassifier(self.labels, self.head, self.params, variant)
@@ -120,7 +120,7 @@ class FusedClassifier:
         self.head.save(directory)
         sizes: dict[str, int] = {}
         for variant in VARIANTS:
-            module = compress_linear(self.head.linear, variant, self.head.stats)  # type: ignore[arg-type]
+            module = self.head.compressed(variant)
             state = {k: v.contiguous() for k, v in module.state_dict().items()}
             save_file(state, str(directory / f"head_{variant}.safetensors"))
             sizes[variant] = state_bytes(module)

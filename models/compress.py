@@ -88,15 +88,45 @@ def prune_linear(linear: nn.Linear, amount: float = PRUNE_AMOUNT, stats: Feature
     return pruned
 
 
-def compress_linear(linear: nn.Linear, variant: Variant, stats: FeatureStats | None = None) -> nn.Module:
+def refit_pruned(linear: nn.Linear, pruned: nn.Linear, x: torch.Tensor, ridge: float = 1e-3) -> nn.Linear:
+    """``pruned`` with its surviving weights (and bias) refit by least squares so that its logits on the
+    training embeddings ``x`` come as close as they can to ``linear``'s, the zero pattern fixed.
+
+    For each output row ``i`` with kept inputs ``S`` this solves ``min ‖X̃_S w − X̃ w_i‖²`` over the
+    augmented inputs ``X̃ = [X, 1]`` (the bias always kept): the optimal update of the surviving weights
+    for a fixed mask (as in Optimal Brain Surgeon / SparseGPT, here exact because the layer is linear).
+    ``ridge`` (relative to the mean diagonal) keeps the small systems well conditioned."""
+    xt = torch.cat([x.double(), torch.ones(x.shape[0], 1, dtype=torch.float64)], dim=1)
+    gram = xt.T @ xt / xt.shape[0]
+    eye = torch.eye(gram.shape[0], dtype=torch.float64)
+    gram = gram + ridge * float(gram.diagonal().mean()) * eye
+    full = torch.cat([linear.weight.detach().double(), linear.bias.detach().double()[:, None]], dim=1)
+    target = full @ gram  # row i: X̃ᵀX̃ w_i (ridge included, so an unpruned row is returned unchanged)
+    out = copy.deepcopy(pruned)
+    weight = torch.zeros_like(full)
+    for i in range(full.shape[0]):
+        keep = torch.cat([pruned.weight[i].detach() != 0, torch.tensor([True])])
+        sub = gram[keep][:, keep]
+        weight[i, keep] = torch.linalg.solve(sub, target[i, keep])
+    with torch.no_grad():
+        out.weight.copy_(weight[:, :-1].to(out.weight.dtype))
+        out.bias.copy_(weight[:, -1].to(out.bias.dtype))
+    return out
+
+
+def compress_linear(
+    linear: nn.Linear, variant: Variant, stats: FeatureStats | None = None, pruned: nn.Linear | None = None
+) -> nn.Module:
+    """The ``variant`` of ``linear``. ``pruned``: a pruned layer computed at training time (refit on the
+    training embeddings, see :func:`refit_pruned`); without it, pruning happens here, without refit."""
     if variant == "fp32":
         return linear
     if variant == "int8":
         return Int8Linear.from_linear(linear)
     if variant == "pruned":
-        return prune_linear(linear, stats=stats)
+        return pruned if pruned is not None else prune_linear(linear, stats=stats)
     if variant == "int8_pruned":
-        return Int8Linear.from_linear(prune_linear(linear, stats=stats))
+        return Int8Linear.from_linear(pruned if pruned is not None else prune_linear(linear, stats=stats))
     raise ValueError(f"unknown head variant {variant!r}; choose one of {', '.join(VARIANTS)}")
 
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.compress import FeatureStats
+from models.compress import PRUNE_AMOUNT, FeatureStats, Variant, compress_linear, prune_linear, refit_pruned
 
 
 @dataclass
@@ -40,6 +40,9 @@ class LinearHead(nn.Module):
         self.best_epoch = 0
         # Statistics of the training embeddings, for activation-aware pruning (see models.compress).
         self.stats: FeatureStats | None = None
+        # The pruned layer, refit on the training embeddings when the head is fit (a submodule, so it is
+        # saved with the head; None for heads saved before it existed: they are pruned on demand).
+        self.pruned: nn.Linear | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
@@ -73,7 +76,7 @@ class LinearHead(nn.Module):
             weight = torch.as_tensor(w, dtype=torch.float32)
         loss_fn = nn.CrossEntropyLoss(weight=weight)
         val_loss_fn = nn.CrossEntropyLoss()
-        opt = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(self.linear.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         has_val = x_val is not None and y_val is not None and len(y_val) > 0
         xv = torch.as_tensor(x_val, dtype=torch.float32) if has_val else None
         yv = torch.as_tensor(y_val, dtype=torch.long) if has_val else None
@@ -102,13 +105,22 @@ class LinearHead(nn.Module):
         if has_val:
             self.load_state_dict(best_state)
         self.eval()
+        linear = self.linear
+        assert isinstance(linear, nn.Linear)
+        self.pruned = refit_pruned(linear, prune_linear(linear, PRUNE_AMOUNT, self.stats), xt)
         return self
+
+    def compressed(self, variant: Variant) -> nn.Module:
+        """The layer of a head variant (float32, int8, pruned, int8 + pruned)."""
+        linear = self.linear
+        assert isinstance(linear, nn.Linear)
+        return compress_linear(linear, variant, self.stats, self.pruned)
 
     # ---- persistence ----------------------------------------------------------------------
     def save(self, directory: Path | str) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.contiguous() for k, v in self.state_dict().items()}
+        tensors = {k: v.contiguous() for k, v in self.state_dict().items()}  # with pruned.* once fit
         if self.stats is not None:
             tensors |= {"stats.mean": self.stats.mean.contiguous(), "stats.rms": self.stats.rms.contiguous()}
         save_file(tensors, str(directory / "head.safetensors"))
@@ -123,6 +135,8 @@ class LinearHead(nn.Module):
         tensors = load_file(str(directory / "head.safetensors"))
         if "stats.mean" in tensors and "stats.rms" in tensors:  # heads saved before stats existed lack them
             head.stats = FeatureStats(mean=tensors.pop("stats.mean"), rms=tensors.pop("stats.rms"))
+        if "pruned.weight" in tensors:  # heads saved before the refit lack it
+            head.pruned = nn.Linear(head.config.dim, head.config.n_classes)
         head.load_state_dict(tensors)
         head.best_epoch = int(meta.get("best_epoch", 0))
         head.eval()

@@ -13,6 +13,7 @@ from models.compress import (
     Int8Linear,
     compress_linear,
     prune_linear,
+    refit_pruned,
     state_bytes,
     zero_fraction,
 )
@@ -99,6 +100,36 @@ def test_activation_aware_pruning_keeps_the_logits_at_the_mean_and_agrees_better
         agree_aware = (aware(xt).argmax(1) == reference).float().mean().item()
         agree_plain = (plain(xt).argmax(1) == reference).float().mean().item()
     assert agree_aware > agree_plain
+
+
+def test_refit_keeps_the_zeros_and_reproduces_the_logits_better() -> None:
+    x, y = skewed_blobs()
+    head = LinearHead(HeadConfig(50, 6, max_epochs=300)).fit(x, y)
+    linear = head.linear
+    assert isinstance(linear, torch.nn.Linear) and head.stats is not None
+    pruned = prune_linear(linear, stats=head.stats)
+    xt = torch.as_tensor(x)
+    refit = refit_pruned(linear, pruned, xt)
+    assert torch.equal(refit.weight == 0, pruned.weight == 0)  # the same weights are gone
+    with torch.no_grad():
+        error_before = float((pruned(xt) - linear(xt)).pow(2).mean())
+        error_after = float((refit(xt) - linear(xt)).pow(2).mean())
+    assert error_after < 0.9 * error_before  # least squares: never worse; here clearly better
+    # nothing pruned: the least-squares refit returns the layer itself (up to the small ridge)
+    same = refit_pruned(linear, prune_linear(linear, amount=0.0), xt)
+    assert torch.allclose(same.weight, linear.weight, atol=1e-4) and torch.allclose(same.bias, linear.bias, atol=1e-4)
+
+
+def test_the_fit_head_carries_its_refit_pruned_layer_through_save_and_load(tmp_path: Path) -> None:
+    x, y = skewed_blobs()
+    head = LinearHead(HeadConfig(50, 6, max_epochs=100)).fit(x, y)
+    assert head.pruned is not None and zero_fraction(head.compressed("pruned")) == pytest.approx(0.2)
+    assert head.compressed("pruned") is head.pruned
+    head.save(tmp_path)
+    loaded = LinearHead.load(tmp_path)
+    assert loaded.pruned is not None and torch.equal(loaded.pruned.weight, head.pruned.weight)
+    int8_pruned = loaded.compressed("int8_pruned")
+    assert isinstance(int8_pruned, Int8Linear) and zero_fraction(int8_pruned) == pytest.approx(0.2)
 
 
 def test_pruning_without_statistics_is_plain_magnitude_pruning() -> None:
