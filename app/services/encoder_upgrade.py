@@ -19,11 +19,14 @@ held-out vacancy are dropped, so the comparison stays fair.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -176,11 +179,9 @@ def upgrade_encoder(
         encoders.reject(enc_version, "a reindex was running")
         raise Conflict("a reindex is already running")
     store = runtime.store
-    collection = ""
     try:
         started_at = utcnow()
-        collection = store.create_version(new_encoder.dim, {"embedding": signature})
-        try:
+        with _new_collection(runtime, new_encoder.dim, signature) as collection:
             say(f"embedding {len(usable)} labelled vacancies into {collection}")
             x_new = _embed(new_encoder, runtime, [v.text for v in usable], progress)
             _write(runtime, usable, x_new, collection)
@@ -223,19 +224,12 @@ def upgrade_encoder(
             )
             encoders.update(enc_version, model_version=model_version, promotion=promotion)
             if promoted:
-                _write(runtime, _labelled_since(session, started_at - CATCH_UP_SLACK), None, collection, new_encoder)
-                with runtime.model_lock:
-                    encoders.activate(enc_version)
-                    activate_version(runtime, session, model_version)
-                    store.swap_alias(collection)
-                    runtime.switch_embedder(new_settings, new_encoder, served, model_version, meta)
+                switch = _Switch(new_settings, new_encoder, served, model_version, meta)
+                mark = functools.partial(encoders.activate, enc_version)
+                _switch_encoder(runtime, session, collection, started_at, switch, mark)
             else:
                 store.client.delete_collection(collection)
                 encoders.reject(enc_version, reason)
-        except BaseException:
-            if collection and store.active_collection() != collection:
-                store.client.delete_collection(collection)  # the old collection keeps serving
-            raise
     finally:
         runtime.index_lock.release()
     log.info("encoder upgrade %s: %s (%s)", enc_version, "promoted" if promoted else "discarded", reason)
@@ -311,13 +305,10 @@ def rollback_encoder(
 
     if not runtime.index_lock.acquire(blocking=False):
         raise Conflict("a reindex is already running")
-    store = runtime.store
-    collection = ""
     try:
         started_at = utcnow()
         usable = labelled_vacancies(session)
-        collection = store.create_version(new_encoder.dim, {"embedding": signature})
-        try:
+        with _new_collection(runtime, new_encoder.dim, signature) as collection:
             say(f"embedding {len(usable)} labelled vacancies into {collection}")
             x = _embed(new_encoder, runtime, [v.text for v in usable], progress)
             _write(runtime, usable, x, collection)
@@ -332,20 +323,16 @@ def rollback_encoder(
                 )
                 retrained = True
             assert head_version is not None
-            _write(runtime, _labelled_since(session, started_at - CATCH_UP_SLACK), None, collection, new_encoder)
-            with runtime.model_lock:
+
+            def mark() -> None:
                 if parent_is_version:
                     encoders.activate(parent)
                 else:
                     encoders.deactivate()
                 encoders.update(current, status="retired", rolled_back_at=utcnow().isoformat())
-                activate_version(runtime, session, head_version)
-                store.swap_alias(collection)
-                runtime.switch_embedder(new_settings, new_encoder, classifier, head_version, head_meta)
-        except BaseException:
-            if collection and store.active_collection() != collection:
-                store.client.delete_collection(collection)  # the old collection keeps serving
-            raise
+
+            switch = _Switch(new_settings, new_encoder, classifier, head_version, head_meta)
+            _switch_encoder(runtime, session, collection, started_at, switch, mark)
     finally:
         runtime.index_lock.release()
     log.info("encoder %s rolled back to %s (model %s)", current, parent, head_version)
@@ -422,7 +409,53 @@ def _train_head_for(
     return classifier, version, meta
 
 
-# ---- internals ---------------------------------------------------------------------------------
+# ---- internals -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Switch:
+    """What goes live together with a new collection: the settings naming the encoder, the encoder, the head."""
+
+    settings: Settings
+    encoder: Encoder
+    classifier: FusedClassifier
+    model_version: str
+    metadata: dict[str, Any]
+
+
+@contextmanager
+def _new_collection(runtime: Runtime, dim: int, signature: dict[str, str]) -> Iterator[str]:
+    """A new collection (the caller holds the index lock); deleted again if the block fails before
+    the alias points at it, so the old collection keeps serving."""
+    store = runtime.store
+    collection = store.create_version(dim, {"embedding": signature})
+    try:
+        yield collection
+    except BaseException:
+        if store.active_collection() != collection:
+            store.client.delete_collection(collection)
+        raise
+
+
+def _switch_encoder(
+    runtime: Runtime,
+    session: Session,
+    collection: str,
+    started_at: datetime,
+    switch: _Switch,
+    mark_encoder: Callable[[], None],
+) -> None:
+    """Write again what was labelled while the collection was built, then switch the encoder marker
+    (``mark_encoder``), the active head, the alias and the running runtime together."""
+    late = _labelled_since(session, started_at - CATCH_UP_SLACK)
+    _write(runtime, late, None, collection, switch.encoder)
+    with runtime.model_lock:
+        mark_encoder()
+        activate_version(runtime, session, switch.model_version)
+        runtime.store.swap_alias(collection)
+        runtime.switch_embedder(
+            switch.settings, switch.encoder, switch.classifier, switch.model_version, switch.metadata
+        )
+
+
 def _finetune_data(
     usable: Sequence[Vacancy],
     tr: np.ndarray,
