@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Path, Response, status
@@ -102,6 +103,17 @@ def _result(value: object) -> JobResult | None:
     return None
 
 
+def _job_route(path: str, summary: str) -> Callable[[Callable[..., JobPublic]], Callable[..., JobPublic]]:
+    """An admin route that starts a background job: 202 with the job and a ``Location`` to poll."""
+    return router.post(
+        path,
+        response_model=JobPublic,
+        status_code=status.HTTP_202_ACCEPTED,
+        dependencies=[AdminDep, DatabaseDep],
+        summary=summary,
+    )
+
+
 def job_public(job: Job) -> JobPublic:
     return JobPublic.model_validate(
         {
@@ -124,37 +136,19 @@ def _accepted(job: Job, response: Response) -> JobPublic:
     return job_public(job)
 
 
-@router.post(
-    "/admin/reindex",
-    response_model=JobPublic,
-    status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[AdminDep, DatabaseDep],
-    summary="Rebuild the index in the background (poll the job)",
-)
+@_job_route("/admin/reindex", "Rebuild the index in the background (poll the job)")
 def admin_reindex(runtime: RuntimeDep, response: Response) -> JobPublic:
     return _accepted(start_reindex(runtime), response)
 
 
-@router.post(
-    "/admin/retrain",
-    response_model=JobPublic,
-    status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[AdminDep, DatabaseDep],
-    summary="Train a challenger and promote it if it is not worse (poll the job)",
-)
+@_job_route("/admin/retrain", "Train a challenger and promote it if it is not worse (poll the job)")
 def admin_retrain(
     runtime: RuntimeDep, response: Response, body: Annotated[RetrainRequest | None, Body()] = None
 ) -> JobPublic:
     return _accepted(start_retrain(runtime, body.margin if body else None), response)
 
 
-@router.post(
-    "/admin/upgrade-encoder",
-    response_model=JobPublic,
-    status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[AdminDep, DatabaseDep],
-    summary="Fine-tune the encoder, reindex, train a head, compare; swap or discard (poll the job)",
-)
+@_job_route("/admin/upgrade-encoder", "Fine-tune the encoder, reindex, train a head, compare; swap or discard")
 def admin_upgrade_encoder(
     runtime: RuntimeDep, response: Response, body: Annotated[UpgradeEncoderRequest | None, Body()] = None
 ) -> JobPublic:
@@ -171,13 +165,7 @@ def admin_upgrade_encoder(
     return _accepted(job, response)
 
 
-@router.post(
-    "/admin/rollback-encoder",
-    response_model=JobPublic,
-    status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[AdminDep, DatabaseDep],
-    summary="Go back to the previous encoder and its head, re-embedding the index (poll the job)",
-)
+@_job_route("/admin/rollback-encoder", "Back to the previous encoder and its head, re-embedding the index")
 def admin_rollback_encoder(runtime: RuntimeDep, response: Response) -> JobPublic:
     return _accepted(start_rollback_encoder(runtime), response)
 
