@@ -65,7 +65,11 @@ class LinearHead(nn.Module):
     ) -> LinearHead:
         """Train; with a validation split, keep the weights of the epoch with the lowest val loss."""
         cfg = self.config
-        torch.manual_seed(cfg.seed)
+        # Start from weights drawn from the config's seed, whatever ran before: the same data and config
+        # give the same head (the global RNG is left as it was).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.linear.reset_parameters()  # type: ignore[operator]
         xt = torch.as_tensor(x, dtype=torch.float32)
         self.stats = FeatureStats(mean=xt.mean(dim=0), rms=xt.pow(2).mean(dim=0).sqrt())
         yt = torch.as_tensor(y, dtype=torch.long)

@@ -196,3 +196,20 @@ def test_classifier_rejects_mismatched_labels() -> None:
     head = LinearHead(HeadConfig(8, 3))
     with pytest.raises(ValueError, match="3 outputs"):
         FusedClassifier(["a", "b"], head, FusionParams())
+
+
+def test_a_fit_does_not_depend_on_what_ran_before_and_leaves_the_global_rng_alone() -> None:
+    x, y = blobs()
+    config = HeadConfig(32, 4, max_epochs=40, seed=7)
+    torch.manual_seed(1)
+    first = LinearHead(config).fit(x, y)
+    torch.manual_seed(2)
+    torch.randn(1000)  # other work consumed random numbers in between
+    second = LinearHead(config).fit(x, y)
+    assert torch.equal(first.linear.weight, second.linear.weight) and first.best_epoch == second.best_epoch
+    torch.manual_seed(3)
+    LinearHead(config)
+    expected = torch.rand(1)
+    torch.manual_seed(3)
+    LinearHead(config).fit(x, y)
+    assert torch.equal(torch.rand(1), expected)
