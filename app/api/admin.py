@@ -20,7 +20,6 @@ from app.schemas import (
     RetrainPublic,
     RetrainRequest,
     RollbackEncoderPublic,
-    ScoresPublic,
     TaxonomyLabel,
     TaxonomyPublic,
     UpgradeEncoderPublic,
@@ -57,50 +56,18 @@ DatabaseDep = Depends(require_database)
 JobResult = ReindexPublic | RetrainPublic | UpgradeEncoderPublic | RollbackEncoderPublic
 
 
+_PUBLIC: dict[type, type[JobResult]] = {
+    ReindexResult: ReindexPublic,
+    RetrainResult: RetrainPublic,
+    UpgradeResult: UpgradeEncoderPublic,
+    RollbackResult: RollbackEncoderPublic,
+}
+
+
 def _result(value: object) -> JobResult | None:
-    if isinstance(value, ReindexResult):
-        return ReindexPublic(
-            collection=value.collection,
-            previous=value.previous,
-            count=value.count,
-            seconds=value.seconds,
-            rate=value.rate,
-            caught_up=value.caught_up,
-        )
-    if isinstance(value, RetrainResult):
-        champion = value.champion_scores
-        return RetrainPublic(
-            version=value.version,
-            champion=value.champion,
-            active=value.active,
-            promoted=value.promoted,
-            reason=value.reason,
-            margin=value.margin,
-            n_examples=value.n_examples,
-            n_feedback=value.n_feedback,
-            n_train=value.n_train,
-            n_val=value.n_val,
-            challenger_scores=ScoresPublic(**value.challenger_scores),
-            champion_scores=ScoresPublic(**champion) if champion is not None else None,
-            seconds=value.seconds,
-        )
-    if isinstance(value, UpgradeResult):
-        return UpgradeEncoderPublic(
-            encoder_version=value.encoder_version,
-            model_version=value.model_version,
-            collection=value.collection,
-            promoted=value.promoted,
-            reason=value.reason,
-            champion=value.champion,
-            challenger_scores=ScoresPublic(**value.challenger_scores),
-            champion_scores=ScoresPublic(**value.champion_scores) if value.champion_scores is not None else None,
-            n_finetune=value.n_finetune,
-            n_val=value.n_val,
-            seconds=value.seconds,
-        )
-    if isinstance(value, RollbackResult):
-        return RollbackEncoderPublic(**value.to_dict())
-    return None
+    """A finished job's result as its public schema (read from the result's attributes)."""
+    public = _PUBLIC.get(type(value))
+    return public.model_validate(value, from_attributes=True) if public is not None else None
 
 
 def _job_route(path: str, summary: str) -> Callable[[Callable[..., JobPublic]], Callable[..., JobPublic]]:
