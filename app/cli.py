@@ -7,14 +7,14 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import numpy as np
 import typer
 from tqdm import tqdm
 
 from app.cli_errors import FriendlyErrors
-from app.cli_finetune import encoders_cli, finetune_command, upgrade_encoder_command
+from app.cli_finetune import encoders_cli, finetune_command, objective_option, upgrade_encoder_command
 from app.errors import ServiceError
 from app.runtime import Runtime
 from app.settings import PROJECT_ROOT, Settings, get_settings
@@ -316,10 +316,7 @@ def bench(
 
     if test is None and folds < 2:
         raise _fail(ValueError("give --test, or --folds K (K >= 2) for cross-validation"))
-    from indexing.finetune import OBJECTIVES
-
-    if ft_objective not in OBJECTIVES:
-        raise _fail(ValueError(f"--ft-objective must be one of {', '.join(OBJECTIVES)}, not {ft_objective!r}"))
+    objective = objective_option(ft_objective, "--ft-objective")
     settings = get_settings()
     encoder, cache = _bench_encoder(settings)
     cfg = BenchConfig(name=name or train.parent.name, abstain_threshold=settings.abstain_threshold)
@@ -339,10 +336,10 @@ def bench(
         result["cv"] = cv
     if finetune and test is not None:
         from app.bench import run_finetune_rows
-        from indexing.finetune import FinetuneConfig, Objective
+        from indexing.finetune import FinetuneConfig
 
         ft_cfg = FinetuneConfig(
-            objective=cast(Objective, ft_objective),
+            objective=objective,
             epochs=ft_epochs,
             max_pairs_per_class=ft_max_pairs,
             batch_size=ft_batch_size,

@@ -37,6 +37,13 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
+def objective_option(value: str, flag: str = "--objective") -> Objective:
+    """The fine-tuning objective named on the command line; exits with a clear error otherwise."""
+    if value not in OBJECTIVES:
+        raise _fail(ValueError(f"{flag} must be one of {', '.join(OBJECTIVES)}, not {value!r}"))
+    return cast(Objective, value)
+
+
 def _config(
     epochs: float,
     batch_size: int,
@@ -46,10 +53,8 @@ def _config(
     bf16: bool,
     objective: str = "triplets",
 ) -> FinetuneConfig:
-    if objective not in OBJECTIVES:
-        raise _fail(ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}"))
     return FinetuneConfig(
-        objective=cast(Objective, objective),
+        objective=objective_option(objective),
         epochs=epochs,
         batch_size=batch_size,
         max_pairs_per_class=max_pairs_per_class,

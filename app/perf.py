@@ -230,7 +230,7 @@ def bench_service(cfg: PerfConfig, svc: _Service, echo: Echo) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from app.services.classification import ClassifyItem, clean_items, store_predictions
+    from app.services.classification import ClassifyItem, classify, clean_items, store_predictions
     from models.classifier import Neighbour
 
     texts = sample_texts(cfg.service_batch, 60)
@@ -285,8 +285,6 @@ def bench_service(cfg: PerfConfig, svc: _Service, echo: Echo) -> dict[str, Any]:
 
     parts = [steps() for _ in range(3)]
     breakdown = {key: min(p[key] for p in parts) for key in parts[0]}
-    from app.services.classification import classify
-
     results = classify(runtime, None, items, batch=True)
     store_times = []
     for _ in range(3):

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from indexing.finetune import Objective
+
 
 def _not_blank(value: str) -> str:
     if not value.strip():
@@ -216,14 +218,10 @@ class RetrainPublic(BaseModel):
     seconds: float
 
 
-class UpgradeEncoderRequest(_In):
-    margin: float | None = Field(
-        None,
-        ge=0.0,
-        le=1.0,
-        description="Promote if challenger accuracy ≥ champion accuracy − margin (default: the setting).",
-    )
-    objective: Literal["triplets", "supcon"] = Field(
+class UpgradeEncoderRequest(RetrainRequest):
+    """A retrain's promotion margin, plus the fine-tuning options."""
+
+    objective: Objective = Field(
         "triplets",
         description="Contrastive objective: label-aware MNRL on hard-negative triplets, or supervised contrastive.",
     )

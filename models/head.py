@@ -62,8 +62,11 @@ class LinearHead(nn.Module):
         y: np.ndarray,
         x_val: np.ndarray | None = None,
         y_val: np.ndarray | None = None,
+        *,
+        prune: bool = True,
     ) -> LinearHead:
-        """Train; with a validation split, keep the weights of the epoch with the lowest val loss."""
+        """Train; with a validation split, keep the weights of the epoch with the lowest val loss.
+        ``prune``: also compute the refit pruned layer (``False`` for throwaway heads, e.g. cross-fitting)."""
         cfg = self.config
         # Start from weights drawn from the config's seed, whatever ran before: the same data and config
         # give the same head (the global RNG is left as it was).
@@ -109,9 +112,10 @@ class LinearHead(nn.Module):
         if has_val:
             self.load_state_dict(best_state)
         self.eval()
-        linear = self.linear
-        assert isinstance(linear, nn.Linear)
-        self.pruned = refit_pruned(linear, prune_linear(linear, PRUNE_AMOUNT, self.stats), xt)
+        if prune:
+            linear = self.linear
+            assert isinstance(linear, nn.Linear)
+            self.pruned = refit_pruned(linear, prune_linear(linear, PRUNE_AMOUNT, self.stats), xt)
         return self
 
     def compressed(self, variant: Variant) -> nn.Module:

@@ -117,7 +117,7 @@ def out_of_fold(
         inside, rest = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
         if len(inside) == 0:
             continue
-        head = LinearHead(fold_config).fit(x[rest], y[rest])
+        head = LinearHead(fold_config).fit(x[rest], y[rest], prune=False)  # only its predictions are used
         p_head[inside] = head.predict_proba(x[inside])
         nb_labels[inside], nb_scores[inside] = neighbour_arrays(x[inside], x[rest], y[rest], k)
     return p_head, nb_labels, nb_scores
