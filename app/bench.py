@@ -551,10 +551,14 @@ def run_finetune_rows(
     ft_cfg: Any = None,
     say: Say = log.info,
     workdir: Path | None = None,
+    *,
+    fine_labels: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune the bench's encoder on the training split (early stopping on the validation split,
     carved out of training exactly as ``run_bench`` does when none is given), then fit head, kNN and
-    fusion on the fine-tuned embeddings as ``run_bench`` does for the frozen ones. Returns
+    fusion on the fine-tuned embeddings as ``run_bench`` does for the frozen ones. ``fine_labels``
+    fine-tunes on ``label_fine`` (model selection on coarse accuracy, fine predictions mapped up); head,
+    kNN and fusion still learn the coarse labels. Returns
     ``{"methods": {ft_*: scores}, "finetune": {wall time, texts/s, ...}}`` to merge into metrics.json.
     Fine-tuned embeddings are not cached (the model exists only for this run)."""
     import tempfile
@@ -569,7 +573,15 @@ def run_finetune_rows(
     ft_cfg.chunking = getattr(encoder, "chunking", "sentences") == "sentences"
     with tempfile.TemporaryDirectory(prefix="jobclass-ft-", dir=workdir) as tmp:
         say(f"[{cfg.name}] fine-tuning {encoder.name} on {len(train)} texts")
-        ft = finetune(encoder.name, train.texts, train.labels, val.texts, val.labels, Path(tmp), ft_cfg, say=say)
+        tr_labels, va_labels, coarse = train.labels, val.labels, None
+        if fine_labels:
+            if train.fine is None or val.fine is None:
+                raise ValueError("fine-tuning on fine labels needs a label_fine column")
+            tr_labels, va_labels = train.fine, val.fine
+            coarse = dict(zip(train.fine + val.fine, train.labels + val.labels, strict=True))
+        ft = finetune(
+            encoder.name, train.texts, tr_labels, val.texts, va_labels, Path(tmp), ft_cfg, coarse=coarse, say=say
+        )
         tuned = SentenceEmbedder(
             tmp,
             prefix=getattr(encoder, "prefix", ""),
@@ -614,7 +626,7 @@ def run_finetune_rows(
             "knn_val": ft.metrics,
             "history": ft.history,
             "embed_seconds": round(embed_seconds, 2),
-            "params": {**ft_cfg.__dict__},
+            "params": {**ft_cfg.__dict__, "fine_labels": fine_labels},
             "fusion": clf.params.to_dict(),
             "load_average": _load_average(),
         },
@@ -633,12 +645,16 @@ def _load_average() -> list[float] | None:
 def finetune_markdown(result: dict[str, Any]) -> str:
     """The fine-tuned rows next to the frozen ones they compete with (appended to report.md)."""
     m, f = result["methods"], result["finetune"]
+    objective = f.get("params", {}).get("objective", "triplets")
+    examples = "triplets" if objective == "triplets" else "labelled texts"
+    if f.get("params", {}).get("fine_labels"):
+        objective += ", fine labels"
     lines = [
         "",
         "## Fine-tuned encoder",
         "",
-        f"Contrastive fine-tuning of `{f['base_model']}`: {f['n_examples']} triplets from {f['n_train_texts']} "
-        f"texts, {f['steps']} steps (best {f['best_step']}), {f['wall_seconds']:.0f} s wall "
+        f"Fine-tuning of `{f['base_model']}` ({objective} objective): {f['n_examples']} {examples} from "
+        f"{f['n_train_texts']} texts, {f['steps']} steps (best {f['best_step']}), {f['wall_seconds']:.0f} s wall "
         f"({f['texts_per_s']:.1f} texts/s through forward + backward; load average at the end "
         f"{f['load_average']}).",
         "",

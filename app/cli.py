@@ -299,8 +299,12 @@ def bench(
     ft_max_pairs: Annotated[int, typer.Option(min=1, help="fine-tuning pairs per class (with --finetune)")] = 200,
     ft_batch_size: Annotated[int, typer.Option(min=2, help="fine-tuning batch size (with --finetune)")] = 32,
     ft_objective: Annotated[
-        str, typer.Option(help="fine-tuning objective: triplets (label-aware MNRL) or supcon (with --finetune)")
+        str, typer.Option(help="fine-tuning objective: triplets, supcon or softmax (with --finetune)")
     ] = "triplets",
+    ft_learning_rate: Annotated[float, typer.Option(min=0.0, help="encoder learning rate (with --finetune)")] = 3e-5,
+    ft_fine_labels: Annotated[
+        bool, typer.Option(help="fine-tune on label_fine, score coarse (with --finetune; needs label_fine)")
+    ] = False,
     extract: Annotated[
         bool, typer.Option(help="compare raw vs cleaned vs extracted text instead (extract.json, extract.md)")
     ] = False,
@@ -343,10 +347,14 @@ def bench(
             epochs=ft_epochs,
             max_pairs_per_class=ft_max_pairs,
             batch_size=ft_batch_size,
+            learning_rate=ft_learning_rate,
             seed=cfg.seed,
         )
         test_split = load_split(test, settings.clean_max_chars)
-        ft = run_finetune_rows(tr, va, test_split, encoder, cfg, ft_cfg, typer.echo)
+        try:
+            ft = run_finetune_rows(tr, va, test_split, encoder, cfg, ft_cfg, typer.echo, fine_labels=ft_fine_labels)
+        except ValueError as exc:
+            raise _fail(exc) from exc
         result["methods"].update(ft["methods"])
         result["finetune"] = ft["finetune"]
     write_outputs(result, out)

@@ -22,12 +22,18 @@ BatchSize = Annotated[int, typer.Option(min=2, max=1024, help="triplets per step
 MaxPairs = Annotated[int, typer.Option(min=1, help="anchor/positive pairs sampled per class")]
 Seed = Annotated[int, typer.Option(help="sampling and training seed")]
 MaxSeqLength = Annotated[int, typer.Option(min=8, max=512, help="tokens per text while training")]
-Bf16 = Annotated[bool, typer.Option(help="bfloat16 autocast on CPU (float32 master weights)")]
+Bf16 = Annotated[
+    bool | None,
+    typer.Option(help="bfloat16 autocast (float32 master weights); default: on where the CPU has native bfloat16"),
+]
 ObjectiveOpt = Annotated[
     str,
     typer.Option(
         "--objective",
-        help="triplets: label-aware MNRL on hard-negative triplets; supcon: supervised contrastive on labelled texts",
+        help=(
+            "triplets: label-aware MNRL on hard-negative triplets; supcon: supervised contrastive on labelled"
+            " texts; softmax: margin softmax over one proxy per class"
+        ),
     ),
 ]
 
@@ -50,7 +56,7 @@ def _config(
     max_pairs_per_class: int,
     seed: int,
     max_seq_length: int,
-    bf16: bool,
+    bf16: bool | None,
     objective: str = "triplets",
 ) -> FinetuneConfig:
     return FinetuneConfig(
@@ -75,7 +81,7 @@ def finetune_command(
     max_pairs_per_class: MaxPairs = 200,
     seed: Seed = 20240601,
     max_seq_length: MaxSeqLength = 128,
-    bf16: Bf16 = False,
+    bf16: Bf16 = None,
     objective: ObjectiveOpt = "triplets",
     fine_labels: Annotated[
         bool, typer.Option(help="train on label_fine; report fine and coarse (fine mapped up) kNN accuracy")
@@ -151,7 +157,7 @@ def upgrade_encoder_command(
     max_pairs_per_class: MaxPairs = 200,
     seed: Seed = 20240601,
     max_seq_length: MaxSeqLength = 128,
-    bf16: Bf16 = False,
+    bf16: Bf16 = None,
     objective: ObjectiveOpt = "triplets",
 ) -> None:
     """Fine-tune the encoder, reindex into a new collection, train a head on it, compare with the champion

@@ -23,6 +23,7 @@ from app.services.training import train
 from app.services.vacancies import ingest_csv
 from app.settings import Settings
 from indexing.embed import l2_normalise
+from indexing.finetune import Objective
 from models.registry import EncoderRegistry
 from models.training import holdout_split
 from tests.conftest import make_settings, memory_qdrant
@@ -263,15 +264,16 @@ def test_real_minilm_fine_tunes_and_the_chain_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_supervised_contrastive_fine_tuning_on_real_minilm(tmp_path: Path) -> None:
-    """The supcon objective: one example per text, saved as a sentence-transformers folder that reloads."""
+@pytest.mark.parametrize("objective", ["supcon", "softmax"])
+def test_single_text_objectives_fine_tune_real_minilm(tmp_path: Path, objective: Objective) -> None:
+    """supcon and softmax: one example per text, saved as a sentence-transformers folder that reloads."""
     from indexing.embed import SentenceEmbedder
     from indexing.finetune import FinetuneConfig, finetune, read_finetune_info
 
     rows = topic_texts(8)  # 24 texts, 3 classes
     texts, labels = [r[1] for r in rows], [r[2] for r in rows]
     cfg = FinetuneConfig(
-        objective="supcon", epochs=1, batch_size=8, max_seq_length=32, evals_per_epoch=1, patience=1, chunking=False
+        objective=objective, epochs=1, batch_size=8, max_seq_length=32, evals_per_epoch=1, patience=1, chunking=False
     )
     result = finetune(
         "sentence-transformers/all-MiniLM-L6-v2",
@@ -285,6 +287,8 @@ def test_supervised_contrastive_fine_tuning_on_real_minilm(tmp_path: Path) -> No
     )
     assert result.n_examples == len(texts) and result.steps == 3 and result.texts_per_s > 0
     info = read_finetune_info(tmp_path / "ft")
-    assert info["params"]["objective"] == "supcon" and "base_knn_accuracy" in info["metrics"]
+    assert info["params"]["objective"] == objective and "base_knn_accuracy" in info["metrics"]
+    if objective == "softmax":  # the proxies are trained too (their own learning rate), from the centroids
+        assert 0.5 < info["metrics"]["proxy_cosine_to_centroid"] < 0.9999
     vectors = SentenceEmbedder(str(tmp_path / "ft"), dtype="float32", chunking="none").encode(["python developer"])
     assert vectors.shape == (1, 384) and np.isclose(np.linalg.norm(vectors), 1.0, atol=1e-4)

@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from indexing.finetune import LabelAwareMNRLoss, SupConLoss, build_triplets, knn_accuracy, labelled_data_hash
+from indexing.finetune import (
+    CosineSoftmaxLoss,
+    LabelAwareMNRLoss,
+    SupConLoss,
+    build_triplets,
+    class_centroids,
+    knn_accuracy,
+    labelled_data_hash,
+)
 from models.registry import EncoderRegistry, ModelRegistry, RegistryError
 
 
@@ -140,6 +148,53 @@ def test_supcon_without_any_positive_is_zero_and_keeps_the_graph() -> None:
     loss = SupConLoss(model)([{"ids": torch.arange(3)}], torch.tensor([0, 1, 2]))
     loss.backward()
     assert float(loss) == 0.0 and model.vectors.grad is not None
+
+
+def test_cosine_softmax_is_a_margin_softmax_over_the_class_proxies() -> None:
+    torch.manual_seed(4)
+    vectors = torch.randn(3, 5)
+    proxies = torch.randn(2, 5)
+    labels = torch.tensor([0, 1, 1])
+    loss_fn = CosineSoftmaxLoss(_Table(vectors), 2, scale=10.0, margin=0.2, init=proxies.numpy())
+    got = float(loss_fn([{"ids": torch.arange(3)}], labels).detach())
+    v, w = torch.nn.functional.normalize(vectors, dim=-1), torch.nn.functional.normalize(proxies, dim=-1)
+    expected = 0.0
+    for i, c in enumerate(labels.tolist()):
+        cos = v[i] @ w.T
+        cos[c] -= 0.2  # the margin handicaps the true class only
+        expected += float(-torch.log_softmax(10.0 * cos, 0)[c]) / 3
+    assert got == pytest.approx(expected, rel=1e-5)
+    no_margin = CosineSoftmaxLoss(_Table(vectors), 2, scale=10.0, margin=0.0, init=proxies.numpy())
+    assert float(no_margin([{"ids": torch.arange(3)}], labels).detach()) < got
+
+
+def test_cosine_softmax_separates_the_classes_and_moves_its_proxies() -> None:
+    torch.manual_seed(5)
+    model = _Table(torch.randn(6, 8))
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    init = class_centroids(model.vectors.detach().numpy(), labels.numpy(), 2)
+    loss_fn = CosineSoftmaxLoss(model, 2, scale=10.0, init=init)
+    optimiser = torch.optim.SGD(loss_fn.parameters(), lr=0.5)  # the encoder's and the proxies' weights
+    losses = []
+    for _ in range(30):
+        optimiser.zero_grad()
+        loss = loss_fn([{"ids": torch.arange(6)}], labels)
+        losses.append(float(loss.detach()))
+        loss.backward()
+        optimiser.step()
+    assert losses[-1] < 0.5 * losses[0]
+    assert not np.allclose(loss_fn.proxies.detach().numpy(), init) and loss_fn.proxy_drift() < 1.0
+    pred = loss_fn.logits(model.vectors.detach()).argmax(1)
+    assert pred.tolist() == labels.tolist()
+
+
+def test_class_centroids_are_unit_means_per_class() -> None:
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 0.0]], dtype=np.float32)
+    c = class_centroids(x, np.array([0, 0, 1]), 3)
+    assert np.allclose(c[0], [np.sqrt(0.5), np.sqrt(0.5)], atol=1e-6)
+    assert np.allclose(c[1], [1.0, 0.0]) and np.allclose(c[2], 0.0)  # a class without texts: a zero row
+    with pytest.raises(ValueError, match="3 initial proxies for 2 classes"):
+        CosineSoftmaxLoss(_Table(torch.eye(2)), 2, init=c)
 
 
 # ---- kNN score --------------------------------------------------------------------------------
