@@ -1,12 +1,15 @@
 """Multinomial logistic regression on embeddings, as a torch ``nn.Linear``.
 
-``fit`` uses full-batch AdamW with weight decay and early stopping on a validation split, with
-optional class weighting for unbalanced taxonomies.
+``fit`` uses full-batch AdamW with weight decay, optional class weighting for unbalanced taxonomies, and
+either a fixed number of epochs or early stopping on a validation split; ``validation_curve`` gives the
+held-out loss after every epoch, from which ``models.training.cv_epochs`` picks the epoch count by k-fold
+cross-validation.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -68,42 +71,23 @@ class LinearHead(nn.Module):
         """Train; with a validation split, keep the weights of the epoch with the lowest val loss.
         ``prune``: also compute the refit pruned layer (``False`` for throwaway heads, e.g. cross-fitting)."""
         cfg = self.config
-        # Start from weights drawn from the config's seed, whatever ran before: the same data and config
-        # give the same head (the global RNG is left as it was).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            self.linear.reset_parameters()  # type: ignore[operator]
         xt = torch.as_tensor(x, dtype=torch.float32)
         self.stats = FeatureStats(mean=xt.mean(dim=0), rms=xt.pow(2).mean(dim=0).sqrt())
-        yt = torch.as_tensor(y, dtype=torch.long)
-        weight = None
-        if cfg.class_weighted:
-            counts = np.bincount(y, minlength=cfg.n_classes).astype(np.float64)
-            w = np.where(counts > 0, len(y) / (cfg.n_classes * np.maximum(counts, 1)), 0.0)
-            weight = torch.as_tensor(w, dtype=torch.float32)
-        loss_fn = nn.CrossEntropyLoss(weight=weight)
-        val_loss_fn = nn.CrossEntropyLoss()
-        opt = torch.optim.AdamW(self.linear.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         has_val = x_val is not None and y_val is not None and len(y_val) > 0
         xv = torch.as_tensor(x_val, dtype=torch.float32) if has_val else None
         yv = torch.as_tensor(y_val, dtype=torch.long) if has_val else None
+        val_loss_fn = nn.CrossEntropyLoss()
         best = float("inf")
         best_state = {k: v.clone() for k, v in self.state_dict().items()}
         stale = 0
-        for epoch in range(cfg.max_epochs):
-            self.train()
-            opt.zero_grad()
-            loss = loss_fn(self.forward(xt), yt)
-            loss.backward()
-            opt.step()
+        for epoch in self._steps(xt, y):
             if xv is None or yv is None:
-                self.best_epoch = epoch + 1
+                self.best_epoch = epoch
                 continue
-            self.eval()
             with torch.no_grad():
                 current = float(val_loss_fn(self.forward(xv), yv))
             if current < best - 1e-5:
-                best, stale, self.best_epoch = current, 0, epoch + 1
+                best, stale, self.best_epoch = current, 0, epoch
                 best_state = {k: v.clone() for k, v in self.state_dict().items()}
             else:
                 stale += 1
@@ -117,6 +101,46 @@ class LinearHead(nn.Module):
             assert isinstance(linear, nn.Linear)
             self.pruned = refit_pruned(linear, prune_linear(linear, PRUNE_AMOUNT, self.stats), xt)
         return self
+
+    def validation_curve(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray) -> np.ndarray:
+        """Train for ``max_epochs`` epochs (no early stopping) and return the summed cross-entropy on
+        (x_val, y_val) after each: element ``e`` is the loss after ``e + 1`` epochs. Summed over the folds of
+        a cross-validation, its argmin is the epoch count to train for (see ``models.training.cv_epochs``)."""
+        xv = torch.as_tensor(x_val, dtype=torch.float32)
+        yv = torch.as_tensor(y_val, dtype=torch.long)
+        loss_fn = nn.CrossEntropyLoss(reduction="sum")
+        curve = np.zeros(self.config.max_epochs, dtype=np.float64)
+        for epoch in self._steps(torch.as_tensor(x, dtype=torch.float32), y):
+            with torch.no_grad():
+                curve[epoch - 1] = float(loss_fn(self.forward(xv), yv))
+        self.eval()
+        return curve
+
+    def _steps(self, xt: torch.Tensor, y: np.ndarray) -> Iterator[int]:
+        """Full-batch AdamW from the seed's initial weights: one step per epoch, yielding the epoch number
+        (1, 2, …, ``max_epochs``) with the module in eval mode; the caller may stop early."""
+        cfg = self.config
+        # Start from weights drawn from the config's seed, whatever ran before: the same data and config
+        # give the same head (the global RNG is left as it was).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.linear.reset_parameters()  # type: ignore[operator]
+        yt = torch.as_tensor(y, dtype=torch.long)
+        weight = None
+        if cfg.class_weighted:
+            counts = np.bincount(y, minlength=cfg.n_classes).astype(np.float64)
+            w = np.where(counts > 0, len(y) / (cfg.n_classes * np.maximum(counts, 1)), 0.0)
+            weight = torch.as_tensor(w, dtype=torch.float32)
+        loss_fn = nn.CrossEntropyLoss(weight=weight)
+        opt = torch.optim.AdamW(self.linear.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        for epoch in range(1, cfg.max_epochs + 1):
+            self.train()
+            opt.zero_grad()
+            loss = loss_fn(self.forward(xt), yt)
+            loss.backward()
+            opt.step()
+            self.eval()
+            yield epoch
 
     def compressed(self, variant: Variant) -> nn.Module:
         """The layer of a head variant (float32, int8, pruned, int8 + pruned)."""

@@ -98,6 +98,24 @@ def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
+def cv_epochs(x: np.ndarray, y: np.ndarray, config: HeadConfig, folds: int, seed: int) -> int:
+    """The head's epoch count chosen by ``folds``-fold cross-validation: each fold's head trains on the
+    other folds for ``config.max_epochs`` epochs, and the count with the lowest held-out cross-entropy
+    summed over all folds wins.
+
+    Early stopping on a small validation split is noisy: on 614 Google postings (66 held out) it picked
+    epoch 53, and the fused accuracy on the scored split moved by 5 points between neighbouring epochs.
+    Summed over every training example, the curve is smooth."""
+    fold = stratified_folds(y, folds, seed)
+    total = np.zeros(config.max_epochs, dtype=np.float64)
+    for f in range(folds):
+        inside, rest = fold == f, fold != f
+        if not inside.any():
+            continue
+        total += LinearHead(config).validation_curve(x[rest], y[rest], x[inside], y[inside])
+    return int(np.argmin(total)) + 1
+
+
 def out_of_fold(
     x: np.ndarray, y: np.ndarray, n_classes: int, config: HeadConfig, epochs: int, folds: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,11 +159,12 @@ def train_classifier(
     and, when ``refit`` is true, refit the head on training + validation data for the early-stopped
     number of epochs (the fusion parameters stay).
 
-    The validation split (given, or carved out of the data) early-stops the head and is what the
-    metrics are reported on. With ``crossfit >= 2`` the fusion (α, k, temperatures) is tuned on
-    out-of-fold predictions for every training example instead of on the validation split alone: a
-    few hundred validation examples make a noisy grid search, the whole training set does not, and the
-    validation split stays an unbiased score. ``crossfit=0`` tunes on the validation split.
+    The validation split (given, or carved out of the data) is what the metrics are reported on. With
+    ``crossfit >= 2`` the head's epoch count is chosen by cross-validation on the training split
+    (:func:`cv_epochs`) and the fusion (α, k, temperatures) is tuned on out-of-fold predictions for every
+    training example: a few hundred validation examples make a noisy choice, the whole training set does
+    not, and the validation split stays an unbiased score. ``crossfit=0`` early-stops the head and tunes
+    the fusion on the validation split.
     """
     n_classes = len(labels)
     if x_val is None or y_val is None:
@@ -156,10 +175,18 @@ def train_classifier(
     if len(y_va) == 0:
         raise ValueError("training needs at least two labelled examples of some class for validation")
     config = head_config or HeadConfig(dim=x.shape[1], n_classes=n_classes, seed=seed)
-    head = LinearHead(config).fit(x_tr, y_tr, x_va, y_va)
+    crossfitting = crossfit >= 2 and len(y_tr) >= crossfit * 2
+    if crossfitting:  # epochs by cross-validation on the training split; validation stays a clean score
+        epochs = cv_epochs(x_tr, y_tr, config, crossfit, seed)
+        head = LinearHead(replace(config, max_epochs=epochs)).fit(x_tr, y_tr)
+        head.config = config  # the fixed count is recorded in best_epoch, not as the config's ceiling
+        epochs_by = f"cross_validation_{crossfit}"
+    else:
+        head = LinearHead(config).fit(x_tr, y_tr, x_va, y_va)
+        epochs_by = "validation"
     p_head = head.predict_proba(x_va)
     nb_labels, nb_scores = neighbour_arrays(x_va, x_tr, y_tr)
-    if crossfit >= 2 and len(y_tr) >= crossfit * 2:
+    if crossfitting:
         oof = out_of_fold(x_tr, y_tr, n_classes, config, head.best_epoch, crossfit, seed)
         tuned = tune(*oof, y_tr, n_classes, abstain_threshold=abstain_threshold)
         tuning = {"on": f"out_of_fold_{crossfit}", "n": len(y_tr)}
@@ -170,6 +197,7 @@ def train_classifier(
     p_knn = knn_vote(nb_labels, nb_scores, n_classes, k=params.k, temperature=params.knn_temperature)
     p_fused = fuse(p_head, p_knn, params)
     metrics: dict[str, Any] = {
+        "head_epochs": {"by": epochs_by, "epochs": head.best_epoch},
         "fusion_tuning": tuning,
         "validation": {
             "head": summary(p_head, y_va, labels),

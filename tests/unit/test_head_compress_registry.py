@@ -20,7 +20,7 @@ from models.compress import (
 from models.fusion import FusionParams
 from models.head import HeadConfig, LinearHead
 from models.registry import ModelRegistry, RegistryError
-from models.training import stratified_split, train_classifier
+from models.training import cv_epochs, stratified_folds, stratified_split, train_classifier
 
 
 def blobs(n: int = 300, c: int = 4, d: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -38,6 +38,28 @@ def test_head_learns_and_stops_early() -> None:
     assert head.best_epoch < 2000
     probs = head.predict_proba(x[:5])
     assert probs.shape == (5, 4) and np.allclose(probs.sum(axis=1), 1.0)
+
+
+def test_the_validation_curve_is_the_loss_early_stopping_watches() -> None:
+    x, y = blobs(seed=4)
+    config = HeadConfig(32, 4, max_epochs=300, patience=10**6)
+    curve = LinearHead(config).validation_curve(x[:200], y[:200], x[200:], y[200:])
+    stopped = LinearHead(config).fit(x[:200], y[:200], x[200:], y[200:])
+    assert curve.shape == (300,) and stopped.best_epoch == int(np.argmin(curve)) + 1
+
+
+def test_cv_epochs_stop_where_held_out_loss_is_lowest_summed_over_folds() -> None:
+    x, y = blobs(n=200, d=32, seed=5)
+    y = np.where(np.random.default_rng(5).random(200) < 0.3, (y + 1) % 4, y)  # 30% label noise: training overfits
+    config = HeadConfig(32, 4, lr=0.2, weight_decay=0.0, max_epochs=400)
+    epochs = cv_epochs(x, y, config, folds=4, seed=1)
+    fold = stratified_folds(y, 4, 1)
+    total = sum(
+        LinearHead(config).validation_curve(x[fold != f], y[fold != f], x[fold == f], y[fold == f]) for f in range(4)
+    )
+    assert epochs == int(np.argmin(total)) + 1
+    assert 1 < epochs < 400  # noisy labels: the held-out loss turns up before the last epoch
+    assert cv_epochs(x, y, config, folds=4, seed=1) == epochs  # deterministic
 
 
 def test_head_save_load_round_trip(tmp_path: Path) -> None:

@@ -104,3 +104,7 @@ def test_cross_fitted_tuning_reports_on_the_untouched_validation_split() -> None
     assert plain_report.metrics["fusion_tuning"] == {"on": "validation", "n": 40}
     assert report.n_val == plain_report.n_val == 40  # both are scored on the same untouched split
     assert report.metrics["validation"]["fused"]["accuracy"] >= 0.5  # four noisy clusters: far above chance
+    # the head's epochs: by cross-validation on the training split, or early-stopped on the validation split
+    assert report.metrics["head_epochs"]["by"] == "cross_validation_5"
+    assert plain_report.metrics["head_epochs"]["by"] == "validation"
+    assert report.best_epoch == report.metrics["head_epochs"]["epochs"] >= 1
