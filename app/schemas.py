@@ -223,7 +223,10 @@ class UpgradeEncoderRequest(RetrainRequest):
 
     objective: Objective = Field(
         "triplets",
-        description="Contrastive objective: label-aware MNRL on hard-negative triplets, or supervised contrastive.",
+        description=(
+            "Fine-tuning objective: label-aware MNRL on hard-negative triplets, supervised contrastive (supcon), "
+            "or a margin softmax over class proxies (softmax)."
+        ),
     )
     epochs: float = Field(
         1.0, gt=0.0, le=50.0, description="Passes over the training examples (early stopping may end sooner)."
