@@ -593,8 +593,19 @@ def run_finetune_rows(
         x_tr, x_va, x_te = (tuned.encode(s.texts) for s in (train, val, test))
         embed_seconds = time.perf_counter() - t0
     y_tr, y_va, y_te = (_indices(s.labels, index) for s in (train, val, test))
+    # The encoder has now been trained on x_tr's texts: out-of-fold predictions over them would flatter both
+    # the head and the kNN (their classes were pulled together), so the head stops early and the fusion is
+    # tuned on the validation split, which the encoder never took a gradient from — as a new vacancy.
     clf_tr, report = train_classifier(
-        x_tr, y_tr, labels, x_val=x_va, y_val=y_va, seed=cfg.seed, abstain_threshold=cfg.abstain_threshold, refit=False
+        x_tr,
+        y_tr,
+        labels,
+        x_val=x_va,
+        y_val=y_va,
+        seed=cfg.seed,
+        abstain_threshold=cfg.abstain_threshold,
+        refit=False,
+        crossfit=0,
     )
     x_all, y_all = np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va])
     clf = refit_head(clf_tr, x_all, y_all, report.best_epoch)

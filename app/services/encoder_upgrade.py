@@ -52,7 +52,7 @@ from indexing.cache import encode_cached
 from indexing.embed import Encoder, SentenceEmbedder
 from models.classifier import FusedClassifier
 from models.registry import EncoderRegistry, RegistryError
-from models.training import evaluate, holdout_split, stratified_split
+from models.training import TrainReport, evaluate, holdout_split, stratified_split, train_classifier
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
@@ -186,7 +186,7 @@ def upgrade_encoder(
             x_new = _embed(new_encoder, runtime, [v.text for v in usable], progress)
             _write(runtime, usable, x_new, collection)
             # 3. + 4. challenger head on the new vectors; both scored on the hold-out.
-            challenger, report = train_on_holdout(runtime, x_new, y, labels, tr, va)
+            challenger, report = _challenger_head(runtime, usable, x_new, y, labels, (tr, va), ft_train, say)
             variant = settings.head_variant
             served = challenger if challenger.variant == variant else challenger.with_variant(variant)
             challenger_scores = _scores(evaluate(served, x_new[va], y[va], x_new[tr], y[tr]))
@@ -454,6 +454,48 @@ def _switch_encoder(
         runtime.switch_embedder(
             switch.settings, switch.encoder, switch.classifier, switch.model_version, switch.metadata
         )
+
+
+def _challenger_head(
+    runtime: Runtime,
+    usable: Sequence[Vacancy],
+    x: np.ndarray,
+    y: np.ndarray,
+    labels: Sequence[str],
+    split: tuple[np.ndarray, np.ndarray],
+    ft_train: LabelledTexts,
+    say: Say,
+) -> tuple[FusedClassifier, TrainReport]:
+    """The challenger's head and fusion on the fine-tuned vectors of the training rows (``split``: training
+    rows, hold-out).
+
+    The new encoder took gradients from most of those rows: out-of-fold predictions over them would flatter
+    both the head and the kNN vote (their classes were pulled together) and mis-tune the fusion. So the
+    head stops early and the fusion is tuned on the training rows the encoder never trained on (its
+    early-stopping slice), which it sees as it will see a new vacancy; then the head is refit on every
+    training row. The hold-out stays untouched for the comparison. Without such rows (fine-tuning data
+    from elsewhere), the usual out-of-fold tuning applies."""
+    tr, va = split
+    trained_on = set(ft_train.ids)
+    seen = np.array([i for i in tr if usable[i].id in trained_on], dtype=np.int64)
+    unseen = np.array([i for i in tr if usable[i].id not in trained_on], dtype=np.int64)
+    if len(seen) < 2 or len(unseen) == 0 or len(np.unique(y[seen])) < 2:
+        return train_on_holdout(runtime, x, y, labels, tr, va)
+    say(f"tuning the challenger's fusion on {len(unseen)} training rows the new encoder never trained on")
+    settings = runtime.settings
+    classifier, report = train_classifier(
+        x[seen],
+        y[seen],
+        labels,
+        x_val=x[unseen],
+        y_val=y[unseen],
+        seed=settings.seed,
+        abstain_threshold=settings.abstain_threshold,
+        refit=True,  # on seen + unseen: every training row, as the champion's head
+        crossfit=0,
+    )
+    report.metrics["fusion_tuning"] = {"on": "rows_the_encoder_did_not_train_on", "n": len(unseen)}
+    return classifier, report
 
 
 def _finetune_data(

@@ -79,13 +79,20 @@ def test_a_good_encoder_is_promoted_with_its_collection_and_head(
 ) -> None:
     seed(runtime, tmp_path)
     old_collection = runtime.store.active_collection()
+    fake = FakeFinetune()
     with runtime.sessions() as session:
         result = upgrade_encoder(
-            runtime, session, finetune_fn=FakeFinetune(), load_encoder=lambda s: FakeEncoder(name=s.embedding_model)
+            runtime, session, finetune_fn=fake, load_encoder=lambda s: FakeEncoder(name=s.embedding_model)
         )
         assert result.promoted, result.reason
         active_rows = session.scalars(select(ModelVersion).where(ModelVersion.is_active)).all()
         assert [r.id for r in active_rows] == [result.model_version]
+    # the challenger's fusion was tuned on the training rows the encoder only validated on, not out of fold over
+    # rows it trained on; its head was then refit on every training row
+    _, ft_train, ft_val = fake.calls[0]
+    metrics = runtime.registry.metadata(result.model_version)["metrics"]
+    assert metrics["fusion_tuning"] == {"on": "rows_the_encoder_did_not_train_on", "n": len(ft_val.ids)}
+    assert metrics["n_train"] == len(ft_train.ids) + len(ft_val.ids)
     encoders = EncoderRegistry.under(settings.model_dir)
     path = str(encoders.path(result.encoder_version))
     assert encoders.active_version() == result.encoder_version
