@@ -124,19 +124,24 @@ def test_supcon_averages_over_every_same_class_positive() -> None:
     assert got == pytest.approx(expected, rel=1e-5)
 
 
+def _descend(loss_fn: torch.nn.Module, labels: torch.Tensor, steps: int = 30) -> list[float]:
+    """Plain SGD on every parameter of the loss (its model's and its own); the loss at each step."""
+    optimiser = torch.optim.SGD(loss_fn.parameters(), lr=0.5)
+    losses = []
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss = loss_fn([{"ids": torch.arange(len(labels))}], labels)
+        losses.append(float(loss.detach()))
+        loss.backward()
+        optimiser.step()
+    return losses
+
+
 def test_supcon_pulls_a_class_together() -> None:
     torch.manual_seed(3)
     model = _Table(torch.nn.functional.normalize(torch.randn(6, 8), dim=-1))
     labels = torch.tensor([0, 0, 0, 1, 1, 1])
-    loss_fn = SupConLoss(model, scale=10.0)
-    optimiser = torch.optim.SGD(model.parameters(), lr=0.5)
-    losses = []
-    for _ in range(30):
-        optimiser.zero_grad()
-        loss = loss_fn([{"ids": torch.arange(6)}], labels)
-        losses.append(float(loss.detach()))
-        loss.backward()
-        optimiser.step()
+    losses = _descend(SupConLoss(model, scale=10.0), labels)
     assert losses[-1] < 0.5 * losses[0]
     v = torch.nn.functional.normalize(model.vectors.detach(), dim=-1)
     sims = v @ v.T
@@ -174,14 +179,7 @@ def test_cosine_softmax_separates_the_classes_and_moves_its_proxies() -> None:
     labels = torch.tensor([0, 0, 0, 1, 1, 1])
     init = class_centroids(model.vectors.detach().numpy(), labels.numpy(), 2)
     loss_fn = CosineSoftmaxLoss(model, 2, scale=10.0, init=init)
-    optimiser = torch.optim.SGD(loss_fn.parameters(), lr=0.5)  # the encoder's and the proxies' weights
-    losses = []
-    for _ in range(30):
-        optimiser.zero_grad()
-        loss = loss_fn([{"ids": torch.arange(6)}], labels)
-        losses.append(float(loss.detach()))
-        loss.backward()
-        optimiser.step()
+    losses = _descend(loss_fn, labels)  # the encoder's and the proxies' weights
     assert losses[-1] < 0.5 * losses[0]
     assert not np.allclose(loss_fn.proxies.detach().numpy(), init) and loss_fn.proxy_drift() < 1.0
     pred = loss_fn.logits(model.vectors.detach()).argmax(1)
