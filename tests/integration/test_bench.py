@@ -102,6 +102,40 @@ def test_bench_command_with_the_real_embedder(tmp_path: Path, monkeypatch: pytes
     assert metrics["embedder"].startswith("sentence-transformers/all-MiniLM-L6-v2")
 
 
+@pytest.mark.slow
+def test_bench_finetune_adds_the_fine_tuned_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bench --finetune` on a tiny slice with the real MiniLM: every ft_* row, the fine-tuning record, the report."""
+    monkeypatch.setenv("JOBCLASS_STATE_DIR", str(tmp_path / "state"))
+    from app.bench import FT_METHODS
+    from app.settings import get_settings
+
+    get_settings.cache_clear()
+    with (DATA_DIR / "vacancies.csv").open(newline="", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["label"] in {"Bygge og anlæg", "It og teleteknik", "Ledelse"}]
+    for name, part in (("train", rows[:48:2]), ("test", rows[1:48:2])):
+        with (tmp_path / f"{name}.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, ["id", "text", "label"])
+            writer.writeheader()
+            writer.writerows(part)
+    out = tmp_path / "out"
+    args = ["bench", "--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"), "--out", str(out)]
+    args += ["--no-timing", "--finetune", "--ft-objective", "softmax", "--ft-epochs", "1", "--ft-batch-size", "8"]
+    result = CliRunner().invoke(cli, args)
+    get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(FT_METHODS) <= set(metrics["methods"])
+    assert metrics["methods"]["ft_fused"]["accuracy"] >= 0.8  # three well-separated categories
+    ft = metrics["finetune"]
+    assert ft["params"]["objective"] == "softmax" and ft["steps"] >= 1 and ft["texts_per_s"] > 0
+    report = (out / "report.md").read_text()
+    assert "## Fine-tuned encoder" in report and "softmax objective" in report and "| ft_fused |" in report
+    assert "ft_fused − fused:" in report
+
+    fine = CliRunner().invoke(cli, [*args, "--ft-fine-labels"])
+    assert fine.exit_code == 1 and "label_fine" in fine.output  # clear error, no traceback
+
+
 def test_target_checks_against_hand_computed_margins() -> None:
     def row(acc: float, f1: float) -> dict[str, float]:
         return {"accuracy": acc, "macro_f1": f1}
