@@ -323,7 +323,7 @@ def bench(
     objective = objective_option(ft_objective, "--ft-objective")
     settings = get_settings()
     encoder, cache = _bench_encoder(settings)
-    cfg = BenchConfig(name=name or train.parent.name, abstain_threshold=settings.abstain_threshold)
+    cfg = BenchConfig(name=name or train.parent.name, abstain_threshold=settings.abstain_threshold, timing=timing)
     tr = load_split(train, settings.clean_max_chars)
     va = load_split(val, settings.clean_max_chars) if val else None
     result: dict[str, Any] = {}

@@ -100,6 +100,7 @@ def test_bench_command_with_the_real_embedder(tmp_path: Path, monkeypatch: pytes
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_test"] == len(subset[1::2]) and metrics["methods"]["fused"]["accuracy"] >= 0.9
     assert metrics["embedder"].startswith("sentence-transformers/all-MiniLM-L6-v2")
+    assert "timing" not in metrics  # --no-timing is honoured
 
 
 @pytest.mark.slow
