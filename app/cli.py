@@ -470,8 +470,8 @@ def bench_all(
             "splits are held back elsewhere). A stratified 10% of train tunes TF-IDF's C and the hybrid's β; the",
             "head's epoch count is chosen by 5-fold cross-validation and the fusion (α, k, temperatures) tuned on",
             "5-fold out-of-fold predictions over the other 90%. All methods share one run, one machine and the same",
-            "embeddings, so the rows compare side by",
-            f"side. Embedder: `{settings.embedding_model}` (dtype {dtype}, chunking"
+            "embeddings, so the rows compare side by side.",
+            f"Embedder: `{settings.embedding_model}` (dtype {dtype}, chunking"
             f" {settings.embedding_chunking}). Wall time of this run: {time.perf_counter() - started:.0f} s"
             f" ({'embeddings from the cache where present' if settings.embedding_cache else 'no embedding cache'}).",
             "",
