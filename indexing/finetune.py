@@ -11,8 +11,9 @@ text in the batch a positive) and ``softmax`` (:class:`CosineSoftmaxLoss`, a mar
 learnable proxy per class, started at the base encoder's class centroids).
 
 Model selection: a kNN evaluator (similarity-weighted vote of the nearest training texts, texts
-embedded the way the service embeds them: sentence chunks, averaged) scores the validation texts at
-every evaluation; the trainer keeps the best checkpoint and stops early when it stops improving.
+embedded the way the service embeds them: sentence chunks, averaged; k and temperature the best of the
+fusion's grid, as the service would tune them) scores the validation texts at every evaluation; the
+trainer keeps the best checkpoint and stops early when it stops improving.
 
 Everything runs on CPU. ``bf16`` trains under bfloat16 autocast (master weights stay float32); by default it
 is on where the CPU computes bfloat16 natively (1.7× faster per step on 128-token ads with AVX512-BF16) and off
@@ -22,6 +23,7 @@ where torch would emulate it (≥ 8× slower).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -38,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from indexing.embed import l2_normalise, native_bf16, resolve_model_path, split_chunks
+from models.fusion import KNN_TEMPERATURES, KS
 from models.knn import knn_vote
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,7 @@ class FinetuneConfig:
     max_seq_length: int | None = 128
     evals_per_epoch: int = 4  # kNN evaluations (and checkpoints) per epoch
     patience: int = 3  # evaluations without improvement before stopping early
-    knn_k: int = 10
-    knn_temperature: float = 0.05
+    knn_grid: tuple[tuple[int, float], ...] = tuple(itertools.product(KS, KNN_TEMPERATURES))  # the fusion's grid
     max_eval_reference: int = 25000  # training texts the kNN evaluator votes with (the service votes with all)
     max_eval_queries: int = 1500  # validation texts it scores
     chunking: bool = True  # evaluate as the service embeds: mean of sentence-chunk embeddings
@@ -301,23 +303,23 @@ def encode_texts(
     return l2_normalise(out)
 
 
-def knn_accuracy(
+def knn_predictions(
     ref: np.ndarray,
     ref_y: np.ndarray,
     query: np.ndarray,
-    query_y: np.ndarray,
     n_classes: int,
-    k: int,
-    temperature: float,
-) -> np.ndarray:
-    """Predicted class per query (similarity-weighted vote of its ``k`` nearest references)."""
+    grid: Sequence[tuple[int, float]],
+) -> dict[tuple[int, float], np.ndarray]:
+    """Predicted class per query for every ``(k, temperature)`` in ``grid``: a similarity-weighted vote of
+    its ``k`` nearest references (found once, for the largest ``k``)."""
     sims = query @ ref.T
-    k = min(k, ref.shape[0])
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    k_max = min(max(k for k, _ in grid), ref.shape[0])
+    top = np.argpartition(-sims, k_max - 1, axis=1)[:, :k_max]
     top_s = np.take_along_axis(sims, top, axis=1)
     order = np.argsort(-top_s, axis=1)
     top, top_s = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_s, order, axis=1)
-    return knn_vote(ref_y[top], top_s, n_classes, temperature=temperature).argmax(1)
+    labels = ref_y[top]
+    return {(k, t): knn_vote(labels, top_s, n_classes, k=min(k, k_max), temperature=t).argmax(1) for k, t in grid}
 
 
 def _per_class_cap(y: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
@@ -379,10 +381,17 @@ def make_knn_evaluator(
             t0 = time.perf_counter()
             ref = encode_texts(model, refs, chunking=cfg.chunking, bf16=_eval_bf16(cfg))
             query = encode_texts(model, queries, chunking=cfg.chunking, bf16=_eval_bf16(cfg))
-            pred = knn_accuracy(ref, refs_y, query, queries_y, n_classes, cfg.knn_k, cfg.knn_temperature)
-            metrics = {"knn_accuracy": float(np.mean(pred == queries_y))}
+            # The service tunes k and the vote's temperature for each encoder, so a checkpoint is scored with
+            # its best setting from the same grid: a fixed one would reward changes that tuning gets anyway.
+            preds = knn_predictions(ref, refs_y, query, n_classes, cfg.knn_grid)
+            truth = queries_y if coarse_of is None else coarse_of[queries_y]  # what selection is on
+            (k, t), pred = max(
+                preds.items(),
+                key=lambda kv: (float(np.mean((kv[1] if coarse_of is None else coarse_of[kv[1]]) == truth)), -kv[0][0]),
+            )
+            metrics = {"knn_accuracy": float(np.mean(pred == queries_y)), "knn_k": float(k), "knn_temperature": t}
             if coarse_of is not None:
-                metrics["knn_coarse_accuracy"] = float(np.mean(coarse_of[pred] == coarse_of[queries_y]))
+                metrics["knn_coarse_accuracy"] = float(np.mean(coarse_of[pred] == truth))
             self.history.append({**metrics, "steps": float(max(steps, 0)), "seconds": time.perf_counter() - t0})
             log.info("kNN evaluation at step %s: %s", steps, metrics)
             metrics = self.prefix_name_to_metrics(metrics, self.name)

@@ -17,7 +17,7 @@ from indexing.finetune import (
     SupConLoss,
     build_triplets,
     class_centroids,
-    knn_accuracy,
+    knn_predictions,
     labelled_data_hash,
 )
 from models.registry import EncoderRegistry, ModelRegistry, RegistryError
@@ -200,8 +200,20 @@ def test_knn_prediction_follows_the_nearest_labelled_texts() -> None:
     ref = np.eye(3, dtype=np.float32)[[0, 0, 1, 1, 2, 2]]
     ref_y = np.array([0, 0, 1, 1, 2, 2])
     query = np.array([[0.9, 0.1, 0], [0, 0.2, 0.9]], dtype=np.float32)
-    pred = knn_accuracy(ref, ref_y, query, np.array([0, 2]), 3, k=2, temperature=0.05)
-    assert pred.tolist() == [0, 2]
+    preds = knn_predictions(ref, ref_y, query, 3, [(2, 0.05)])
+    assert preds[(2, 0.05)].tolist() == [0, 2]
+
+
+def test_knn_predictions_cover_the_grid_from_one_neighbour_search() -> None:
+    # one reference of class 1 right next to the query, three of class 0 a little further away
+    ref = np.array([[1.0, 0.0], [0.8, 0.6], [0.8, 0.6], [0.8, 0.6]], dtype=np.float32)
+    ref_y = np.array([1, 0, 0, 0])
+    query = np.array([[1.0, 0.0]], dtype=np.float32)
+    preds = knn_predictions(ref, ref_y, query, 2, [(1, 0.05), (4, 1.0), (4, 0.01), (50, 1.0)])
+    assert preds[(1, 0.05)].tolist() == [1]  # the nearest alone
+    assert preds[(4, 1.0)].tolist() == [0]  # a flat vote of four: the majority
+    assert preds[(4, 0.01)].tolist() == [1]  # a sharp vote: the nearest dominates
+    assert preds[(50, 1.0)].tolist() == [0]  # k beyond the references is capped
 
 
 # ---- encoder registry -------------------------------------------------------------------------
