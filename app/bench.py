@@ -41,7 +41,14 @@ from models.metrics import (
     plot_confusion,
     summary,
 )
-from models.training import neighbour_arrays, refit_head, stratified_split, train_classifier
+from models.training import (
+    CROSSFIT_FOLDS,
+    TrainReport,
+    neighbour_arrays,
+    refit_head,
+    stratified_split,
+    train_classifier,
+)
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
@@ -158,6 +165,31 @@ def _neighbours(labels: Sequence[str], nb_labels: np.ndarray, nb_scores: np.ndar
     ]
 
 
+def _classifier(
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_va: np.ndarray,
+    y_va: np.ndarray,
+    labels: list[str],
+    cfg: BenchConfig,
+    *,
+    crossfit: int = CROSSFIT_FOLDS,
+) -> tuple[FusedClassifier, TrainReport]:
+    """Head, kNN and fusion fitted on the training split and scored on the validation split (with
+    ``crossfit=0`` also early-stopped and tuned on it), not refit: the caller refits on both."""
+    return train_classifier(
+        x_tr,
+        y_tr,
+        labels,
+        x_val=x_va,
+        y_val=y_va,
+        seed=cfg.seed,
+        abstain_threshold=cfg.abstain_threshold,
+        refit=False,
+        crossfit=crossfit,
+    )
+
+
 def _fit_all(
     x_tr: np.ndarray,
     y_tr: np.ndarray,
@@ -188,18 +220,9 @@ def _fit_all(
     out.params["tfidf_lr"] = {"C": best_c, "fit_seconds": round(time.perf_counter() - t0, 2)}
     say(f"  tfidf_lr fitted (C={best_c}) in {time.perf_counter() - t0:.1f}s")
 
-    # Head + kNN + fusion, tuned on validation.
+    # Head + kNN + fusion: epochs and fusion cross-validated on the training split, scored on validation.
     t0 = time.perf_counter()
-    clf_tr, report = train_classifier(
-        x_tr,
-        y_tr,
-        labels,
-        x_val=x_va,
-        y_val=y_va,
-        seed=cfg.seed,
-        abstain_threshold=cfg.abstain_threshold,
-        refit=False,
-    )
+    clf_tr, report = _classifier(x_tr, y_tr, x_va, y_va, labels, cfg)
     params = clf_tr.params
     nb_l, nb_s = neighbour_arrays(x_va, x_tr, y_tr)
     p_fused_va = clf_tr.predict_proba(x_va, _neighbours(labels, nb_l, nb_s))
@@ -382,7 +405,7 @@ def _fine_level(
     fine_labels = sorted(set(train.fine) | set(val.fine))
     index = {lab: i for i, lab in enumerate(fine_labels)}
     y_tr, y_va, y_te = (_indices(s.fine or [], index) for s in (train, val, test))
-    clf, report = train_classifier(x_tr, y_tr, fine_labels, x_val=x_va, y_val=y_va, seed=cfg.seed, refit=False)
+    clf, report = _classifier(x_tr, y_tr, x_va, y_va, fine_labels, cfg)
     x_all, y_all = np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va])
     clf = refit_head(clf, x_all, y_all, report.best_epoch)
     nb_l, nb_s = neighbour_arrays(x_te, x_all, y_all)
@@ -596,17 +619,7 @@ def run_finetune_rows(
     # The encoder has now been trained on x_tr's texts: out-of-fold predictions over them would flatter both
     # the head and the kNN (their classes were pulled together), so the head stops early and the fusion is
     # tuned on the validation split, which the encoder never took a gradient from — as a new vacancy.
-    clf_tr, report = train_classifier(
-        x_tr,
-        y_tr,
-        labels,
-        x_val=x_va,
-        y_val=y_va,
-        seed=cfg.seed,
-        abstain_threshold=cfg.abstain_threshold,
-        refit=False,
-        crossfit=0,
-    )
+    clf_tr, report = _classifier(x_tr, y_tr, x_va, y_va, labels, cfg, crossfit=0)
     x_all, y_all = np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va])
     clf = refit_head(clf_tr, x_all, y_all, report.best_epoch)
     nb_l, nb_s = neighbour_arrays(x_te, x_all, y_all)

@@ -52,7 +52,7 @@ from indexing.cache import encode_cached
 from indexing.embed import Encoder, SentenceEmbedder
 from models.classifier import FusedClassifier
 from models.registry import EncoderRegistry, RegistryError
-from models.training import TrainReport, evaluate, holdout_split, stratified_split, train_classifier
+from models.training import TrainReport, evaluate, holdout_split, stratified_split
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
@@ -482,18 +482,7 @@ def _challenger_head(
     if len(seen) < 2 or len(unseen) == 0 or len(np.unique(y[seen])) < 2:
         return train_on_holdout(runtime, x, y, labels, tr, va)
     say(f"tuning the challenger's fusion on {len(unseen)} training rows the new encoder never trained on")
-    settings = runtime.settings
-    classifier, report = train_classifier(
-        x[seen],
-        y[seen],
-        labels,
-        x_val=x[unseen],
-        y_val=y[unseen],
-        seed=settings.seed,
-        abstain_threshold=settings.abstain_threshold,
-        refit=True,  # on seen + unseen: every training row, as the champion's head
-        crossfit=0,
-    )
+    classifier, report = train_on_holdout(runtime, x, y, labels, seen, unseen, tune_on_va=True)
     report.metrics["fusion_tuning"] = {"on": "rows_the_encoder_did_not_train_on", "n": len(unseen)}
     return classifier, report
 

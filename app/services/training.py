@@ -202,9 +202,20 @@ def _fit(runtime: Runtime, session: Session, *, show_progress: bool = False, pro
 
 
 def train_on_holdout(
-    runtime: Runtime, x: np.ndarray, y: np.ndarray, labels: Sequence[str], tr: np.ndarray, va: np.ndarray
+    runtime: Runtime,
+    x: np.ndarray,
+    y: np.ndarray,
+    labels: Sequence[str],
+    tr: np.ndarray,
+    va: np.ndarray,
+    *,
+    tune_on_va: bool = False,
 ) -> tuple[FusedClassifier, TrainReport]:
-    """A head (and fusion) trained on ``tr`` with the service's settings, validated on the hold-out ``va``."""
+    """A head (and fusion) trained on ``tr`` with the service's settings, validated on the hold-out ``va``.
+
+    ``tune_on_va``: early-stop the head and tune the fusion on ``va`` instead of cross-validating on ``tr``,
+    then refit the head on ``tr`` + ``va`` (for vectors from an encoder fine-tuned on ``tr``, where
+    out-of-fold predictions over ``tr`` flatter; ``va`` is then not a hold-out for comparisons)."""
     settings = runtime.settings
     return train_classifier(
         x[tr],
@@ -214,8 +225,9 @@ def train_on_holdout(
         y_val=y[va],
         seed=settings.seed,
         abstain_threshold=settings.abstain_threshold,
-        refit=False,  # the hold-out stays unseen by every version: comparisons between versions are fair
-        crossfit=settings.fusion_crossfit,
+        # by default the hold-out stays unseen by every version: comparisons between versions are fair
+        refit=tune_on_va,
+        crossfit=0 if tune_on_va else settings.fusion_crossfit,
     )
 
 
