@@ -352,7 +352,9 @@ def bench(
         )
         test_split = load_split(test, settings.clean_max_chars)
         try:
-            ft = run_finetune_rows(tr, va, test_split, encoder, cfg, ft_cfg, typer.echo, fine_labels=ft_fine_labels)
+            ft = run_finetune_rows(
+                tr, va, test_split, encoder, cfg, ft_cfg, typer.echo, fine_labels=ft_fine_labels, cache=cache
+            )
         except ValueError as exc:
             raise _fail(exc) from exc
         result["methods"].update(ft["methods"])

@@ -127,11 +127,12 @@ def test_bench_finetune_adds_the_fine_tuned_rows(tmp_path: Path, monkeypatch: py
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(FT_METHODS) <= set(metrics["methods"])
     assert metrics["methods"]["ft_fused"]["accuracy"] >= 0.8  # three well-separated categories
+    assert metrics["methods"]["fused_holdout"]["accuracy"] >= 0.8  # the frozen encoder under the ft protocol
     ft = metrics["finetune"]
     assert ft["params"]["objective"] == "softmax" and ft["steps"] >= 1 and ft["texts_per_s"] > 0
     report = (out / "report.md").read_text()
     assert "## Fine-tuned encoder" in report and "softmax objective" in report and "| ft_fused |" in report
-    assert "ft_fused − fused:" in report
+    assert "ft_fused − fused:" in report and "ft_fused − fused_holdout:" in report
 
     fine = CliRunner().invoke(cli, [*args, "--ft-fine-labels"])
     assert fine.exit_code == 1 and "label_fine" in fine.output  # clear error, no traceback
