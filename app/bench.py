@@ -432,8 +432,11 @@ def run_cv(
     cache: EmbeddingCache | None,
     cfg: BenchConfig,
     say: Say = log.info,
+    extra_rows: Callable[[Split, Split, BenchConfig], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """k-fold cross-validation for small datasets: every row is scored once, by a model that never saw it."""
+    """k-fold cross-validation for small datasets: every row is scored once, by a model that never saw it.
+    ``extra_rows(train, test, cfg)`` adds methods per fold (``bench --finetune``: the fine-tuned rows, with the
+    encoder fine-tuned on each fold's training part); its ``finetune`` record is kept per fold."""
     labels = sorted(set(pool.labels))
     y = _indices(pool.labels, {lab: i for i, lab in enumerate(labels)})
     rng = np.random.default_rng(cfg.seed)
@@ -442,22 +445,22 @@ def run_cv(
         members = rng.permutation(np.flatnonzero(y == cls))
         fold_of[members] = np.arange(len(members)) % folds
     per_method: dict[str, list[tuple[float, float]]] = {}
+    finetune_runs: list[dict[str, Any]] = []
     for fold in range(folds):
         sub = BenchConfig(**{**cfg.__dict__, "name": f"{cfg.name}/fold{fold}", "timing": False})
-        res = run_bench(
-            pool.take(np.flatnonzero(fold_of != fold)),
-            None,
-            pool.take(np.flatnonzero(fold_of == fold)),
-            encoder,
-            cache,
-            sub,
-            say,
-        )
-        for name, scores in res["methods"].items():
+        train, test = pool.take(np.flatnonzero(fold_of != fold)), pool.take(np.flatnonzero(fold_of == fold))
+        methods = run_bench(train, None, test, encoder, cache, sub, say)["methods"]
+        if extra_rows is not None:
+            extra = extra_rows(train, test, sub)
+            methods = {**methods, **extra["methods"]}
+            if "finetune" in extra:
+                finetune_runs.append(extra["finetune"])
+        for name, scores in methods.items():
             per_method.setdefault(name, []).append((scores["accuracy"], scores["macro_f1"]))
     return {
         "folds": folds,
         "n": len(pool),
+        **({"finetune": finetune_runs} if finetune_runs else {}),
         "methods": {
             name: {
                 "accuracy_mean": float(np.mean([a for a, _ in vals])),

@@ -326,37 +326,51 @@ def bench(
     cfg = BenchConfig(name=name or train.parent.name, abstain_threshold=settings.abstain_threshold, timing=timing)
     tr = load_split(train, settings.clean_max_chars)
     va = load_split(val, settings.clean_max_chars) if val else None
+    ft_rows = None
+    if finetune:
+        from app.bench import run_finetune_rows
+        from indexing.finetune import FinetuneConfig
+
+        def ft_rows(
+            train_split: Split, test_split: Split, bench_cfg: BenchConfig, val_split: Split | None = None
+        ) -> Any:
+            ft_cfg = FinetuneConfig(
+                objective=objective,
+                epochs=ft_epochs,
+                max_pairs_per_class=ft_max_pairs,
+                batch_size=ft_batch_size,
+                learning_rate=ft_learning_rate,
+                seed=bench_cfg.seed,
+            )
+            try:
+                return run_finetune_rows(
+                    train_split,
+                    val_split,
+                    test_split,
+                    encoder,
+                    bench_cfg,
+                    ft_cfg,
+                    typer.echo,
+                    fine_labels=ft_fine_labels,
+                    cache=cache,
+                )
+            except ValueError as exc:
+                raise _fail(exc) from exc
+
     result: dict[str, Any] = {}
     if test is not None:
         result = run_bench(tr, va, load_split(test, settings.clean_max_chars), encoder, cache, cfg, typer.echo)
     if folds >= 2:
         pool = Split.concat(tr, va) if va else tr
-        cv = run_cv(pool, folds, encoder, cache, cfg, typer.echo)
+        cv = run_cv(pool, folds, encoder, cache, cfg, typer.echo, extra_rows=ft_rows)
         if not result:
             typer.echo(json.dumps(cv, indent=2))
             (out / "cv.json").parent.mkdir(parents=True, exist_ok=True)
             (out / "cv.json").write_text(json.dumps(cv, indent=2))
             return
         result["cv"] = cv
-    if finetune and test is not None:
-        from app.bench import run_finetune_rows
-        from indexing.finetune import FinetuneConfig
-
-        ft_cfg = FinetuneConfig(
-            objective=objective,
-            epochs=ft_epochs,
-            max_pairs_per_class=ft_max_pairs,
-            batch_size=ft_batch_size,
-            learning_rate=ft_learning_rate,
-            seed=cfg.seed,
-        )
-        test_split = load_split(test, settings.clean_max_chars)
-        try:
-            ft = run_finetune_rows(
-                tr, va, test_split, encoder, cfg, ft_cfg, typer.echo, fine_labels=ft_fine_labels, cache=cache
-            )
-        except ValueError as exc:
-            raise _fail(exc) from exc
+    if ft_rows is not None and test is not None:
+        ft = ft_rows(tr, load_split(test, settings.clean_max_chars), cfg, va)
         result["methods"].update(ft["methods"])
         result["finetune"] = ft["finetune"]
     write_outputs(result, out)

@@ -137,6 +137,17 @@ def test_bench_finetune_adds_the_fine_tuned_rows(tmp_path: Path, monkeypatch: py
     fine = CliRunner().invoke(cli, [*args, "--ft-fine-labels"])
     assert fine.exit_code == 1 and "label_fine" in fine.output  # clear error, no traceback
 
+    # Cross-validation fine-tunes once per fold, on that fold's training part, and averages the ft rows.
+    cv_out = tmp_path / "cv"
+    cv_args = ["bench", "--train", str(tmp_path / "train.csv"), "--folds", "2", "--out", str(cv_out), "--finetune"]
+    cv_args += ["--ft-objective", "softmax", "--ft-epochs", "1", "--ft-batch-size", "8"]
+    result = CliRunner().invoke(cli, cv_args)
+    get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    cv = json.loads((cv_out / "cv.json").read_text())
+    assert set(FT_METHODS) <= set(cv["methods"]) and cv["methods"]["ft_fused"]["accuracy_mean"] >= 0.7
+    assert [run["n_train_texts"] for run in cv["finetune"]] == [10, 10]  # 12 per fold, 2 carved out for tuning
+
 
 def test_target_checks_against_hand_computed_margins() -> None:
     def row(acc: float, f1: float) -> dict[str, float]:
