@@ -284,6 +284,8 @@ def test_terminated_connections_are_replaced_without_a_restart(seeded_state: tup
 
 
 # ---- the vector store goes away -----------------------------------------------------------------
+# qdrant-client warns that it cannot read the version of a server that is down: that is the point here.
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version:UserWarning")
 def test_vector_store_unreachable_head_answers_search_503(
     seeded_state: tuple[Settings, QdrantClient], tmp_path: Path
 ) -> None:
