@@ -604,6 +604,16 @@ def _holdout_rows(
     return probs, clf
 
 
+def finetune_targets(train: Split, val: Split, fine_labels: bool) -> tuple[list[str], list[str], dict[str, str] | None]:
+    """The labels the encoder is fine-tuned on (training, validation) and, for fine labels, the fine → coarse
+    map that model selection scores through."""
+    if not fine_labels:
+        return train.labels, val.labels, None
+    if train.fine is None or val.fine is None:
+        raise ValueError("fine-tuning on fine labels needs a label_fine column")
+    return train.fine, val.fine, dict(zip(train.fine + val.fine, train.labels + val.labels, strict=True))
+
+
 def run_finetune_rows(
     train: Split,
     val: Split | None,
@@ -637,12 +647,7 @@ def run_finetune_rows(
     ft_cfg.chunking = getattr(encoder, "chunking", "sentences") == "sentences"
     with tempfile.TemporaryDirectory(prefix="jobclass-ft-", dir=workdir) as tmp:
         say(f"[{cfg.name}] fine-tuning {encoder.name} on {len(train)} texts")
-        tr_labels, va_labels, coarse = train.labels, val.labels, None
-        if fine_labels:
-            if train.fine is None or val.fine is None:
-                raise ValueError("fine-tuning on fine labels needs a label_fine column")
-            tr_labels, va_labels = train.fine, val.fine
-            coarse = dict(zip(train.fine + val.fine, train.labels + val.labels, strict=True))
+        tr_labels, va_labels, coarse = finetune_targets(train, val, fine_labels)
         ft = finetune(
             encoder.name, train.texts, tr_labels, val.texts, va_labels, Path(tmp), ft_cfg, coarse=coarse, say=say
         )

@@ -24,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from app.bench import BenchConfig, _holdout_rows, _indices, _score, _with_tuning_split, load_split
+from app.bench import (
+    BenchConfig,
+    _holdout_rows,
+    _indices,
+    _score,
+    _with_tuning_split,
+    finetune_targets,
+    load_split,
+)
 from app.cli import _bench_encoder
 from app.settings import get_settings
 from indexing.embed import SentenceEmbedder
@@ -50,11 +58,7 @@ def main(dataset: str, objective: str, epochs: float, level: str, learning_rate:
             learning_rate=learning_rate,
             seed=cfg.seed,
         )
-        tr_labels, va_labels, coarse = train.labels, val.labels, None
-        if level == "fine":
-            assert train.fine is not None and val.fine is not None
-            tr_labels, va_labels = train.fine, val.fine
-            coarse = dict(zip(train.fine + val.fine, train.labels + val.labels, strict=True))
+        tr_labels, va_labels, coarse = finetune_targets(train, val, level == "fine")
         finetune(encoder.name, train.texts, tr_labels, val.texts, va_labels, work, ft_cfg, coarse=coarse, say=print)
     base, tuned = load_model(encoder.name).state_dict(), load_model(str(work)).state_dict()
     y_tr, y_va, y_te = (_indices(s.labels, index) for s in (train, val, test))
