@@ -270,17 +270,10 @@ def serve(
 
 
 def _bench_encoder(settings: Settings) -> tuple[Any, Any]:
+    from app.encoders import load_encoder
     from indexing.cache import EmbeddingCache
-    from indexing.embed import SentenceEmbedder
 
-    encoder = SentenceEmbedder(
-        settings.embedding_model,
-        prefix=settings.embedding_prefix,
-        dtype=settings.embedding_dtype,
-        batch_size=settings.embedding_batch_size,
-        chunking=settings.embedding_chunking,
-    )
-    return encoder, EmbeddingCache(settings.cache_path)
+    return load_encoder(settings), EmbeddingCache(settings.cache_path)
 
 
 @cli.command()
@@ -316,7 +309,8 @@ def bench(
     if extract:
         _bench_extract(train, out, test, name, extractor)
         return
-    from app.bench import METHOD_ORDER, BenchConfig, Split, load_split, run_bench, run_cv, write_outputs
+    from app.bench import METHOD_ORDER, BenchConfig, run_bench, run_cv, write_outputs
+    from app.services.dataset import Split, load_split
 
     if test is None and folds < 2:
         raise _fail(ValueError("give --test, or --folds K (K >= 2) for cross-validation"))
@@ -448,8 +442,6 @@ def bench_all(
     from app.bench import (
         METHOD_ORDER,
         BenchConfig,
-        Split,
-        load_split,
         markdown_report,
         run_bench,
         run_cv,
@@ -457,6 +449,7 @@ def bench_all(
         targets_markdown,
         write_outputs,
     )
+    from app.services.dataset import Split, load_split
 
     settings = get_settings()
     encoder, cache = _bench_encoder(settings)

@@ -91,7 +91,7 @@ def finetune_command(
 ) -> None:
     """Contrastive fine-tuning (label-aware MultipleNegativesRankingLoss on anchor/positive/hard-negative
     triplets), early-stopped on validation kNN accuracy; progress bar with ETA."""
-    from app.bench import load_split
+    from app.services.dataset import load_split
     from indexing.finetune import finetune
     from models.registry import EncoderRegistry
 
@@ -162,8 +162,8 @@ def upgrade_encoder_command(
 ) -> None:
     """Fine-tune the encoder, reindex into a new collection, train a head on it, compare with the champion
     on the hold-out; swap encoder + alias + model together, or discard the candidate."""
-    from app.bench import load_split
     from app.cli import _progress_bar, _runtime
+    from app.services.dataset import load_split
     from app.services.encoder_upgrade import LabelledTexts, sentence_transformers_finetune, upgrade_encoder
 
     settings = get_settings()

@@ -18,12 +18,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.batching import MicroBatchingEncoder
 from app.db import make_engine, make_session_factory
+from app.encoders import load_encoder
 from app.errors import Unavailable
 from app.services.jobs import JobRegistry
 from app.settings import Settings
 from app.taxonomy import Taxonomy
 from indexing.cache import EmbeddingCache
-from indexing.embed import Encoder, SentenceEmbedder
+from indexing.embed import Encoder
 from indexing.extract import ExtractingEncoder, Extractor, ExtractorError, TextExtractor, parse_labels
 from indexing.store import VectorStore, connect
 from models.classifier import FusedClassifier
@@ -86,15 +87,7 @@ class Runtime:
                 if self._encoder is None:
                     s = self.settings
                     log.info("loading embedding model %s (%s)", s.embedding_model, s.embedding_dtype)
-                    self._encoder = self._batched(
-                        SentenceEmbedder(
-                            s.embedding_model,
-                            prefix=s.embedding_prefix,
-                            dtype=s.embedding_dtype,
-                            batch_size=s.embedding_batch_size,
-                            chunking=s.embedding_chunking,
-                        )
-                    )
+                    self._encoder = self._batched(load_encoder(s))
         return self._encoder if not self.settings.extractor_model else self._extracting_encoder(self._encoder)
 
     # ---- extractor (GLiNER): embed "title: …; skills: …; tasks: …" and scrub person names ----

@@ -34,6 +34,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.db import ModelVersion, Vacancy, utcnow
+from app.encoders import load_encoder
 from app.errors import Conflict, InvalidInput
 from app.runtime import Runtime
 from app.services.index import CATCH_UP_SLACK, _labelled_since, to_points
@@ -49,7 +50,7 @@ from app.services.training import (
 from app.services.vacancies import labelled_vacancies
 from app.settings import Settings
 from indexing.cache import encode_cached
-from indexing.embed import Encoder, SentenceEmbedder
+from indexing.embed import Encoder
 from models.classifier import FusedClassifier
 from models.registry import EncoderRegistry, RegistryError
 from models.training import TrainReport, evaluate, holdout_split, stratified_split
@@ -92,13 +93,7 @@ class UpgradeResult:
 
 
 def load_sentence_embedder(settings: Settings) -> Encoder:
-    return SentenceEmbedder(
-        settings.embedding_model,
-        prefix=settings.embedding_prefix,
-        dtype=settings.embedding_dtype,
-        batch_size=settings.embedding_batch_size,
-        chunking=settings.embedding_chunking,
-    )
+    return load_encoder(settings)
 
 
 def sentence_transformers_finetune(cfg: Any = None, say: Say = log.info) -> FinetuneFn:

@@ -31,9 +31,9 @@ from app.bench import (
     _score,
     _with_tuning_split,
     finetune_targets,
-    load_split,
 )
 from app.cli import _bench_encoder
+from app.services.dataset import load_split
 from app.settings import get_settings
 from indexing.embed import SentenceEmbedder
 from indexing.finetune import FinetuneConfig, finetune, load_model
