@@ -206,6 +206,20 @@ def test_unmatched_paths_share_one_route_label(bare_client: TestClient) -> None:
     assert not any("/nope" in dict(labels).get("route", "") for _, labels in found)
 
 
+def test_made_up_methods_share_one_method_label(bare_client: TestClient) -> None:
+    methods = [f"X{i:03d}" for i in range(20)]
+    for method in methods:
+        assert bare_client.request(method, "/v1/taxonomy").status_code < 500
+    found = samples(bare_client)
+    seen = {dict(labels).get("method") for name, labels in found if name == "jobclass_http_requests_total"}
+    assert seen <= {"GET", "POST", "OTHER"}
+    assert sum(
+        v
+        for (name, labels), v in found.items()
+        if dict(labels).get("method") == "OTHER" and name == "jobclass_http_requests_total"
+    ) == len(methods)
+
+
 # ---- request ids and the access log ----------------------------------------------------------
 def test_request_id_is_echoed_or_made(bare_client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
     client = bare_client
