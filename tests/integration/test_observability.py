@@ -220,7 +220,22 @@ def test_made_up_methods_share_one_method_label(bare_client: TestClient) -> None
     ) == len(methods)
 
 
-# ---- request ids and the access log ----------------------------------------------------------
+# ---- request ids and the access log ----
+def test_migrating_keeps_the_json_log_handler(tmp_path: Path) -> None:
+    from app.db import migrate
+    from app.observability import JsonFormatter, configure_json_logging
+
+    root = logging.getLogger()
+    saved, level = list(root.handlers), root.level
+    try:
+        configure_json_logging()
+        migrate(f"sqlite:///{tmp_path / 'm.db'}")
+        assert [type(h.formatter) for h in root.handlers] == [JsonFormatter]
+    finally:
+        root.handlers[:] = saved
+        root.setLevel(level)
+
+
 def test_request_id_is_echoed_or_made(bare_client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
     client = bare_client
     with caplog.at_level(logging.INFO, logger="jobclass.access"):
