@@ -6,13 +6,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.compress import Variant
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
+
+
+MIN_TOKEN_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -88,6 +91,21 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("admin_token", "api_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """A token that is set must be one: an empty JOBCLASS_ADMIN_TOKEN left every admin route open."""
+        if value is None:
+            return None
+        length = len(value.get_secret_value().strip())
+        if length < MIN_TOKEN_CHARS:
+            name = f"JOBCLASS_{(info.field_name or '').upper()}"
+            raise ValueError(
+                f"{name} is set but has {length} characters: use at least {MIN_TOKEN_CHARS} "
+                f"(e.g. `openssl rand -hex 24`), or unset it"
+            )
+        return value
 
     @field_validator("extractor_labels")
     @classmethod
