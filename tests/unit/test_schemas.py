@@ -12,8 +12,9 @@ from app import schemas
 
 def _request_models() -> list[type[BaseModel]]:
     found: list[type[BaseModel]] = []
-    stack: list[type] = [schemas._In]
+    stack: list[type[BaseModel]] = [schemas._In]
     while stack:
+        sub: type[BaseModel]
         for sub in stack.pop().__subclasses__():
             found.append(sub)
             stack.append(sub)
