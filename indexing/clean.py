@@ -105,13 +105,20 @@ _BOILERPLATE = re.compile(
     r"applications? (?:must|should|will) be\b|we look forward to (?:hearing from you|receiving your application)|"
     r"ansøgningsfrist\b|send (?:os )?din ansøgning\b|søg (?:stillingen|jobbet)\b|ansøg (?:her|nu|via)\b|"
     r"vi glæder os til at (?:høre fra dig|modtage din ansøgning)|"
+    r"søg via (?:linket|knappen)\b|samtaler (?:afholdes|forventes|holdes)\b|tiltrædelse\b|"
+    r"ansøgning(?:en)?\s*:?\s*$|kontakt(?:person)?\s*:?\s*$|"
+    # Danish employment terms and boilerplate (overenskomst, attester, the equal-opportunity line)
+    r"løn[- ]? og ansættelses(?:forhold|vilkår)\b|ansættelses(?:forhold|vilkår)\b|"
+    r"løn(?:nen)? (?:og ansættelse )?(?:efter|i henhold til|jf\.)\b|ansættelse(?:n)? sker (?:i henhold til|efter)\b|"
+    r"stillingen er omfattet af\b|vi indhenter (?:børneattest|straffeattest|børne- og straffeattest)|"
+    r"(?:der )?(?:vil )?(?:blive )?indhentet (?:børne|straffe)attest|alle interesserede uanset\b|"
     # company presentation
     r"about (?:us|the company)\b|who we are\b|om (?:os|virksomheden)\b|"
     # benefits
     r"we offer\b|what we offer\b|vi tilbyder\b|"
     # contact and further information
     r"(?:for )?(?:further|more) information\b|questions\?|if you have (?:any )?questions\b|"
-    r"har du spørgsmål\b|yderligere oplysninger\b|"
+    r"har du spørgsmål\b|yderligere (?:oplysninger|information)\b|vil du vide mere\b|"
     # legal text
     r"(?:we are )?an? equal opportunit|privacy policy\b|all rights reserved\b|©|cookies?\b|"
     r"we (?:encourage|welcome) (?:all|applications from all)\b|vi opfordrer alle\b"

@@ -127,6 +127,23 @@ def test_boilerplate_lines_are_dropped_and_the_job_stays() -> None:
     assert clean_text(raw) == "Nurse for the cardiology ward\nYou will observe patients and administer medication."
 
 
+def test_danish_jobnet_boilerplate_is_dropped_and_the_job_stays() -> None:
+    raw = (
+        "<h3>Tømrer til tagarbejde</h3><p><strong>Dine opgaver</strong></p><ul><li>Tagrenovering</li></ul>"
+        "<p>Vi forventer</p><ul><li>Svendebrev og B-kørekort</li></ul>"
+        "<p>Løn- og ansættelsesforhold</p><p>Løn efter gældende overenskomst mellem Dansk Byggeri og 3F.</p>"
+        "<p>Ansættelse sker i henhold til overenskomst mellem KL og FOA.</p><p>Vi indhenter børneattest.</p>"
+        "<p>Alle interesserede uanset alder, køn, race, religion eller etnisk tilhørsforhold opfordres til at søge.</p>"
+        "<p>Tiltrædelse: 1. februar 2027</p><p>Ansøgning</p><p>Samtaler afholdes løbende. Søg via linket.</p>"
+    )
+    assert (
+        clean_text(raw)
+        == "Tømrer til tagarbejde\nDine opgaver\n- Tagrenovering\nVi forventer\n- Svendebrev og B-kørekort"
+    )
+    kept = "Lønnen er god, og du får ansøgninger fra kunder til vurdering.\nKontakt med kunder hver dag."
+    assert clean_text(kept) == kept  # a line merely starting with those words stays
+
+
 def test_boilerplate_rules_are_conservative() -> None:
     # A sentence that mentions benefits or applying in the middle of a line is job content and stays.
     text = "The nurse will apply wound dressings; we offer training in wound care."
