@@ -51,7 +51,10 @@ class Settings(BaseSettings):
 
     # Data
     taxonomy_path: Path = DATA_DIR / "taxonomy" / "jobnet_categories.csv"
-    sample_path: Path = DATA_DIR / "vacancies.csv"
+    # Labelled CSVs that `setup` ingests into an empty database (source "sample"): English and Danish ads.
+    sample_paths: list[Path] = [DATA_DIR / "vacancies.csv", DATA_DIR / "vacancies_da.csv"]
+    # A coding index of occupation titles ingested beside them (source "title"); none when unset.
+    titles_path: Path | None = DATA_DIR / "taxonomy" / "jobnet_titles_da.csv"
 
     # Classification
     head_variant: Variant = "fp32"
@@ -87,10 +90,15 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
-    @field_validator("taxonomy_path", "sample_path", "state_dir")
+    @field_validator("taxonomy_path", "state_dir", "titles_path")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
+
+    @field_validator("sample_paths")
+    @classmethod
+    def _absolute_all(cls, value: list[Path]) -> list[Path]:
+        return [p.expanduser().resolve() for p in value]
 
     @field_validator("admin_token", "api_token")
     @classmethod
