@@ -213,11 +213,12 @@ def test_drift_and_report_commands(runtime: Runtime, tmp_path: Path, monkeypatch
     from typer.testing import CliRunner
 
     import app.cli
+    import app.cli.common
 
     seed(runtime, tmp_path)
     predict_at(runtime, [t for _, t, _ in topic_texts(4, seed=5)], datetime(2026, 1, 20, tzinfo=UTC))
     monkeypatch.setattr(runtime, "close", lambda: None)  # the fixture closes it
-    monkeypatch.setattr(app.cli, "_offline_runtime", lambda: runtime)
+    monkeypatch.setattr(app.cli.common, "offline_runtime", lambda: runtime)
     runner = CliRunner()
 
     out = tmp_path / "drift"

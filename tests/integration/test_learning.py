@@ -214,7 +214,7 @@ def test_retrain_is_the_migration_path_to_a_new_embedder(
 def test_cli_retrain_and_models_activate(runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seed(runtime, tmp_path)
     first = runtime.model.version
-    monkeypatch.setattr("app.cli._runtime", lambda settings=None: runtime)
+    monkeypatch.setattr("app.cli.common.runtime", lambda settings=None: runtime)
     monkeypatch.setattr(runtime, "close", lambda: None)
     runner = CliRunner()
     done = runner.invoke(cli, ["retrain", "--margin", "1"])
@@ -226,7 +226,7 @@ def test_cli_retrain_and_models_activate(runtime: Runtime, tmp_path: Path, monke
     assert back.exit_code == 0, back.output
     assert f"active model: {first} (was {second})" in back.output and runtime.model.version == first
     unknown = runner.invoke(cli, ["models", "activate", "nope"])
-    assert unknown.exit_code == 1 and "unknown model version" in unknown.output
+    assert unknown.exit_code == 2 and "unknown model version" in unknown.output
 
 
 # ---- jobs ---------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ import pytest
 import uvicorn
 from qdrant_client import QdrantClient
 
+from app.bench.loadtest import percentile, run_loadtest, write_report
 from app.db import migrate
-from app.loadtest import percentile, run_loadtest, write_report
 from app.main import create_app
 from app.runtime import Runtime
 from tests.conftest import make_settings

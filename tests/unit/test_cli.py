@@ -1,6 +1,6 @@
-"""CLI ergonomics: `jobclass --help` lists every command with a one-line description, and errors a user
-can cause or fix are one line `error: …` with exit code 2 (bad input or configuration) or 1, never a
-traceback."""
+"""CLI ergonomics: `jobclass --help` lists every command with a one-line description, and the one error
+policy of `app.cli.common`: every error is one line `error: …`, never a traceback, with exit code 2 when the
+user can fix it (bad input, configuration, a missing file) and 1 otherwise."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
-from app.cli import cli
-from app.cli_errors import describe
+from app.cli import cli, common
+from app.cli.common import describe
 from app.db import migrate
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.settings import Settings, get_settings
 from indexing.store import StoreLockedError, connect
 
@@ -112,7 +112,7 @@ def test_invalid_settings_are_one_line(state: Path, monkeypatch: pytest.MonkeyPa
 def test_unknown_model_version_is_one_line(state: Path) -> None:
     migrate(f"sqlite:///{state / 'jobclass.db'}")
     result = runner.invoke(cli, ["models", "activate", "no-such-version"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "unknown model version 'no-such-version'" in one_error_line(result)
 
 
@@ -132,16 +132,71 @@ def test_locked_index_is_one_line(state: Path, backend: str, monkeypatch: pytest
 
 def test_known_errors_map_to_codes_and_bugs_do_not() -> None:
     assert describe(InvalidInput("bad")) == (2, "bad")
-    assert describe(NotFound("gone")) == (1, "gone")
-    assert describe(Conflict("busy")) == (1, "busy")
+    assert describe(NotFound("gone")) == (2, "gone")
+    assert describe(Conflict("busy")) == (2, "busy")
+    assert describe(Unavailable("no model")) == (1, "no model")
     assert describe(StoreLockedError("locked\nmore")) == (2, "locked")
     missing = describe(FileNotFoundError(2, "No such file or directory", "/nope.csv"))
-    assert missing == (1, "No such file or directory: /nope.csv")
+    assert missing == (2, "No such file or directory: /nope.csv")
     db = describe(OperationalError("SELECT 1", {}, Exception("connection refused\nDETAIL: x")))
     assert db is not None and db[0] == 1 and "connection refused" in db[1] and "DETAIL" not in db[1]
     with pytest.raises(ValidationError) as info:
         Settings(_env_file=None, search_k=0)
     invalid = describe(info.value)
     assert invalid is not None and invalid[0] == 2 and invalid[1].startswith("invalid configuration: JOBCLASS_SEARCH_K")
-    assert describe(ValueError("a bug")) is None  # unknown errors keep their traceback
-    assert describe(KeyError("x")) is None
+    assert describe(ValueError("a bug\nsecond line")) == (1, "a bug")  # anything else: 1, still one line
+    assert describe(RuntimeError()) == (1, "RuntimeError")
+
+
+# ---- the error policy, one test per exit class --------------------------------------------------
+def test_an_input_error_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def invalid(settings: Settings | None = None) -> Any:
+        raise InvalidInput("training needs labelled vacancies of at least two classes")
+
+    monkeypatch.setattr(common, "runtime", invalid)
+    for args in (["train"], ["drift", "--since", "yesterday-ish", "--out", "unused"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 2, result.output
+        one_error_line(result)
+
+
+def test_a_malformed_or_missing_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text("id,text\n1,a carpenter\n")  # no label column
+    args = ["finetune", "--train", str(tmp_path / "train.csv"), "--val", str(tmp_path / "train.csv")]
+    result = runner.invoke(cli, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "missing column(s) ['label']" in one_error_line(result)
+    missing = describe(FileNotFoundError(2, "No such file or directory", str(tmp_path / "gone.csv")))
+    assert missing[0] == 2
+
+
+def test_an_unexpected_error_exits_1_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(settings: Settings | None = None) -> Any:
+        raise RuntimeError("the unexpected\nwith a second line")
+
+    monkeypatch.setattr(common, "runtime", broken)
+    monkeypatch.delenv(common.TRACEBACK_ENV, raising=False)
+    result = runner.invoke(cli, ["reindex"])
+    assert result.exit_code == 1, result.output
+    assert one_error_line(result) == "error: the unexpected"
+    assert not isinstance(result.exception, RuntimeError)  # handled, not escaped
+
+    monkeypatch.setenv(common.TRACEBACK_ENV, "1")  # to debug: the exception escapes, traceback and all
+    result = runner.invoke(cli, ["reindex"])
+    assert isinstance(result.exception, RuntimeError)
+
+
+def test_deliberate_exits_and_usage_errors_pass_through() -> None:
+    demo = typer.Typer(cls=common.ErrorPolicy)
+
+    @demo.command()
+    def done(code: int) -> None:
+        raise typer.Exit(code)
+
+    @demo.command()
+    def other() -> None:
+        """A second command, so that DONE is a sub-command."""
+
+    assert runner.invoke(demo, ["done", "3"]).exit_code == 3
+    usage = runner.invoke(demo, ["done", "not-a-number"])
+    assert usage.exit_code == 2 and "error: " not in usage.output

@@ -7,7 +7,8 @@ Reproduces the "Fourth re-run" tables of docs/finetune.md:
 
 fine-tunes as ``jobclass bench --finetune`` does (same tuning split, same seed), then for each λ in LAMS
 (default 0,0.25,0.5,0.75,1) scores head, kNN and fusion of the encoder θ_base + λ·(θ_ft − θ_base) under the
-ft rows' protocol (``_holdout_rows``: head early-stopped and fusion tuned on the tuning split) on val.csv.
+ft rows' protocol (``app.bench.finetune_rows.holdout_rows``: head early-stopped and fusion tuned on the tuning
+split) on val.csv.
 λ = 0 is the frozen encoder under that protocol (the bench's ``fused_holdout``); λ = 1 is ``ft_fused``.
 It also prints the best convex blends of frozen and fine-tuned probabilities, with the weight picked on
 val.csv itself: an optimistic ceiling of mixing the two encoders, not a method.
@@ -24,15 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.bench import (
-    BenchConfig,
-    _holdout_rows,
-    _indices,
-    _score,
-    _with_tuning_split,
-    finetune_targets,
-)
-from app.cli import _bench_encoder
+from app.bench.accuracy import BenchConfig, indices, load_bench_encoder, score, with_tuning_split
+from app.bench.finetune_rows import finetune_targets, holdout_rows
 from app.services.dataset import load_split
 from app.settings import get_settings
 from indexing.embed import SentenceEmbedder
@@ -42,11 +36,11 @@ from indexing.finetune import FinetuneConfig, finetune, load_model
 def main(dataset: str, objective: str, epochs: float, level: str, learning_rate: float = 5e-5) -> None:
     root = Path(os.environ.get("DATASETS", "../shared/datasets")) / dataset
     settings = get_settings()
-    encoder, _ = _bench_encoder(settings)
+    encoder, _ = load_bench_encoder(settings)
     cfg = BenchConfig(name=dataset)
     train = load_split(root / "train.csv", settings.clean_max_chars)
     test = load_split(root / "val.csv", settings.clean_max_chars)
-    train, val = _with_tuning_split(train, None, cfg)
+    train, val = with_tuning_split(train, None, cfg)
     labels = sorted(set(train.labels) | set(val.labels))
     index = {lab: i for i, lab in enumerate(labels)}
     work = Path("/tmp/wise") / f"{dataset}_{objective}_{level}_{epochs}"
@@ -61,7 +55,7 @@ def main(dataset: str, objective: str, epochs: float, level: str, learning_rate:
         tr_labels, va_labels, coarse = finetune_targets(train, val, level == "fine")
         finetune(encoder.name, train.texts, tr_labels, val.texts, va_labels, work, ft_cfg, coarse=coarse, say=print)
     base, tuned = load_model(encoder.name).state_dict(), load_model(str(work)).state_dict()
-    y_tr, y_va, y_te = (_indices(s.labels, index) for s in (train, val, test))
+    y_tr, y_va, y_te = (indices(s.labels, index) for s in (train, val, test))
     results, probs_at = {}, {}
     for lam in (float(x) for x in os.environ.get("LAMS", "0,0.25,0.5,0.75,1").split(",")):
         folder = Path(f"{work}_lambda{lam}")
@@ -75,11 +69,11 @@ def main(dataset: str, objective: str, epochs: float, level: str, learning_rate:
         )
         t0 = time.perf_counter()
         x_tr, x_va, x_te = (emb.encode(s.texts) for s in (train, val, test))
-        probs, clf = _holdout_rows(x_tr, y_tr, x_va, y_va, x_te, labels, cfg)
+        probs, clf = holdout_rows(x_tr, y_tr, x_va, y_va, x_te, labels, cfg)
         probs_at[lam] = probs
         row: dict[str, object] = {}
         for name in ("head", "knn", "fused"):
-            scores = _score(probs[name], y_te, labels)
+            scores = score(probs[name], y_te, labels)
             row[name], row[f"{name}_f1"] = round(scores["accuracy"], 4), round(scores["macro_f1"], 4)
         row["fusion"], row["seconds"] = clf.params.to_dict(), round(time.perf_counter() - t0)
         results[lam] = row

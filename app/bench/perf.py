@@ -2,7 +2,7 @@
 
 Every figure that the targets compare is a ratio of two measurements taken in the same run on the same
 machine (a shared 2-core box is noisy; absolute numbers drift, ratios much less). Results go to
-``OUT/metrics.json`` and ``OUT/report.md``; docs/performance.md quotes them.
+``OUT/metrics.json`` and ``OUT/report.md`` (``app.bench.markdown.write_perf_outputs``); docs/performance.md quotes them.
 
 Sections (``--only`` picks some):
 - ``embedding``: texts/s of raw ``SentenceTransformer.encode`` (float32) vs our embedder in float32,
@@ -97,19 +97,21 @@ def rss_mb() -> float:
 
 
 # ---- embedding -----------------------------------------------------------------------------
-def bench_embedding(cfg: PerfConfig, echo: Echo) -> dict[str, Any]:
-    import torch
+Embed = Callable[[list[str]], np.ndarray]
+
+
+def _embedders() -> tuple[dict[str, Embed], dict[str, str]]:
+    """The embedding variants by name, and the variant each one's vectors are compared with."""
     from sentence_transformers import SentenceTransformer
 
-    from indexing.embed import DEFAULT_MODEL, SentenceEmbedder, effective_dtype, native_bf16, resolve_model_path
+    from indexing.embed import DEFAULT_MODEL, SentenceEmbedder, resolve_model_path
 
-    sets = {"short_60w": sample_texts(cfg.n_short, 60), "long_250w": sample_texts(cfg.n_long, 250)}
     raw = SentenceTransformer(resolve_model_path(DEFAULT_MODEL), device="cpu")
 
     def ours(dtype: str, chunking: str) -> SentenceEmbedder:
         return SentenceEmbedder(DEFAULT_MODEL, dtype=dtype, chunking=chunking, bf16_fallback=False)  # type: ignore[arg-type]
 
-    variants: dict[str, Callable[[list[str]], np.ndarray]] = {
+    variants: dict[str, Embed] = {
         "raw_st_float32": lambda t: np.asarray(raw.encode(t, batch_size=32, normalize_embeddings=True)),
         "ours_float32": ours("float32", "none").encode,
         "ours_bfloat16": ours("bfloat16", "none").encode,
@@ -121,6 +123,45 @@ def bench_embedding(cfg: PerfConfig, echo: Echo) -> dict[str, Any]:
     reference = {k: "raw_st_float32" for k in variants}
     # chunked vectors are a different embedding (mean of chunks): compared with float32 chunked
     reference["ours_float32_sentences"] = reference["ours_bfloat16_sentences"] = "ours_float32_sentences"
+    return variants, reference
+
+
+def _embedding_set(
+    set_name: str, texts: list[str], variants: dict[str, Embed], reference: dict[str, str], rounds: int, echo: Echo
+) -> dict[str, Any]:
+    """Every variant on one set of texts, interleaved for ``rounds`` rounds (the best counts): speed, and
+    cosine of its vectors to the reference variant's."""
+    for fn in variants.values():
+        fn(texts[:4])  # warm-up
+    best: dict[str, float] = {k: float("inf") for k in variants}
+    vectors: dict[str, np.ndarray] = {}
+    for r in range(rounds):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            vectors[name] = fn(texts)
+            best[name] = min(best[name], time.perf_counter() - t0)
+            echo(f"  embedding {set_name} round {r + 1} {name}: {len(texts) / best[name]:.1f} texts/s")
+    rows = {}
+    base = len(texts) / best["raw_st_float32"]
+    for name in variants:
+        cos = np.sum(vectors[name] * vectors[reference[name]], axis=1)
+        rows[name] = {
+            "texts_per_s": len(texts) / best[name],
+            "speed_vs_raw_float32": (len(texts) / best[name]) / base,
+            "cosine_reference": reference[name],
+            "cosine_mean": float(cos.mean()),
+            "cosine_min": float(cos.min()),
+        }
+    return {"n_texts": len(texts), "variants": rows}
+
+
+def bench_embedding(cfg: PerfConfig, echo: Echo) -> dict[str, Any]:
+    import torch
+
+    from indexing.embed import effective_dtype, native_bf16
+
+    sets = {"short_60w": sample_texts(cfg.n_short, 60), "long_250w": sample_texts(cfg.n_long, 250)}
+    variants, reference = _embedders()
     out: dict[str, Any] = {
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": native_bf16(),
@@ -129,29 +170,7 @@ def bench_embedding(cfg: PerfConfig, echo: Echo) -> dict[str, Any]:
         "sets": {},
     }
     for set_name, texts in sets.items():
-        for fn in variants.values():
-            fn(texts[:4])  # warm-up
-        best: dict[str, float] = {k: float("inf") for k in variants}
-        vectors: dict[str, np.ndarray] = {}
-        for r in range(cfg.rounds):
-            for name, fn in variants.items():
-                t0 = time.perf_counter()
-                vectors[name] = fn(texts)
-                best[name] = min(best[name], time.perf_counter() - t0)
-                echo(f"  embedding {set_name} round {r + 1} {name}: {len(texts) / best[name]:.1f} texts/s")
-        rows = {}
-        base = len(texts) / best["raw_st_float32"]
-        for name in variants:
-            ref = vectors[reference[name]]
-            cos = np.sum(vectors[name] * ref, axis=1)
-            rows[name] = {
-                "texts_per_s": len(texts) / best[name],
-                "speed_vs_raw_float32": (len(texts) / best[name]) / base,
-                "cosine_reference": reference[name],
-                "cosine_mean": float(cos.mean()),
-                "cosine_min": float(cos.min()),
-            }
-        out["sets"][set_name] = {"n_texts": len(texts), "variants": rows}
+        out["sets"][set_name] = _embedding_set(set_name, texts, variants, reference, cfg.rounds, echo)
     return out
 
 
@@ -165,14 +184,31 @@ class _Service:
     close: Callable[[], None] = field(default=lambda: None)
 
 
+def _training_subset(per_label_max: int, path: Path) -> tuple[Path, int]:
+    """The first ``per_label_max`` sample ads of each label written to ``path`` (id,text,label); their count."""
+    with (DATA_DIR / "vacancies.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    per_label: dict[str, int] = {}
+    subset = []
+    for r in rows:
+        if per_label.get(r["label"], 0) < per_label_max:
+            per_label[r["label"]] = per_label.get(r["label"], 0) + 1
+            subset.append(r)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["id", "text", "label"])
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in ("id", "text", "label")} for r in subset)
+    return path, len(subset)
+
+
 def _build_service(cfg: PerfConfig, echo: Echo) -> _Service:
     from app.db import migrate
+    from app.encoders import load_encoder
     from app.runtime import Runtime
     from app.services.index import reindex
     from app.services.training import train
     from app.services.vacancies import ingest_csv
     from app.settings import Settings
-    from indexing.embed import SentenceEmbedder
     from indexing.store import connect
 
     tmp = Path(tempfile.mkdtemp(prefix="jobclass-perf-"))
@@ -184,25 +220,8 @@ def _build_service(cfg: PerfConfig, echo: Echo) -> _Service:
         microbatch=True,
     )
     migrate(settings.db_url)
-    with (DATA_DIR / "vacancies.csv").open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    per_label: dict[str, int] = {}
-    subset = []
-    for r in rows:
-        if per_label.get(r["label"], 0) < cfg.train_per_label:
-            per_label[r["label"]] = per_label.get(r["label"], 0) + 1
-            subset.append(r)
-    path = tmp / "train.csv"
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["id", "text", "label"])
-        writer.writeheader()
-        writer.writerows({k: r[k] for k in ("id", "text", "label")} for r in subset)
-    encoder = SentenceEmbedder(
-        settings.embedding_model,
-        dtype=settings.embedding_dtype,
-        batch_size=settings.embedding_batch_size,
-        chunking=settings.embedding_chunking,
-    )
+    path, n_subset = _training_subset(cfg.train_per_label, tmp / "train.csv")
+    encoder = load_encoder(settings)
     client = connect(path=settings.qdrant_location, backend="edge")
     runtime = Runtime(settings, encoder=encoder, qdrant=client)
     t0 = time.perf_counter()
@@ -210,7 +229,7 @@ def _build_service(cfg: PerfConfig, echo: Echo) -> _Service:
         ingest_csv(session, path, runtime.taxonomy, source="perf")
         train(runtime, session)
         reindex(runtime, session)
-    echo(f"  service: trained and indexed {len(subset)} ads in {time.perf_counter() - t0:.0f}s")
+    echo(f"  service: trained and indexed {n_subset} ads in {time.perf_counter() - t0:.0f}s")
     off = Runtime(
         settings.model_copy(update={"microbatch": False}), encoder=encoder, qdrant=client, engine=runtime.engine
     )
@@ -223,21 +242,16 @@ def _build_service(cfg: PerfConfig, echo: Echo) -> _Service:
     return _Service(runtime, off, tmp, encoder, close)
 
 
-def bench_service(cfg: PerfConfig, svc: _Service, echo: Echo) -> dict[str, Any]:
-    """``POST /v1/classify/batch`` vs the same embedder's encode + head on the same texts, in adjacent
-    pairs (the order alternates every round), so machine noise hits both sides alike. The overhead is
-    the median of the per-round ratios; the service's own steps are timed apart as a breakdown."""
+def _paired_rounds(
+    cfg: PerfConfig, svc: _Service, body: dict[str, Any], cleaned: list[str], echo: Echo
+) -> tuple[list[float], list[float]]:
+    """Seconds of ``POST /v1/classify/batch`` and of encode + head, round by round, in adjacent pairs
+    whose order alternates."""
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from app.services.classification import ClassifyItem, classify, clean_items, store_predictions
-    from models.classifier import Neighbour
 
-    texts = sample_texts(cfg.service_batch, 60)
     runtime = svc.runtime
-    body = {"items": [{"id": str(i), "text": t} for i, t in enumerate(texts)]}
-    items = [ClassifyItem(t, str(i)) for i, t in enumerate(texts)]
-    cleaned = clean_items(runtime, items)
     head = runtime.model.classifier
 
     def raw() -> float:
@@ -245,7 +259,7 @@ def bench_service(cfg: PerfConfig, svc: _Service, echo: Echo) -> dict[str, Any]:
         head.head_proba(svc.encoder.encode(cleaned))
         return time.perf_counter() - t0
 
-    ratios, service_times, raw_times = [], [], []
+    service_times, raw_times = [], []
     with TestClient(create_app(runtime.settings, runtime)) as client:
 
         def service() -> float:
@@ -263,9 +277,18 @@ def bench_service(cfg: PerfConfig, svc: _Service, echo: Echo) -> dict[str, Any]:
                 r_, s_ = raw(), service()
             service_times.append(s_)
             raw_times.append(r_)
-            ratios.append(s_ / r_)
             echo(f"  service round {r + 1}: batch {s_:.2f}s, encode+head {r_:.2f}s ({100 * (s_ / r_ - 1):+.1f}%)")
-    # The service's own steps around the model, each timed alone (best of 3).
+    return service_times, raw_times
+
+
+def _service_steps(svc: _Service, items: list[Any], cleaned: list[str]) -> dict[str, float]:
+    """The service's own steps around the model, each timed alone (best of 3): cleaning, kNN search,
+    fusion, storing the predictions."""
+    from app.services.classification import classify, clean_items, store_predictions
+    from models.classifier import Neighbour
+
+    runtime = svc.runtime
+    head = runtime.model.classifier
     vectors = svc.encoder.encode(cleaned)
     k = max(head.params.k, 5)
 
@@ -293,6 +316,22 @@ def bench_service(cfg: PerfConfig, svc: _Service, echo: Echo) -> dict[str, Any]:
             store_predictions(session, results)
             store_times.append(time.perf_counter() - t0)
     breakdown["store_predictions_s"] = min(store_times)
+    return breakdown
+
+
+def bench_service(cfg: PerfConfig, svc: _Service, echo: Echo) -> dict[str, Any]:
+    """``POST /v1/classify/batch`` vs the same embedder's encode + head on the same texts, in adjacent
+    pairs (the order alternates every round), so machine noise hits both sides alike. The overhead is
+    the median of the per-round ratios; the service's own steps are timed apart as a breakdown."""
+    from app.services.classification import ClassifyItem, clean_items
+
+    texts = sample_texts(cfg.service_batch, 60)
+    body = {"items": [{"id": str(i), "text": t} for i, t in enumerate(texts)]}
+    items = [ClassifyItem(t, str(i)) for i, t in enumerate(texts)]
+    cleaned = clean_items(svc.runtime, items)
+    service_times, raw_times = _paired_rounds(cfg, svc, body, cleaned, echo)
+    ratios = [s_ / r_ for s_, r_ in zip(service_times, raw_times, strict=True)]
+    breakdown = _service_steps(svc, items, cleaned)
     median_ratio = float(np.median(ratios))
     return {
         "n_texts": len(texts),
@@ -322,54 +361,55 @@ def bench_microbatch(cfg: PerfConfig, svc: _Service, echo: Echo) -> dict[str, An
     return out
 
 
-def _microbatch_runs(cfg: PerfConfig, svc: _Service, texts: list[str], name: str, echo: Echo) -> dict[str, Any]:
+def _concurrent_run(cfg: PerfConfig, runtime: Any, texts: list[str]) -> dict[str, Any]:
+    """``cfg.clients`` threads sending single ``POST /v1/classify`` requests for ``texts`` to one app:
+    wall time, CPU time per request, latency percentiles (and the micro-batcher's calls and largest group)."""
     from fastapi.testclient import TestClient
 
     from app.batching import MicroBatchingEncoder
     from app.main import create_app
 
+    batcher = runtime.encoder if isinstance(runtime.encoder, MicroBatchingEncoder) else None
+    latencies: list[float] = []
+    lock = threading.Lock()
+    with TestClient(create_app(runtime.settings, runtime)) as client:
+        client.post("/v1/classify", json={"text": texts[0]})
+
+        def worker(k: int) -> None:
+            for text in texts[k :: cfg.clients]:
+                t0 = time.perf_counter()
+                response = client.post("/v1/classify", json={"text": text})
+                assert response.status_code == 200, response.text
+                with lock:
+                    latencies.append(time.perf_counter() - t0)
+
+        calls_before = batcher.stats.calls if batcher is not None else 0
+        if batcher is not None:
+            batcher.stats.largest = 0
+        cpu0 = _cpu_s()
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(cfg.clients) as pool:
+            list(pool.map(worker, range(cfg.clients)))
+        wall = time.perf_counter() - t0
+        cpu = _cpu_s() - cpu0
+    row: dict[str, Any] = {
+        "wall_s": wall,
+        "requests_per_s": len(texts) / wall,
+        "cpu_s_per_request": cpu / len(texts),
+        **percentiles(latencies),
+    }
+    if batcher is not None:
+        row["model_calls"] = batcher.stats.calls - calls_before
+        row["largest_group"] = batcher.stats.largest
+    return row
+
+
+def _microbatch_runs(cfg: PerfConfig, svc: _Service, texts: list[str], name: str, echo: Echo) -> dict[str, Any]:
+    """Without, with and again without micro-batching; the speed-up against the faster run without."""
     out: dict[str, Any] = {}
     for mode, runtime in (("without", svc.runtime_off), ("with", svc.runtime), ("without_again", svc.runtime_off)):
-        with TestClient(create_app(runtime.settings, runtime)) as client:
-            client.post("/v1/classify", json={"text": texts[0]})
-            latencies: list[float] = []
-            lock = threading.Lock()
-
-            def worker(
-                k: int, client: TestClient = client, latencies: list[float] = latencies, lock: threading.Lock = lock
-            ) -> None:
-                for text in texts[k :: cfg.clients]:
-                    t0 = time.perf_counter()
-                    response = client.post("/v1/classify", json={"text": text})
-                    assert response.status_code == 200, response.text
-                    with lock:
-                        latencies.append(time.perf_counter() - t0)
-
-            stats_before = (
-                (runtime.encoder.stats.calls, runtime.encoder.stats.largest)
-                if isinstance(runtime.encoder, MicroBatchingEncoder)
-                else None
-            )
-            if isinstance(runtime.encoder, MicroBatchingEncoder):
-                runtime.encoder.stats.largest = 0
-            cpu0 = _cpu_s()
-            t0 = time.perf_counter()
-            with ThreadPoolExecutor(cfg.clients) as pool:
-                list(pool.map(worker, range(cfg.clients)))
-            wall = time.perf_counter() - t0
-            cpu = _cpu_s() - cpu0
-        row: dict[str, Any] = {
-            "wall_s": wall,
-            "requests_per_s": len(texts) / wall,
-            "cpu_s_per_request": cpu / len(texts),
-            **percentiles(latencies),
-        }
-        if isinstance(runtime.encoder, MicroBatchingEncoder) and stats_before is not None:
-            s = runtime.encoder.stats
-            row["model_calls"] = s.calls - stats_before[0]
-            row["largest_group"] = s.largest
-        out[mode] = row
-        echo(f"  micro-batching {name} {mode}: {row['requests_per_s']:.2f} req/s")
+        out[mode] = _concurrent_run(cfg, runtime, texts)
+        echo(f"  micro-batching {name} {mode}: {out[mode]['requests_per_s']:.2f} req/s")
     slow = min(out["without"]["requests_per_s"], out["without_again"]["requests_per_s"])
     fast = max(out["without"]["requests_per_s"], out["without_again"]["requests_per_s"])
     out["speedup"] = out["with"]["requests_per_s"] / fast
@@ -476,12 +516,88 @@ def _recall(found: Sequence[Sequence[str]], truth: np.ndarray) -> float:
     return float(np.mean(hits))
 
 
-def bench_knn(cfg: PerfConfig, echo: Echo) -> dict[str, Any]:
-    import qdrant_edge as qe
+@dataclass
+class _KnnCase:
+    """One index size of the kNN section: the points, their clusters, the queries and the exact top 10."""
+
+    n: int
+    x: np.ndarray
+    cluster: np.ndarray
+    qx: np.ndarray
+    truth: np.ndarray
+    flt: Any
+
+
+def _knn_numpy(case: _KnnCase) -> dict[str, Any]:
+    mask_idx = np.flatnonzero(case.cluster % N_LABELS == 3)
+    return {
+        "upsert_per_s": None,
+        "search": _numpy_latency(case.x, case.qx, None),
+        "search_filtered": _numpy_latency(case.x, case.qx, mask_idx),
+        "recall_at_10": 1.0,
+    }
+
+
+def _knn_edge(cfg: PerfConfig, case: _KnnCase, echo: Echo) -> dict[str, Any]:
+    """The embedded Qdrant engine: upsert (full payloads up to ``local_max``), HNSW build up to ``hnsw_max``,
+    latency, recall (and at 100k the quantization table, under ``edge_quantization``)."""
+    from indexing.edge_store import EdgeClient
+    from indexing.store import VectorStore
+
+    n, x, cluster = case.n, case.x, case.cluster
+    client = EdgeClient(tempfile.mkdtemp(prefix="jobclass-perf-edge-"), background_optimize=False)
+    store = VectorStore(client, alias="bench")
+    if n <= cfg.local_max:
+        load_s, payload = _load(store, x, cluster), "full (VectorStore.upsert)"
+    else:
+        load_s = _load_slim(client, store, x, cluster)
+        payload = "vacancy_id + label only (EdgeClient.upsert_arrays), to fit the run in minutes"
+    edge: dict[str, Any] = {"upsert_per_s": n / load_s, "upsert_s": load_s, "payload": payload}
+    if n <= cfg.hnsw_max:
+        t0 = time.perf_counter()
+        client.optimize("bench")
+        edge["hnsw_build_s"] = time.perf_counter() - t0
+        edge["index"] = "hnsw m=16 ef_construct=100"
+    else:
+        edge["index"] = "none (HNSW build skipped at this size; exact scan inside the engine)"
+    edge["search"] = _store_latency(store, case.qx)
+    edge["search_filtered"] = _store_latency(store, case.qx, case.flt)
+    found = [[h.vacancy_id for h in hits] for hits in store.search_many(case.qx, 10)]
+    edge["recall_at_10"] = _recall(found, case.truth)
+    edge["indexed_vectors"] = client.get_collection("bench").indexed_vectors_count
+    echo(f"  knn {n}: edge {edge}")
+    quantization = _quantization(cfg, x, cluster, case.qx, case.truth, echo) if n == 100_000 else None
+    client.close()
+    return {"edge": edge, **({"edge_quantization": quantization} if quantization is not None else {})}
+
+
+def _knn_local(cfg: PerfConfig, case: _KnnCase, echo: Echo) -> dict[str, Any]:
+    """qdrant-client local mode (brute force in Python), up to ``local_max`` points."""
     from qdrant_client import QdrantClient
 
-    from indexing.edge_store import EdgeClient
-    from indexing.store import SearchFilter, VectorStore
+    from indexing.store import VectorStore
+
+    n = case.n
+    if n > cfg.local_max:
+        return {"skipped": f"brute force in Python: ≈{n // 100_000}× the 100k latency, minutes of upsert"}
+    local = VectorStore(QdrantClient(":memory:"), alias="bench")
+    load_s = _load(local, case.x, case.cluster)
+    nq = cfg.n_queries if n < 100_000 else cfg.local_queries_large
+    row = {
+        "upsert_per_s": n / load_s,
+        "upsert_s": load_s,
+        "search": _store_latency(local, case.qx[:nq]),
+        "search_filtered": _store_latency(local, case.qx[:nq], case.flt),
+        "queries_measured": nq,
+        "recall_at_10": 1.0,
+    }
+    local.client.close()
+    echo(f"  knn {n}: local {row}")
+    return row
+
+
+def bench_knn(cfg: PerfConfig, echo: Echo) -> dict[str, Any]:
+    from indexing.store import SearchFilter
 
     rng = np.random.default_rng(cfg.seed)
     centres = rng.standard_normal((1000, DIM)).astype(np.float32)
@@ -491,68 +607,13 @@ def bench_knn(cfg: PerfConfig, echo: Echo) -> dict[str, Any]:
     out: dict[str, Any] = {"sizes": {}, "dim": DIM, "queries": cfg.n_queries, "filter": "label = one of 20 (≈5%)"}
     for n in cfg.sizes:
         x, cluster = clustered(n, rng, centres)
-        labels = cluster % N_LABELS
-        row: dict[str, Any] = {}
-        truth = exact_topk(x, qx, 10)
-        mask_idx = np.flatnonzero(labels == 3)
-        row["numpy_exact"] = {
-            "upsert_per_s": None,
-            "search": _numpy_latency(x, qx, None),
-            "search_filtered": _numpy_latency(x, qx, mask_idx),
-            "recall_at_10": 1.0,
-        }
+        case = _KnnCase(n, x, cluster, qx, exact_topk(x, qx, 10), flt)
+        row: dict[str, Any] = {"numpy_exact": _knn_numpy(case)}
         echo(f"  knn {n}: numpy p50 {row['numpy_exact']['search']['p50_ms']:.2f} ms")
-        # embedded Qdrant engine
-        tmp = tempfile.mkdtemp(prefix="jobclass-perf-edge-")
-        client = EdgeClient(tmp, background_optimize=False)
-        store = VectorStore(client, alias="bench")
-        if n <= cfg.local_max:
-            load_s = _load(store, x, cluster)
-            payload = "full (VectorStore.upsert)"
-        else:
-            load_s = _load_slim(client, store, x, cluster)
-            payload = "vacancy_id + label only (EdgeClient.upsert_arrays), to fit the run in minutes"
-        edge: dict[str, Any] = {"upsert_per_s": n / load_s, "upsert_s": load_s, "payload": payload}
-        if n <= cfg.hnsw_max:
-            t0 = time.perf_counter()
-            client.optimize("bench")
-            edge["hnsw_build_s"] = time.perf_counter() - t0
-            edge["index"] = "hnsw m=16 ef_construct=100"
-        else:
-            edge["index"] = "none (HNSW build skipped at this size; exact scan inside the engine)"
-        edge["search"] = _store_latency(store, qx)
-        edge["search_filtered"] = _store_latency(store, qx, flt)
-        found = [[h.vacancy_id for h in hits] for hits in store.search_many(qx, 10)]
-        edge["recall_at_10"] = _recall(found, truth)
-        info = client.get_collection("bench")
-        edge["indexed_vectors"] = info.indexed_vectors_count
-        row["edge"] = edge
-        echo(f"  knn {n}: edge {edge}")
-        if n == 100_000:
-            row["edge_quantization"] = _quantization(cfg, x, cluster, qx, truth, echo)
-        client.close()
-        # qdrant-client local mode
-        if n <= cfg.local_max:
-            local = VectorStore(QdrantClient(":memory:"), alias="bench")
-            load_s = _load(local, x, cluster)
-            nq = cfg.n_queries if n < 100_000 else cfg.local_queries_large
-            row["qdrant_local"] = {
-                "upsert_per_s": n / load_s,
-                "upsert_s": load_s,
-                "search": _store_latency(local, qx[:nq]),
-                "search_filtered": _store_latency(local, qx[:nq], flt),
-                "queries_measured": nq,
-                "recall_at_10": 1.0,
-            }
-            local.client.close()
-            echo(f"  knn {n}: local {row['qdrant_local']}")
-        else:
-            row["qdrant_local"] = {
-                "skipped": f"brute force in Python: ≈{n // 100_000}× the 100k latency, minutes of upsert"
-            }
+        row.update(_knn_edge(cfg, case, echo))
+        row["qdrant_local"] = _knn_local(cfg, case, echo)
         out["sizes"][str(n)] = row
-        del x, cluster
-    _ = qe
+        del x, cluster, case
     return out
 
 
@@ -590,19 +651,26 @@ def _quantization(
         client.optimize("q")
         build = time.perf_counter() - t0
         for label, params in searches[name].items():
-            times, found = [], []
-            for v in qx:
-                request = models.QueryRequest(
-                    query=v.tolist(), limit=10, with_payload=True, params=models.SearchParams(quantization=params)
-                )
-                t1 = time.perf_counter()
-                [resp] = client.query_batch_points("q", [request])
-                times.append(time.perf_counter() - t1)
-                found.append([str((p.payload or {}).get("vacancy_id")) for p in resp.points])
-            out[f"{name}_{label}"] = {"build_s": build, "recall_at_10": _recall(found, truth), **percentiles(times)}
+            out[f"{name}_{label}"] = {"build_s": build, **_quantized_search(client, qx, params, truth)}
             echo(f"  quantization {name} {label}: {out[f'{name}_{label}']}")
         client.close()
     return out
+
+
+def _quantized_search(client: Any, qx: np.ndarray, params: Any, truth: np.ndarray) -> dict[str, Any]:
+    """Recall@10 and latency of single queries with the given quantization search parameters."""
+    from qdrant_client.http import models
+
+    times, found = [], []
+    for v in qx:
+        request = models.QueryRequest(
+            query=v.tolist(), limit=10, with_payload=True, params=models.SearchParams(quantization=params)
+        )
+        t1 = time.perf_counter()
+        [resp] = client.query_batch_points("q", [request])
+        times.append(time.perf_counter() - t1)
+        found.append([str((p.payload or {}).get("vacancy_id")) for p in resp.points])
+    return {"recall_at_10": _recall(found, truth), **percentiles(times)}
 
 
 # ---- memory --------------------------------------------------------------------------------
@@ -637,7 +705,7 @@ def rss_probe(backend: str, n: int) -> dict[str, float]:
 def bench_memory(n: int, echo: Echo) -> dict[str, Any]:
     out: dict[str, Any] = {"vectors": n}
     for backend in ("edge", "local"):
-        code = f"import json; from app.perf import rss_probe; print(json.dumps(rss_probe({backend!r}, {n})))"
+        code = f"import json; from app.bench.perf import rss_probe; print(json.dumps(rss_probe({backend!r}, {n})))"
         proc = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=1800, check=False
         )
@@ -691,175 +759,6 @@ def run_perf(cfg: PerfConfig, echo: Echo = print) -> dict[str, Any]:
     result["machine"]["load_avg_at_end"] = os.getloadavg()
     result["section_seconds"] = timings
     return result
-
-
-def _f(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def markdown(result: dict[str, Any]) -> str:
-    lines = [
-        "# Performance benchmark (`jobclass bench-perf`)",
-        "",
-        f"Run {result['when']} on {result['machine']['cpus']} CPUs ({result['machine']['processor']}), torch "
-        f"{result['machine']['torch']} with {result['machine']['torch_threads']} threads; load average at start "
-        f"{', '.join(f'{x:.1f}' for x in result['machine']['load_avg_at_start'])}. Ratios are side by side in one run.",
-        "",
-    ]
-    emb = result.get("embedding")
-    if emb:
-        lines += [
-            "## Embedding",
-            "",
-            f"CPU capability `{emb['cpu_capability']}`, native bfloat16: {emb['native_bf16']} → default dtype here: "
-            f"`{emb['default_dtype_here']}`.",
-            "",
-            "| texts | variant | texts/s | × raw float32 | cosine mean | cosine min | cosine vs |",
-            "|---|---|---:|---:|---:|---:|---|",
-        ]
-        for set_name, data in emb["sets"].items():
-            for name, r in data["variants"].items():
-                lines.append(
-                    f"| {set_name} ({data['n_texts']}) | {name} | {r['texts_per_s']:.1f} | "
-                    f"{r['speed_vs_raw_float32']:.2f} | "
-                    f"{r['cosine_mean']:.5f} | {r['cosine_min']:.5f} | {r['cosine_reference']} |"
-                )
-        lines.append("")
-    svc = result.get("service")
-    if svc:
-        lines += [
-            "## Service overhead",
-            "",
-            "| texts | POST /v1/classify/batch (s, median) | encode + head (s, median) | overhead (median of rounds) |",
-            "|---:|---:|---:|---:|",
-            f"| {svc['n_texts']} | {svc['service_batch_s']:.2f} | {svc['encode_plus_head_s']:.2f} | "
-            f"{svc['overhead_pct']:.1f}% |",
-            "",
-            svc["what"] + ".",
-            "",
-        ]
-        if "overhead_pct_rounds" in svc:
-            lines += ["Per round: " + ", ".join(f"{x:+.1f}%" for x in svc["overhead_pct_rounds"]) + ".", ""]
-        if "breakdown" in svc:
-            lines += [
-                "The service's own steps, each timed alone (best of 3), as a share of encode + head:",
-                "",
-                "| step | seconds | share |",
-                "|---|---:|---:|",
-                *(
-                    f"| {key.removesuffix('_s')} | {value:.3f} | {svc['breakdown_pct'][key]:.1f}% |"
-                    for key, value in svc["breakdown"].items()
-                ),
-                "",
-            ]
-    mb = result.get("microbatch")
-    if mb:
-        lines += [
-            "## Micro-batching",
-            "",
-            f"{mb['clients']} concurrent clients, {mb['requests']} single `POST /v1/classify` requests per run.",
-            "",
-            "| texts | run | requests/s | CPU s / request | p50 ms | p99 ms | model calls | largest group |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for name, runs in mb["sets"].items():
-            for mode in ("without", "with", "without_again"):
-                r = runs[mode]
-                lines.append(
-                    f"| {name} | {mode.replace('_', ' ')} | {r['requests_per_s']:.2f} | {r['cpu_s_per_request']:.3f} | "
-                    f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {_f(r.get('model_calls'))} | "
-                    f"{_f(r.get('largest_group'))} |"
-                )
-        lines.append("")
-        for name, runs in mb["sets"].items():
-            lines.append(
-                f"- {name}: throughput with micro-batching {runs['speedup']:.2f}× the faster run without; "
-                f"CPU time per request {runs['cpu_ratio']:.2f}× less."
-            )
-        lines.append("")
-    knn = result.get("knn")
-    if knn:
-        lines += [
-            "## kNN search",
-            "",
-            f"{knn['dim']}-d synthetic clustered unit vectors (1000 clusters), {knn['queries']} queries, k = 10; "
-            f"filter: {knn['filter']}. Latency per single query through `VectorStore.search` (numpy: the matrix "
-            "product and a partial sort only).",
-            "",
-            "| vectors | backend | upsert/s | index build s | p50 ms | p99 ms | filtered p50 ms | filtered p99 ms "
-            "| recall@10 |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for n, row in knn["sizes"].items():
-            for backend in ("numpy_exact", "qdrant_local", "edge"):
-                r = row.get(backend)
-                if r is None:
-                    continue
-                if "skipped" in r:
-                    lines.append(f"| {int(n):,} | {backend} | – | – | – | – | – | – | skipped: {r['skipped']} |")
-                    continue
-                note = (
-                    f" ({r['queries_measured']} queries)"
-                    if r.get("queries_measured", 0) not in (0, knn["queries"])
-                    else ""
-                )
-                lines.append(
-                    f"| {int(n):,} | {backend}{note} | {_f(r.get('upsert_per_s'), 0)} | {_f(r.get('hnsw_build_s'))} | "
-                    f"{r['search']['p50_ms']:.2f} | {r['search']['p99_ms']:.2f} | "
-                    f"{r['search_filtered']['p50_ms']:.2f} | "
-                    f"{r['search_filtered']['p99_ms']:.2f} | {r['recall_at_10']:.3f} |"
-                )
-        quant = next((row["edge_quantization"] for row in knn["sizes"].values() if "edge_quantization" in row), None)
-        if quant:
-            none = knn["sizes"]["100000"]["edge"]
-            lines += [
-                "",
-                "### Quantization at 100k (edge, HNSW m=16 ef_construct=100)",
-                "",
-                "| quantization | search | index build s | recall@10 | p50 ms | p99 ms |",
-                "|---|---|---:|---:|---:|---:|",
-                f"| none | float32 | {_f(none.get('hnsw_build_s'))} | {none['recall_at_10']:.3f} | "
-                f"{none['search']['p50_ms']:.2f} | {none['search']['p99_ms']:.2f} |",
-            ]
-            for name, r in quant.items():
-                kind, _, search = name.partition("_")
-                lines.append(
-                    f"| {kind} | {search} | {r['build_s']:.1f} | {r['recall_at_10']:.3f} | {r['p50_ms']:.2f} | "
-                    f"{r['p99_ms']:.2f} |"
-                )
-        lines.append("")
-    mem = result.get("memory")
-    if mem:
-        lines += [
-            "## Memory",
-            "",
-            f"RSS of a process with the serving embedder loaded, then with {mem['vectors']:,} vectors indexed "
-            "and queried.",
-            "",
-            "| backend | python MB | + model MB | + index MB | index share MB |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for backend in ("edge", "local"):
-            r = mem.get(backend, {})
-            if "error" in r:
-                lines.append(f"| {backend} | error | | | |")
-                continue
-            lines.append(
-                f"| {backend} | {r['python_mb']:.0f} | {r['with_model_mb']:.0f} | {r['with_index_mb']:.0f} | "
-                f"{r['index_mb']:.0f} |"
-            )
-        lines.append("")
-    return "\n".join(lines)
-
-
-def write_outputs(result: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
-    (out / "report.md").write_text(markdown(result))
 
 
 def iter_sections(value: str | None) -> Iterator[str]:

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from app.bench import BenchConfig, Split, run_bench, run_cv, target_checks, targets_markdown, write_outputs
+from app.bench.accuracy import BenchConfig, run_bench, run_cv, target_checks
+from app.bench.markdown import targets_markdown, write_outputs
 from app.cli import cli
+from app.services.dataset import Split
 from app.settings import DATA_DIR
 from indexing.cache import EmbeddingCache
 from tests.fakes import FakeEncoder, topic_texts
@@ -107,7 +109,7 @@ def test_bench_command_with_the_real_embedder(tmp_path: Path, monkeypatch: pytes
 def test_bench_finetune_adds_the_fine_tuned_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`bench --finetune` on a tiny slice with the real MiniLM: every ft_* row, the fine-tuning record, the report."""
     monkeypatch.setenv("JOBCLASS_STATE_DIR", str(tmp_path / "state"))
-    from app.bench import FT_METHODS
+    from app.bench.markdown import FT_METHODS
     from app.settings import get_settings
 
     get_settings.cache_clear()

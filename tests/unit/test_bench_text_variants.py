@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.bench import BenchConfig
-from app.bench_extract import VARIANTS, markdown, prepare, run_extract_bench, write
+from app.bench.accuracy import BenchConfig
+from app.bench.extract import VARIANTS, prepare, run_extract_bench, write
+from app.bench.markdown import extract_markdown as markdown
 from tests.factories import write_csv
 from tests.fakes import FakeEncoder, topic_texts
 from tests.integration.test_extraction_wiring import FakeExtractor

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.perf import PerfConfig, markdown, run_perf, write_outputs
+from app.bench.markdown import perf_markdown as markdown
+from app.bench.markdown import write_perf_outputs as write_outputs
+from app.bench.perf import PerfConfig, run_perf
 
 
 @pytest.mark.slow

@@ -1,17 +1,19 @@
-"""CLI commands of the encoder lifecycle: ``jobclass finetune``, ``jobclass upgrade-encoder``,
-``jobclass encoders list|rollback`` (registered by ``app.cli``)."""
+"""The encoder lifecycle: ``finetune``, ``upgrade-encoder``, ``encoders list|rollback``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, cast
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from app.errors import ServiceError
+from app.cli import common
+from app.errors import InvalidInput
 from app.settings import get_settings
-from indexing.finetune import OBJECTIVES, FinetuneConfig, Objective
+
+if TYPE_CHECKING:
+    from indexing.finetune import FinetuneConfig
 
 encoders_cli = typer.Typer(help="List and switch fine-tuned encoders.", no_args_is_help=True)
 
@@ -38,18 +40,6 @@ ObjectiveOpt = Annotated[
 ]
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    return typer.Exit(1)
-
-
-def objective_option(value: str, flag: str = "--objective") -> Objective:
-    """The fine-tuning objective named on the command line; exits with a clear error otherwise."""
-    if value not in OBJECTIVES:
-        raise _fail(ValueError(f"{flag} must be one of {', '.join(OBJECTIVES)}, not {value!r}"))
-    return cast(Objective, value)
-
-
 def _config(
     epochs: float,
     batch_size: int,
@@ -59,8 +49,10 @@ def _config(
     bf16: bool | None,
     objective: str = "triplets",
 ) -> FinetuneConfig:
+    from indexing.finetune import FinetuneConfig
+
     return FinetuneConfig(
-        objective=objective_option(objective),
+        objective=common.objective_option(objective),
         epochs=epochs,
         batch_size=batch_size,
         max_pairs_per_class=max_pairs_per_class,
@@ -68,6 +60,26 @@ def _config(
         max_seq_length=max_seq_length,
         bf16=bf16,
         chunking=get_settings().embedding_chunking == "sentences",
+    )
+
+
+def _register(out: Path, base_model: str, result: Any) -> str:
+    """Store the fine-tuned model in OUT in the encoder registry (not active); its version."""
+    from models.registry import EncoderRegistry
+
+    registry = EncoderRegistry.under(get_settings().model_dir)
+    return registry.register(
+        out,
+        {
+            "parent": registry.active_version() or base_model,
+            "base_model": base_model,
+            "data_hash": result.data_hash,
+            "metrics": result.metrics,
+            "wall_seconds": result.wall_seconds,
+            "texts_per_s": result.texts_per_s,
+            "n_train": result.n_train_texts,
+        },
+        move=False,
     )
 
 
@@ -91,47 +103,22 @@ def finetune_command(
 ) -> None:
     """Contrastive fine-tuning (label-aware MultipleNegativesRankingLoss on anchor/positive/hard-negative
     triplets), early-stopped on validation kNN accuracy; progress bar with ETA."""
-    from app.services.dataset import load_split
+    from app.bench.finetune_rows import finetune_targets
     from indexing.finetune import finetune
-    from models.registry import EncoderRegistry
 
     settings = get_settings()
     cfg = _config(epochs, batch_size, max_pairs_per_class, seed, max_seq_length, bf16, objective)
-    try:
-        tr = load_split(train, settings.clean_max_chars)
-        va = load_split(val, settings.clean_max_chars)
-    except (ValueError, KeyError) as exc:
-        raise _fail(exc) from exc
-    coarse = None
-    tr_labels, va_labels = tr.labels, va.labels
-    if fine_labels:
-        if tr.fine is None or va.fine is None:
-            raise _fail(ValueError("--fine-labels needs a label_fine column in both CSV files"))
-        coarse = dict(zip(tr.fine + va.fine, tr.labels + va.labels, strict=True))
-        tr_labels, va_labels = tr.fine, va.fine
+    tr, va = common.read_split(train, settings), common.read_split(val, settings)
+    if fine_labels and (tr.fine is None or va.fine is None):
+        raise InvalidInput("--fine-labels needs a label_fine column in both CSV files")
+    tr_labels, va_labels, coarse = finetune_targets(tr, va, fine_labels)
     base_model = base or settings.embedding_model
-    try:
-        result = finetune(
-            base_model, tr.texts, tr_labels, va.texts, va_labels, out, cfg, coarse=coarse, resume=resume, say=typer.echo
-        )
-    except ValueError as exc:
-        raise _fail(exc) from exc
+    result = finetune(
+        base_model, tr.texts, tr_labels, va.texts, va_labels, out, cfg, coarse=coarse, resume=resume, say=typer.echo
+    )
     typer.echo(json.dumps({k: v for k, v in result.to_dict().items() if k != "history"}, indent=2))
     if register:
-        registry = EncoderRegistry.under(settings.model_dir)
-        version = registry.register(
-            out,
-            {
-                "parent": registry.active_version() or base_model,
-                "base_model": base_model,
-                "data_hash": result.data_hash,
-                "metrics": result.metrics,
-                "wall_seconds": result.wall_seconds,
-                "texts_per_s": result.texts_per_s,
-                "n_train": result.n_train_texts,
-            },
-            move=False,
-        )
+        version = _register(out, base_model, result)
         typer.echo(
             f"registered encoder {version} (not active; `jobclass upgrade-encoder` promotes through a comparison)"
         )
@@ -162,8 +149,6 @@ def upgrade_encoder_command(
 ) -> None:
     """Fine-tune the encoder, reindex into a new collection, train a head on it, compare with the champion
     on the hold-out; swap encoder + alias + model together, or discard the candidate."""
-    from app.cli import _progress_bar, _runtime
-    from app.services.dataset import load_split
     from app.services.encoder_upgrade import LabelledTexts, sentence_transformers_finetune, upgrade_encoder
 
     settings = get_settings()
@@ -173,13 +158,10 @@ def upgrade_encoder_command(
         if path is None:
             sets.append(None)
             continue
-        try:
-            split = load_split(path, settings.clean_max_chars)
-        except (ValueError, KeyError) as exc:
-            raise _fail(exc) from exc
+        split = common.read_split(path, settings)
         sets.append(LabelledTexts(split.ids, split.texts, split.labels))
-    runtime = _runtime()
-    bar, progress = _progress_bar("embedding with the new encoder")
+    runtime = common.runtime()
+    bar, progress = common.progress_bar("embedding with the new encoder")
     try:
         with runtime.sessions() as session:
             result = upgrade_encoder(
@@ -192,8 +174,6 @@ def upgrade_encoder_command(
                 say=typer.echo,
                 progress=progress,
             )
-    except ServiceError as exc:
-        raise _fail(exc) from exc
     finally:
         bar.close()
         runtime.close()
@@ -223,18 +203,21 @@ def encoders_rollback() -> None:
     """Go back to the active encoder's parent (a registered version or the base model) and the head that
     served with it: every labelled vacancy is re-embedded into a new collection, then encoder, alias and
     model switch together."""
-    from app.cli import _progress_bar, _runtime
     from app.services.encoder_upgrade import rollback_encoder
 
-    runtime = _runtime()
-    bar, progress = _progress_bar("embedding with the previous encoder")
+    runtime = common.runtime()
+    bar, progress = common.progress_bar("embedding with the previous encoder")
     try:
         with runtime.sessions() as session:
             result = rollback_encoder(runtime, session, say=typer.echo, progress=progress)
-    except ServiceError as exc:
-        raise _fail(exc) from exc
     finally:
         bar.close()
         runtime.close()
     typer.echo(json.dumps(result.to_dict(), indent=2))
     typer.echo(f"rolled back encoder {result.rolled_back}: now {result.encoder} with model {result.model_version}")
+
+
+def register(cli: typer.Typer) -> None:
+    cli.command("finetune")(finetune_command)
+    cli.command("upgrade-encoder")(upgrade_encoder_command)
+    cli.add_typer(encoders_cli, name="encoders")

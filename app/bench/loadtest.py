@@ -185,6 +185,76 @@ def _health_rss(url: str, timeout: float, token: str | None) -> int | None:
         client.close()
 
 
+@dataclass
+class _Drive:
+    """What one client thread needs: where to send, until when, which request kinds with which weights."""
+
+    url: str
+    timeout: float
+    token: str | None
+    kinds: list[str]
+    weights: list[float]
+    deadline: float
+    barrier: threading.Barrier
+
+
+def _client_loop(drive: _Drive, rng: random.Random, out: list[Sample]) -> int:
+    """One client: random requests until the deadline, each recorded in ``out``; the items answered."""
+    client = _Client(drive.url, drive.timeout, drive.token)
+    items = 0
+    drive.barrier.wait()
+    try:
+        while time.perf_counter() < drive.deadline:
+            kind = rng.choices(drive.kinds, drive.weights)[0]
+            path, body, n_items = _request_for(kind, rng)
+            t0 = time.perf_counter()
+            try:
+                status, payload = client.request("POST", path, body)
+            except Exception as exc:
+                out.append(Sample(kind, time.perf_counter() - t0, 0, f"{type(exc).__name__}: {exc}"))
+                continue
+            seconds = time.perf_counter() - t0
+            ok = 200 <= status < 300
+            error = None if ok else f"HTTP {status}: {payload[:200].decode(errors='replace')}"
+            out.append(Sample(kind, seconds, status, error))
+            if ok:
+                items += n_items
+    finally:
+        client.close()
+    return items
+
+
+def _drive_clients(drive: _Drive, clients: int, seed: int) -> tuple[list[Sample], int]:
+    """Run ``clients`` threads at once; every sample they took and the items answered in all."""
+    samples: list[list[Sample]] = [[] for _ in range(clients)]
+    items: list[int] = [0] * clients
+
+    def worker(n: int) -> None:
+        items[n] = _client_loop(drive, random.Random(seed * 1_000_003 + n), samples[n])
+
+    threads = [threading.Thread(target=worker, args=(n,), name=f"load-{n}", daemon=True) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [s for per_client in samples for s in per_client], sum(items)
+
+
+def _kind_stats(flat: Sequence[Sample], kinds: Sequence[str]) -> dict[str, KindStats]:
+    by_kind: dict[str, KindStats] = {}
+    for kind in kinds:
+        these = [s for s in flat if s.kind == kind]
+        ms = [s.seconds * 1000 for s in these if s.error is None]
+        by_kind[kind] = KindStats(
+            requests=len(these),
+            errors=sum(s.error is not None for s in these),
+            p50_ms=_round(percentile(ms, 50)),
+            p99_ms=_round(percentile(ms, 99)),
+            max_ms=_round(max(ms) if ms else None),
+        )
+    return by_kind
+
+
 def run_loadtest(
     url: str,
     *,
@@ -201,65 +271,19 @@ def run_loadtest(
     if clients < 1 or duration <= 0:
         raise ValueError("clients must be ≥ 1 and duration > 0")
     kinds = [k for k, _ in mix]
-    weights = [w for _, w in mix]
 
     def rss() -> int | None:
         return read_rss(pid) if pid is not None else _health_rss(url, timeout, token)
 
     rss_before = rss()
-    samples: list[list[Sample]] = [[] for _ in range(clients)]
-    items: list[int] = [0] * clients
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     start = time.perf_counter()
-    deadline = start + duration
-    barrier = threading.Barrier(clients)
-
-    def worker(n: int) -> None:
-        rng = random.Random(seed * 1_000_003 + n)
-        client = _Client(url, timeout, token)
-        out = samples[n]
-        barrier.wait()
-        try:
-            while time.perf_counter() < deadline:
-                kind = rng.choices(kinds, weights)[0]
-                path, body, n_items = _request_for(kind, rng)
-                t0 = time.perf_counter()
-                try:
-                    status, payload = client.request("POST", path, body)
-                except Exception as exc:
-                    out.append(Sample(kind, time.perf_counter() - t0, 0, f"{type(exc).__name__}: {exc}"))
-                    continue
-                seconds = time.perf_counter() - t0
-                ok = 200 <= status < 300
-                error = None if ok else f"HTTP {status}: {payload[:200].decode(errors='replace')}"
-                out.append(Sample(kind, seconds, status, error))
-                if ok:
-                    items[n] += n_items
-        finally:
-            client.close()
-
-    threads = [threading.Thread(target=worker, args=(n,), name=f"load-{n}", daemon=True) for n in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    drive = _Drive(url, timeout, token, kinds, [w for _, w in mix], start + duration, threading.Barrier(clients))
+    flat, items = _drive_clients(drive, clients, seed)
     elapsed = time.perf_counter() - start
     time.sleep(settle)  # let the server finish logging and free request buffers before measuring
     rss_after = rss()
-
-    flat = [s for per_client in samples for s in per_client]
     errors = [s for s in flat if s.error is not None]
-    by_kind: dict[str, KindStats] = {}
-    for kind in kinds:
-        these = [s for s in flat if s.kind == kind]
-        ms = [s.seconds * 1000 for s in these if s.error is None]
-        by_kind[kind] = KindStats(
-            requests=len(these),
-            errors=sum(s.error is not None for s in these),
-            p50_ms=_round(percentile(ms, 50)),
-            p99_ms=_round(percentile(ms, 99)),
-            max_ms=_round(max(ms) if ms else None),
-        )
     ok_ms = [s.seconds * 1000 for s in flat if s.error is None]
     statuses = Counter(str(s.status) if s.status else "no answer" for s in flat)
     return LoadReport(
@@ -273,8 +297,8 @@ def run_loadtest(
         p50_ms=_round(percentile(ok_ms, 50)),
         p99_ms=_round(percentile(ok_ms, 99)),
         max_ms=_round(max(ok_ms) if ok_ms else None),
-        items_per_s=round(sum(items) / elapsed, 2) if elapsed > 0 else 0.0,
-        by_kind=by_kind,
+        items_per_s=round(items / elapsed, 2) if elapsed > 0 else 0.0,
+        by_kind=_kind_stats(flat, kinds),
         statuses=dict(sorted(statuses.items())),
         error_samples=sorted({e.error for e in errors if e.error})[:10],
         rss_before_bytes=rss_before,

@@ -1,0 +1,489 @@
+"""`jobclass bench`: every method trained on the same data, scored side by side, in one run.
+
+Methods: ``tfidf_lr`` (the classic baseline), ``head``, ``knn``, ``fused`` (production), the fusion
+with each compressed head, and ``fused_tfidf`` (the fusion blended with the TF-IDF model, a hybrid
+remedy for text the embedder handles poorly). All are fit on the training split, tuned on the
+validation split (carved out of training when none is given), refit on train + validation, and scored
+on the test split. The embedded texts go through the production cleaning; embeddings are cached on
+disk keyed by (embedder signature, text hash), so re-runs only pay for the models.
+
+The fitting and scoring steps here (``fit_all``, ``fit_classifier``, ``score``, ``indices``…) are shared
+with ``app.bench.extract`` and ``app.bench.finetune_rows``.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.bench.baselines import TfidfLR, hybrid_beta, tune_tfidf_c
+from app.services.dataset import Split
+from app.settings import Settings
+from indexing.cache import EmbeddingCache, cache_key_model, encode_cached
+from indexing.clean import clean_text
+from indexing.embed import Encoder
+from indexing.store import VacancyPoint, VectorStore, connect
+from models.classifier import FusedClassifier, Neighbour
+from models.compress import VARIANTS
+from models.fusion import calibrate
+from models.knn import knn_vote
+from models.metrics import confusion_matrix, coverage_at, expected_calibration_error, log_loss, macro_f1, summary
+from models.training import (
+    CROSSFIT_FOLDS,
+    TrainReport,
+    neighbour_arrays,
+    refit_head,
+    stratified_split,
+    train_classifier,
+)
+
+log = logging.getLogger(__name__)
+Say = Callable[[str], None]
+LATENCY_QUERIES = 100
+THROUGHPUT_TEXTS = 256
+COMPRESSED = ("fused_int8", "fused_pruned", "fused_int8_pruned")
+
+
+@dataclass
+class BenchConfig:
+    name: str
+    abstain_threshold: float = 0.25
+    seed: int = 20240601
+    val_fraction: float = 0.1
+    latency_queries: int = LATENCY_QUERIES
+    timing: bool = True
+
+
+@dataclass
+class Fitted:
+    probs: dict[str, np.ndarray] = field(default_factory=dict)
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    classifier: FusedClassifier | None = None
+    corpus: np.ndarray | None = None
+    corpus_labels: list[str] = field(default_factory=list)
+
+
+def load_bench_encoder(settings: Settings) -> tuple[Encoder, EmbeddingCache]:
+    """The configured encoder (``app.encoders.load_encoder``) and the on-disk embedding cache."""
+    from app.encoders import load_encoder
+
+    return load_encoder(settings), EmbeddingCache(settings.cache_path)
+
+
+# ---- shared fitting and scoring steps ---------------------------------------------------------
+def indices(labels: Sequence[str], index: dict[str, int]) -> np.ndarray:
+    """Class indices of ``labels`` (-1 for a label outside ``index``)."""
+    return np.array([index.get(lab, -1) for lab in labels], dtype=np.int64)
+
+
+def neighbours(labels: Sequence[str], nb_labels: np.ndarray, nb_scores: np.ndarray) -> list[list[Neighbour]]:
+    return [
+        [Neighbour(labels[int(a)], float(b)) for a, b in zip(row_l, row_s, strict=True)]
+        for row_l, row_s in zip(nb_labels, nb_scores, strict=True)
+    ]
+
+
+def fit_classifier(
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_va: np.ndarray,
+    y_va: np.ndarray,
+    labels: list[str],
+    cfg: BenchConfig,
+    *,
+    crossfit: int = CROSSFIT_FOLDS,
+) -> tuple[FusedClassifier, TrainReport]:
+    """Head, kNN and fusion fitted on the training split and scored on the validation split (with
+    ``crossfit=0`` also early-stopped and tuned on it), not refit: the caller refits on both."""
+    return train_classifier(
+        x_tr,
+        y_tr,
+        labels,
+        x_val=x_va,
+        y_val=y_va,
+        seed=cfg.seed,
+        abstain_threshold=cfg.abstain_threshold,
+        refit=False,
+        crossfit=crossfit,
+    )
+
+
+def variant_key(variant: str) -> str:
+    """The method name of the fusion with one head variant: ``fused`` (fp32), ``fused_int8``…"""
+    return "fused" if variant == "fp32" else f"fused_{variant}"
+
+
+def variant_probs(clf: FusedClassifier, x_te: np.ndarray, nbs: list[list[Neighbour]]) -> dict[str, np.ndarray]:
+    """Test probabilities of the fusion with each head variant."""
+    return {variant_key(v): clf.with_variant(v).predict_proba(x_te, nbs) for v in VARIANTS}
+
+
+def head_latency_us(module: Any, x_te: np.ndarray) -> float:
+    """Microseconds per item of a head's forward pass over the test embeddings."""
+    xt = torch.as_tensor(x_te, dtype=torch.float32)
+    with torch.no_grad():
+        module(xt[:256])  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(5):
+            module(xt)
+        return (time.perf_counter() - t0) / (5 * len(x_te)) * 1e6
+
+
+@dataclass
+class Arrays:
+    """Embeddings, class indices and texts of one split."""
+
+    x: np.ndarray
+    y: np.ndarray
+    texts: Sequence[str]
+
+
+def _fit_tfidf(tr: Arrays, va: Arrays, te: Arrays, n: int, out: Fitted, say: Say) -> np.ndarray:
+    """TF-IDF + LR: C tuned on validation, refit on train + validation; returns its validation probabilities."""
+    t0 = time.perf_counter()
+    best_c, p_tfidf_va = tune_tfidf_c(tr.texts, tr.y, va.texts, va.y, n)
+    tfidf = TfidfLR(list(tr.texts) + list(va.texts), np.concatenate([tr.y, va.y]), n).fit(best_c)
+    out.probs["tfidf_lr"] = tfidf.predict_proba(te.texts)
+    out.params["tfidf_lr"] = {"C": best_c, "fit_seconds": round(time.perf_counter() - t0, 2)}
+    say(f"  tfidf_lr fitted (C={best_c}) in {time.perf_counter() - t0:.1f}s")
+    return p_tfidf_va
+
+
+def _fit_fusion(
+    tr: Arrays, va: Arrays, p_tfidf_va: np.ndarray, labels: list[str], cfg: BenchConfig, out: Fitted, say: Say
+) -> tuple[FusedClassifier, float]:
+    """Head + kNN + fusion: epochs and fusion cross-validated on the training split, scored on validation,
+    the head refit on both; the hybrid's β tuned on validation."""
+    t0 = time.perf_counter()
+    clf_tr, report = fit_classifier(tr.x, tr.y, va.x, va.y, labels, cfg)
+    params = clf_tr.params
+    nb_l, nb_s = neighbour_arrays(va.x, tr.x, tr.y)
+    p_fused_va = clf_tr.predict_proba(va.x, neighbours(labels, nb_l, nb_s))
+    beta = hybrid_beta(p_fused_va, p_tfidf_va, va.y, len(labels))
+    clf = refit_head(clf_tr, np.concatenate([tr.x, va.x]), np.concatenate([tr.y, va.y]), report.best_epoch)
+    out.params["fusion"] = {**params.to_dict(), "best_epoch": report.best_epoch, "hybrid_beta": beta}
+    out.params["fit_seconds"] = round(time.perf_counter() - t0, 2)
+    say(f"  head/kNN/fusion fitted in {time.perf_counter() - t0:.1f}s: {params}")
+    return clf, beta
+
+
+def _test_probs(
+    clf: FusedClassifier, labels: list[str], x_all: np.ndarray, y_all: np.ndarray, x_te: np.ndarray, out: Fitted
+) -> None:
+    """Head, kNN and every fusion variant (with its size and speed) on the test split, kNN over train +
+    validation."""
+    params = clf.params
+    nb_l, nb_s = neighbour_arrays(x_te, x_all, y_all)
+    nbs = neighbours(labels, nb_l, nb_s)
+    out.probs["head"] = clf.head_proba(x_te)
+    out.probs["knn"] = knn_vote(nb_l, nb_s, len(labels), k=params.k, temperature=params.knn_temperature)
+    for variant in VARIANTS:
+        key, compressed = variant_key(variant), clf.with_variant(variant)
+        out.probs[key] = compressed.predict_proba(x_te, nbs)
+        out.extra[key] = {
+            "head_bytes": clf.variant_bytes()[variant],
+            "head_latency_us_per_item": round(head_latency_us(compressed.module, x_te), 3),
+        }
+
+
+def fit_all(
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_va: np.ndarray,
+    y_va: np.ndarray,
+    texts_tr: Sequence[str],
+    texts_va: Sequence[str],
+    x_te: np.ndarray,
+    texts_te: Sequence[str],
+    labels: list[str],
+    cfg: BenchConfig,
+    say: Say,
+) -> Fitted:
+    """Every method fitted on train (tuned on validation, refit on both); their test probabilities."""
+    tr, va, te = Arrays(x_tr, y_tr, texts_tr), Arrays(x_va, y_va, texts_va), Arrays(x_te, np.empty(0), texts_te)
+    out = Fitted()
+    p_tfidf_va = _fit_tfidf(tr, va, te, len(labels), out, say)
+    clf, beta = _fit_fusion(tr, va, p_tfidf_va, labels, cfg, out, say)
+    x_all = np.concatenate([x_tr, x_va])
+    _test_probs(clf, labels, x_all, np.concatenate([y_tr, y_va]), x_te, out)
+    out.probs["fused_tfidf"] = calibrate(beta * out.probs["fused"] + (1 - beta) * out.probs["tfidf_lr"], 1.0)
+    out.classifier, out.corpus = clf, x_all
+    return out
+
+
+def score(probs: np.ndarray, y: np.ndarray, labels: list[str], threshold: float | None = None) -> dict[str, Any]:
+    """Accuracy, macro-F1, calibration (and coverage at ``threshold``); labels unseen in training count as
+    errors."""
+    known = y >= 0
+    pred = probs.argmax(1)
+    scores = summary(probs[known], y[known], labels)
+    scores["accuracy"] = float(np.mean(np.where(known, pred == y, False)))
+    scores["n_unknown_label"] = int((~known).sum())
+    if threshold is not None:
+        scores["abstain"] = coverage_at(probs[known], y[known], threshold)
+    scores["log_loss"] = log_loss(probs[known], y[known]) if known.any() else None
+    scores["ece"] = expected_calibration_error(probs[known], y[known])
+    return scores
+
+
+# ---- timing -----------------------------------------------------------------------------------
+def _embed_rate(encoder: Encoder, texts: Sequence[str]) -> float:
+    sample = list(texts[:THROUGHPUT_TEXTS])
+    encoder.encode(sample[:8])  # warm-up
+    t0 = time.perf_counter()
+    encoder.encode(sample)
+    return len(sample) / (time.perf_counter() - t0)
+
+
+def _index_corpus(store: VectorStore, corpus: np.ndarray, corpus_labels: Sequence[str]) -> float:
+    """Upsert the corpus into a fresh collection behind the alias; points per second."""
+    store.swap_alias(store.create_version(corpus.shape[1]))
+    now = datetime.now(UTC)
+    t0 = time.perf_counter()
+    for start in range(0, len(corpus), 1024):
+        store.upsert(
+            VacancyPoint(f"c{i}", corpus[i], corpus_labels[i], "bench", now)
+            for i in range(start, min(start + 1024, len(corpus)))
+        )
+    return len(corpus) / (time.perf_counter() - t0)
+
+
+def _classify_latencies_ms(
+    encoder: Encoder, clf: FusedClassifier, store: VectorStore, texts: Sequence[str], n: int
+) -> list[float]:
+    k = max(clf.params.k, 5)
+    latencies = []
+    for text in list(texts)[:n]:
+        t0 = time.perf_counter()
+        vector = encoder.encode([clean_text(text)])
+        hits = store.search(vector[0], k)
+        clf.predict_proba(vector, [[Neighbour(h.label, h.score) for h in hits]])
+        latencies.append((time.perf_counter() - t0) * 1000)
+    return latencies
+
+
+def timing(
+    encoder: Encoder,
+    clf: FusedClassifier,
+    corpus: np.ndarray,
+    corpus_labels: Sequence[str],
+    texts: Sequence[str],
+    cfg: BenchConfig,
+) -> dict[str, Any]:
+    """Throughput of the embedder and end-to-end latency of one classification through the
+    production path: clean → embed → Qdrant (local mode) → fuse."""
+    embed_rate = _embed_rate(encoder, texts)
+    store = VectorStore(connect(None, ":memory:"), alias="bench")
+    upsert_rate = _index_corpus(store, corpus, corpus_labels)
+    latencies = _classify_latencies_ms(encoder, clf, store, texts, cfg.latency_queries)
+    store.client.close()
+    return {
+        "embed_texts_per_s": round(embed_rate, 1),
+        "classify_p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "classify_p99_ms": round(float(np.percentile(latencies, 99)), 2),
+        "index_upsert_points_per_s": round(upsert_rate, 1),
+        "index_points": len(corpus),
+        "knn_backend": "qdrant-local",
+        "threads": torch.get_num_threads(),
+    }
+
+
+# ---- the run ----------------------------------------------------------------------------------
+def with_tuning_split(train: Split, val: Split | None, cfg: BenchConfig) -> tuple[Split, Split]:
+    """(train, val); without a val split, a stratified ``cfg.val_fraction`` of train is carved out for
+    tuning. The test split stays untouched."""
+    if val is not None:
+        return train, val
+    labels_tr = sorted(set(train.labels))
+    y = indices(train.labels, {lab: i for i, lab in enumerate(labels_tr)})
+    tr_idx, va_idx = stratified_split(y, cfg.val_fraction, cfg.seed)
+    return train.take(tr_idx), train.take(va_idx)
+
+
+def _result_header(
+    train: Split, val: Split, test: Split, labels: list[str], encoder: Encoder, cfg: BenchConfig
+) -> dict[str, Any]:
+    return {
+        "dataset": cfg.name,
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_test": len(test),
+        "n_classes": len(labels),
+        "labels": labels,
+        "embedder": cache_key_model(encoder),
+    }
+
+
+def run_bench(
+    train: Split,
+    val: Split | None,
+    test: Split,
+    encoder: Encoder,
+    cache: EmbeddingCache | None,
+    cfg: BenchConfig,
+    say: Say = log.info,
+) -> dict[str, Any]:
+    train, val = with_tuning_split(train, val, cfg)
+    labels = sorted(set(train.labels) | set(val.labels))
+    index = {lab: i for i, lab in enumerate(labels)}
+    say(f"[{cfg.name}] train {len(train)}, val {len(val)}, test {len(test)}, {len(labels)} classes")
+    t0 = time.perf_counter()
+    x_tr, x_va, x_te = (encode_cached(encoder, s.texts, cache, show_progress=True) for s in (train, val, test))
+    say(f"  embeddings ready in {time.perf_counter() - t0:.1f}s (cached after the first run)")
+    y_tr, y_va, y_te = (indices(s.labels, index) for s in (train, val, test))
+
+    fitted = fit_all(x_tr, y_tr, x_va, y_va, train.texts, val.texts, x_te, test.texts, labels, cfg, say)
+    methods: dict[str, Any] = {}
+    for name, probs in fitted.probs.items():
+        methods[name] = score(probs, y_te, labels, cfg.abstain_threshold if name.startswith("fused") else None)
+        methods[name].update(fitted.extra.get(name, {}))
+    result: dict[str, Any] = {
+        **_result_header(train, val, test, labels, encoder, cfg),
+        "methods": methods,
+        "params": fitted.params,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpu_count": cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+    }
+    if train.fine is not None and val.fine is not None and test.fine is not None:
+        result["fine"] = fine_level(train, val, test, x_tr, x_va, x_te, cfg)
+    if cfg.timing:
+        assert fitted.classifier is not None and fitted.corpus is not None
+        all_labels = [*train.labels, *val.labels]
+        result["timing"] = timing(encoder, fitted.classifier, fitted.corpus, all_labels, test.texts, cfg)
+    result["confusion_fused"] = confusion_matrix(
+        y_te[y_te >= 0], fitted.probs["fused"][y_te >= 0].argmax(1), len(labels)
+    ).tolist()
+    return result
+
+
+def fine_level(
+    train: Split,
+    val: Split,
+    test: Split,
+    x_tr: np.ndarray,
+    x_va: np.ndarray,
+    x_te: np.ndarray,
+    cfg: BenchConfig,
+) -> dict[str, Any]:
+    """Train on the fine labels (e.g. ISCO sub-major groups) and map predictions up to the coarse level."""
+    assert train.fine is not None and val.fine is not None and test.fine is not None
+    fine_labels = sorted(set(train.fine) | set(val.fine))
+    index = {lab: i for i, lab in enumerate(fine_labels)}
+    y_tr, y_va, y_te = (indices(s.fine or [], index) for s in (train, val, test))
+    clf, report = fit_classifier(x_tr, y_tr, x_va, y_va, fine_labels, cfg)
+    x_all, y_all = np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va])
+    clf = refit_head(clf, x_all, y_all, report.best_epoch)
+    nb_l, nb_s = neighbour_arrays(x_te, x_all, y_all)
+    pred = clf.predict_proba(x_te, neighbours(fine_labels, nb_l, nb_s)).argmax(1)
+    to_coarse: dict[str, str] = {}
+    for fine, coarse in zip(train.fine + val.fine, train.labels + val.labels, strict=True):
+        to_coarse.setdefault(fine, coarse)
+    coarse_pred = [to_coarse[fine_labels[p]] for p in pred]
+    known = y_te >= 0
+    return {
+        "n_fine_classes": len(fine_labels),
+        "fused_fine_accuracy": float(np.mean(np.where(known, pred == y_te, False))),
+        "fused_fine_macro_f1": macro_f1(y_te[known], pred[known], len(fine_labels)),
+        "fused_coarse_from_fine_accuracy": float(
+            np.mean([p == t for p, t in zip(coarse_pred, test.labels, strict=True)])
+        ),
+    }
+
+
+def run_cv(
+    pool: Split,
+    folds: int,
+    encoder: Encoder,
+    cache: EmbeddingCache | None,
+    cfg: BenchConfig,
+    say: Say = log.info,
+    extra_rows: Callable[[Split, Split, BenchConfig], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """k-fold cross-validation for small datasets: every row is scored once, by a model that never saw it.
+    ``extra_rows(train, test, cfg)`` adds methods per fold (``bench --finetune``: the fine-tuned rows, with the
+    encoder fine-tuned on each fold's training part); its ``finetune`` record is kept per fold."""
+    fold_of = stratified_folds(pool.labels, folds, cfg.seed)
+    per_method: dict[str, list[tuple[float, float]]] = {}
+    finetune_runs: list[dict[str, Any]] = []
+    for fold in range(folds):
+        sub = BenchConfig(**{**cfg.__dict__, "name": f"{cfg.name}/fold{fold}", "timing": False})
+        train, test = pool.take(np.flatnonzero(fold_of != fold)), pool.take(np.flatnonzero(fold_of == fold))
+        methods = run_bench(train, None, test, encoder, cache, sub, say)["methods"]
+        if extra_rows is not None:
+            extra = extra_rows(train, test, sub)
+            methods = {**methods, **extra["methods"]}
+            if "finetune" in extra:
+                finetune_runs.append(extra["finetune"])
+        for name, scores in methods.items():
+            per_method.setdefault(name, []).append((scores["accuracy"], scores["macro_f1"]))
+    return {
+        "folds": folds,
+        "n": len(pool),
+        **({"finetune": finetune_runs} if finetune_runs else {}),
+        "methods": {name: _mean_std(vals) for name, vals in per_method.items()},
+    }
+
+
+def stratified_folds(labels: Sequence[str], folds: int, seed: int) -> np.ndarray:
+    """The fold (0 … folds − 1) of each row: every class dealt round-robin over the folds, shuffled."""
+    y = indices(labels, {lab: i for i, lab in enumerate(sorted(set(labels)))})
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(y), dtype=np.int64)
+    for cls in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == cls))
+        fold_of[members] = np.arange(len(members)) % folds
+    return fold_of
+
+
+def _mean_std(vals: Sequence[tuple[float, float]]) -> dict[str, float]:
+    """Mean and spread over the folds of (accuracy, macro-F1)."""
+    return {
+        "accuracy_mean": float(np.mean([a for a, _ in vals])),
+        "accuracy_std": float(np.std([a for a, _ in vals])),
+        "macro_f1_mean": float(np.mean([f for _, f in vals])),
+        "macro_f1_std": float(np.std([f for _, f in vals])),
+    }
+
+
+def cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def target_checks(result: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets for one dataset, in accuracy points (and macro-F1 points where named):
+    fused minus head, knn and tfidf_lr, and the largest loss of a compressed variant against fused.
+    With a cross-validation section, the same numbers over its folds' means as well."""
+
+    def deltas(acc: dict[str, float], f1: dict[str, float]) -> dict[str, float]:
+        return {
+            "fused_minus_head": 100 * (acc["fused"] - acc["head"]),
+            "fused_minus_knn": 100 * (acc["fused"] - acc["knn"]),
+            "fused_minus_head_f1": 100 * (f1["fused"] - f1["head"]),
+            "fused_minus_knn_f1": 100 * (f1["fused"] - f1["knn"]),
+            "fused_minus_tfidf": 100 * (acc["fused"] - acc["tfidf_lr"]),
+            "hybrid_minus_tfidf": 100 * (acc["fused_tfidf"] - acc["tfidf_lr"]),
+            "compression_loss": max(0.0, *(100 * (acc["fused"] - acc[c]) for c in COMPRESSED)),
+        }
+
+    m = result["methods"]
+    out: dict[str, Any] = {
+        "val": deltas({k: v["accuracy"] for k, v in m.items()}, {k: v["macro_f1"] for k, v in m.items()})
+    }
+    cv = result.get("cv")
+    if cv:
+        cm = cv["methods"]
+        out["cv"] = deltas(
+            {k: v["accuracy_mean"] for k, v in cm.items()}, {k: v["macro_f1_mean"] for k, v in cm.items()}
+        )
+    return out

@@ -1,0 +1,217 @@
+"""The service's lifecycle: ``setup``, ``migrate``, ``ingest``, ``train``, ``reindex``, ``retrain``,
+``evaluate``, ``serve``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from app.cli import common
+from app.errors import InvalidInput
+from app.settings import get_settings
+
+
+def setup() -> None:
+    """Migrate the database, ingest the sample, train and index: each step only if it is missing."""
+    from app.services.bootstrap import bootstrap
+
+    runtime = common.runtime()
+    try:
+        bootstrap(runtime, typer.echo, show_progress=True)
+    finally:
+        runtime.close()
+
+
+def migrate() -> None:
+    """Apply the database migrations (Alembic) to JOBCLASS_DATABASE_URL."""
+    from app.db import migrate as run
+
+    settings = get_settings()
+    run(settings.db_url)
+    typer.echo("database is at the latest revision")
+
+
+def ingest(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV with header id,text,label")],
+    source: Annotated[str, typer.Option(help="Source tag stored with each vacancy.")] = "ingest",
+) -> None:
+    """Add or update labelled vacancies from a CSV file (upsert by id)."""
+    from app.db import migrate as run_migrations
+    from app.services.vacancies import ingest_csv
+
+    settings = get_settings()
+    run_migrations(settings.db_url)
+    runtime = common.runtime(settings)
+    try:
+        with runtime.sessions() as session:
+            result = ingest_csv(
+                session,
+                path,
+                runtime.taxonomy,
+                source=source,
+                clean_max_chars=settings.clean_max_chars,
+                extractor=runtime.extractor,
+                store_raw_text=settings.store_raw_text,
+            )
+    finally:
+        runtime.close()
+    typer.echo(
+        f"added {result.added}, updated {result.updated}, unchanged {result.unchanged}, rejected {len(result.rejected)}"
+    )
+    for line in result.rejected[:50]:
+        typer.secho(f"  rejected {line}", fg=typer.colors.YELLOW, err=True)
+    typer.echo("run `jobclass reindex` and `jobclass train` to use the new data")
+    if result.rejected:
+        raise typer.Exit(1)
+
+
+def train() -> None:
+    """Train a new model on every labelled vacancy and make it active."""
+    from app.services.training import train as run
+
+    runtime = common.runtime()
+    try:
+        with runtime.sessions() as session:
+            result = run(runtime, session, show_progress=True)
+    finally:
+        runtime.close()
+    val = result.metrics["validation"]
+    typer.echo(f"model {result.version} trained on {result.n_examples} vacancies; params {result.params}")
+    for name in ("head", "knn", "fused"):
+        acc, f1 = val[name]["accuracy"], val[name]["macro_f1"]
+        typer.echo(f"  validation {name:5s}: accuracy {acc:.3f}  macro-F1 {f1:.3f}")
+
+
+def reindex() -> None:
+    """Re-embed every labelled vacancy into a new collection and swap the alias to it."""
+    from app.services.index import reindex as run
+
+    runtime = common.runtime()
+    bar, progress = common.progress_bar("reindex")
+    try:
+        with runtime.sessions() as session:
+            result = run(runtime, session, progress)
+    finally:
+        bar.close()
+        runtime.close()
+    typer.echo(
+        f"indexed {result.count} vacancies into {result.collection} in {result.seconds:.1f}s "
+        f"({result.rate:.0f}/s; alias {runtime.store.alias!r}; previous {result.previous})"
+    )
+
+
+def retrain(
+    margin: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Promote if accuracy ≥ champion's − margin (default JOBCLASS_PROMOTION_MARGIN).",
+        ),
+    ] = None,
+) -> None:
+    """Train a challenger on every labelled vacancy (corrections included) and promote it only if it
+    scores at least as well as the active model on the same validation set."""
+    from app.services.training import retrain as run
+
+    runtime = common.runtime()
+    bar, progress = common.progress_bar("embed")
+    try:
+        with runtime.sessions() as session:
+            result = run(runtime, session, margin, progress=progress)
+    finally:
+        bar.close()
+        runtime.close()
+    ch, champ = result.challenger_scores, result.champion_scores
+    typer.echo(
+        f"challenger {result.version}: {result.n_examples} vacancies ({result.n_feedback} from feedback), "
+        f"validation accuracy {ch['accuracy']:.4f}, macro-F1 {ch['macro_f1']:.4f} on {result.n_val}"
+    )
+    if champ is not None:
+        acc, f1 = champ["accuracy"], champ["macro_f1"]
+        typer.echo(f"champion   {result.champion}: accuracy {acc:.4f}, macro-F1 {f1:.4f}")
+    verdict = "promoted" if result.promoted else "not promoted"
+    typer.echo(f"{verdict}: {result.reason}; active model {result.active} ({result.seconds:.1f}s)")
+
+
+def _evaluate_probs(runtime: Any, rows: list[dict[str, str]], index: dict[str, int]) -> Any:
+    """Class probabilities of the active model (and index) for each row, in batches of 64."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from app.services.classification import ClassifyItem, classify
+
+    probs = []
+    for start in tqdm(range(0, len(rows), 64), desc="evaluate", unit="batch"):
+        chunk = rows[start : start + 64]
+        for res in classify(runtime, None, [ClassifyItem(r["text"]) for r in chunk], top_k=len(index)):
+            p = np.zeros(len(index))
+            for lp in res.probabilities:
+                p[index[lp.label]] = lp.probability
+            probs.append(p)
+    return np.array(probs)
+
+
+def evaluate(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="labelled CSV: id,text,label")],
+) -> None:
+    """Score the active model and index on a labelled CSV (nothing is stored)."""
+    import numpy as np
+
+    from app.services.vacancies import read_rows
+    from models.metrics import summary
+
+    runtime = common.runtime()
+    try:
+        runtime.load_active_model()
+        rows = [r for _, r in read_rows(path)]
+        labels = runtime.model.classifier.labels
+        index = {label: i for i, label in enumerate(labels)}
+        unknown = {r["label"] for r in rows} - set(index)
+        if unknown:
+            raise InvalidInput(f"labels not in the model: {sorted(unknown)[:5]}")
+        y = np.array([index[r["label"]] for r in rows])
+        report = summary(_evaluate_probs(runtime, rows, index), y, labels)
+    finally:
+        runtime.close()
+    typer.echo(json.dumps({k: report[k] for k in ("accuracy", "macro_f1", "ece")}, indent=2))
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default JOBCLASS_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default JOBCLASS_PORT).")] = None,
+    bootstrap_first: Annotated[bool, typer.Option("--setup/--no-setup", help="Run `setup` first.")] = True,
+) -> None:
+    """Start the HTTP API (after `setup` unless --no-setup). This process owns the embedded index."""
+    import uvicorn
+
+    from app.main import create_app
+    from app.observability import configure_json_logging
+    from app.services.bootstrap import bootstrap
+
+    configure_json_logging()  # the server logs JSON lines (one per request, with its request id)
+    settings = get_settings()
+    runtime = common.runtime(settings)
+    try:
+        if bootstrap_first:
+            bootstrap(runtime, logging.getLogger("jobclass.setup").info)
+        else:
+            runtime.load_active_model()
+        uvicorn.run(
+            create_app(settings, runtime),
+            host=host or settings.host,
+            port=port or settings.port,
+            log_config=None,  # keep the JSON handler; the middleware logs each request
+            access_log=False,
+        )
+    finally:
+        runtime.close()
+
+
+def register(cli: typer.Typer) -> None:
+    for command in (setup, migrate, ingest, train, reindex, retrain, evaluate, serve):
+        cli.command()(command)
