@@ -9,6 +9,11 @@ from indexing.store import StoreError
 RETRY_AFTER_SECONDS = 5  # the hint sent with every 503: a dependency is expected back soon
 
 
+class IncompatibleModelError(RuntimeError):
+    """A model version or an index built for other embeddings (or labels) than the settings give: the fix is
+    `jobclass reindex` / `jobclass train`, not a retry. (A ``RuntimeError`` for the CLI's error report.)"""
+
+
 class ServiceError(Exception):
     status_code = 500
 

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.batching import MicroBatchingEncoder
 from app.db import make_engine, make_session_factory
 from app.encoders import load_encoder
-from app.errors import Unavailable
+from app.errors import IncompatibleModelError, Unavailable
 from app.services.jobs import JobRegistry
 from app.settings import Settings
 from app.taxonomy import Taxonomy
@@ -162,7 +162,7 @@ class Runtime:
     def _check_compatible(self, meta: dict[str, Any]) -> None:
         expected = self.settings.embedding_signature
         if meta.get("embedding") != expected:
-            raise RuntimeError(
+            raise IncompatibleModelError(
                 f"model {meta.get('version')} was trained on embeddings {meta.get('embedding')}, but the "
                 f"settings give {expected}: run `jobclass reindex` and `jobclass train` after changing them"
             )
@@ -171,7 +171,7 @@ class Runtime:
         found = self.store.collection_metadata().get("embedding")
         expected = self.settings.embedding_signature
         if found is not None and found != expected:
-            raise RuntimeError(
+            raise IncompatibleModelError(
                 f"the collection behind {self.store.alias!r} holds vectors of {found}, but the settings "
                 f"give {expected}: run `jobclass reindex`"
             )
