@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import admin, classify, feedback, health, predictions, search, web
-from app.errors import STORE_UNREACHABLE, DatabaseUnavailable, ServiceError, Unavailable
+from app.errors import DatabaseUnavailable, ServiceError, StoreError, Unavailable
 from app.metrics import Metrics
 from app.observability import REQUEST_ID_HEADER, RequestContextMiddleware
 from app.runtime import Runtime
@@ -135,7 +135,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             rt.load_active_model()
         try:
             rt.check_index_compatible()
-        except STORE_UNREACHABLE as exc:  # serve anyway: classify answers from the head, search says 503
+        except StoreError as exc:  # serve anyway: classify answers from the head, search says 503
             log.warning("vector store unreachable at start-up (%s): the index is checked when it is back", exc)
         if not rt.has_model:
             log.warning("no active model: classify answers 503 until `jobclass train` has run")

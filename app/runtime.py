@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from qdrant_client import QdrantClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,12 +25,9 @@ from app.taxonomy import Taxonomy
 from indexing.cache import EmbeddingCache
 from indexing.embed import Encoder
 from indexing.extract import ExtractingEncoder, Extractor, ExtractorError, TextExtractor, parse_labels
-from indexing.store import VectorStore, connect
+from indexing.store import StoreClient, VectorStore, connect
 from models.classifier import FusedClassifier
 from models.registry import EncoderRegistry, ModelRegistry, RegistryError
-
-if TYPE_CHECKING:
-    from indexing.edge_store import EdgeClient
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +46,7 @@ class Runtime:
         *,
         encoder: Encoder | None = None,
         extractor: TextExtractor | None = None,
-        qdrant: QdrantClient | EdgeClient | None = None,
+        qdrant: StoreClient | None = None,
         engine: Engine | None = None,
     ) -> None:
         # A fine-tuned encoder promoted by `jobclass upgrade-encoder` overrides JOBCLASS_EMBEDDING_MODEL.

@@ -264,7 +264,7 @@ def _try_candidate(
             mark = functools.partial(candidate.registry.activate, candidate.version)
             _switch_encoder(runtime, session, collection, started_at, switch, mark)
         else:
-            runtime.store.client.delete_collection(collection)
+            runtime.store.drop(collection)
             candidate.registry.reject(candidate.version, promotion["reason"])
     return _Outcome(collection, model_version, promotion)
 
@@ -491,7 +491,7 @@ def _new_collection(runtime: Runtime, dim: int, signature: dict[str, str]) -> It
         yield collection
     except BaseException:
         if store.active_collection() != collection:
-            store.client.delete_collection(collection)
+            store.drop(collection)
         raise
 
 

@@ -82,7 +82,7 @@ def reindex(runtime: Runtime, session: Session, progress: Progress | None = None
             write_vacancies(runtime, late, name)
             previous = store.swap_alias(name)
         except BaseException:
-            store.client.delete_collection(name)  # the old collection keeps serving
+            store.drop(name)  # the old collection keeps serving
             raise
         finally:
             store.building = None
