@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from app.cli_errors import FriendlyErrors
 from app.cli_finetune import encoders_cli, finetune_command, objective_option, upgrade_encoder_command
+from app.encoders import resolve_encoder_settings
 from app.errors import ServiceError
 from app.runtime import Runtime
 from app.settings import PROJECT_ROOT, Settings, get_settings
@@ -35,7 +36,7 @@ cli.command("upgrade-encoder")(upgrade_encoder_command)
 
 def _runtime(settings: Settings | None = None) -> Runtime:
     try:
-        return Runtime(settings or get_settings())
+        return Runtime(resolve_encoder_settings(settings or get_settings()))
     except StoreLockedError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
@@ -576,7 +577,7 @@ def _offline_runtime() -> Runtime:
     in-memory client) and the command runs while a server owns the embedded index."""
     from qdrant_client import QdrantClient
 
-    return Runtime(get_settings(), qdrant=QdrantClient(":memory:"))
+    return Runtime(resolve_encoder_settings(get_settings()), qdrant=QdrantClient(":memory:"))
 
 
 @models_cli.command("list")

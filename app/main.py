@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import admin, classify, feedback, health, predictions, search, web
+from app.encoders import resolve_encoder_settings
 from app.errors import DatabaseUnavailable, ServiceError, StoreError, Unavailable
 from app.metrics import Metrics
 from app.observability import REQUEST_ID_HEADER, RequestContextMiddleware
@@ -130,7 +131,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = runtime is None
-        rt = runtime or Runtime(settings or get_settings())
+        rt = runtime or Runtime(resolve_encoder_settings(settings or get_settings()))
         if not rt.has_model:
             rt.load_active_model()
         try:

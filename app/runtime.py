@@ -27,7 +27,7 @@ from indexing.embed import Encoder
 from indexing.extract import ExtractingEncoder, Extractor, ExtractorError, TextExtractor, parse_labels
 from indexing.store import StoreClient, VectorStore, connect
 from models.classifier import FusedClassifier
-from models.registry import EncoderRegistry, ModelRegistry, RegistryError
+from models.registry import ModelRegistry, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,7 @@ class Runtime:
         qdrant: StoreClient | None = None,
         engine: Engine | None = None,
     ) -> None:
-        # A fine-tuned encoder promoted by `jobclass upgrade-encoder` overrides JOBCLASS_EMBEDDING_MODEL.
-        active_encoder = EncoderRegistry.under(settings.model_dir).active_path()
-        if active_encoder is not None:
-            settings = settings.model_copy(update={"embedding_model": str(active_encoder)})
+        # ``settings`` as given: app.encoders.resolve_encoder_settings applies an active fine-tuned encoder.
         self.settings = settings
         self.taxonomy = Taxonomy.from_csv(settings.taxonomy_path)
         self.engine = engine or make_engine(settings.db_url)
