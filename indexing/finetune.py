@@ -33,21 +33,21 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from indexing.embed import l2_normalise, native_bf16, resolve_model_path, split_chunks
+from indexing.objectives import OBJECTIVES as OBJECTIVES  # re-exported: the CLI lists them
+from indexing.objectives import Objective
 from models.fusion import KNN_TEMPERATURES, KS
 from models.knn import knn_vote
 
 log = logging.getLogger(__name__)
 FINETUNE_FILE = "finetune.json"
 Say = Callable[[str], None]
-Objective = Literal["triplets", "supcon", "softmax"]
-OBJECTIVES: tuple[Objective, ...] = ("triplets", "supcon", "softmax")
 
 
 @dataclass
