@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from app.settings import Settings
 from indexing.embed import SentenceEmbedder
+from models.registry import EncoderRegistry
+
+
+def resolve_encoder_settings(settings: Settings) -> Settings:
+    """The settings a runtime serves with: a fine-tuned encoder promoted by `jobclass upgrade-encoder` (the
+    encoder registry's active version under ``model_dir``) overrides JOBCLASS_EMBEDDING_MODEL. Applied
+    where settings are built for a runtime (the server's lifespan, the CLI's commands); ``Runtime`` uses
+    the settings it is given."""
+    active = EncoderRegistry.under(settings.model_dir).active_path()
+    if active is None:
+        return settings
+    return settings.model_copy(update={"embedding_model": str(active)})
 
 
 def load_encoder(settings: Settings) -> SentenceEmbedder:

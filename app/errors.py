@@ -1,12 +1,29 @@
-"""Domain errors raised by services; the API maps each to one HTTP status."""
+"""Domain errors raised by services; the API maps each to one HTTP status (``app.api.errors``).
+
+The vector store's errors are one ``indexing.store.StoreError`` (re-exported here): classification falls
+back to the head alone on it, search answers 503. Anything else the store raises is a bug: a 500."""
 
 from __future__ import annotations
 
-from qdrant_client.http.exceptions import ApiException
-
 from indexing.store import StoreError
 
+__all__ = [
+    "Conflict",
+    "DatabaseUnavailable",
+    "IncompatibleModelError",
+    "InvalidInput",
+    "NotFound",
+    "ServiceError",
+    "StoreError",
+    "Unavailable",
+]
+
 RETRY_AFTER_SECONDS = 5  # the hint sent with every 503: a dependency is expected back soon
+
+
+class IncompatibleModelError(RuntimeError):
+    """A model version or an index built for other embeddings (or labels) than the settings give: the fix is
+    `jobclass reindex` / `jobclass train`, not a retry. (A ``RuntimeError`` for the CLI's error report.)"""
 
 
 class ServiceError(Exception):
@@ -48,10 +65,3 @@ class DatabaseUnavailable(Unavailable):
         super().__init__(
             "the database is unavailable; nothing was written, retry later" + (f" ({detail})" if detail else "")
         )
-
-
-# What the vector store raises when it cannot answer: no collection behind the alias (StoreError), a server
-# that refuses or times out (ApiException, OSError), a closed local client (RuntimeError), a collection of
-# another dimension (ValueError). Classification falls back to the head on these; search answers 503.
-STORE_UNREACHABLE: tuple[type[Exception], ...] = (StoreError, ApiException, OSError)
-STORE_ERRORS: tuple[type[Exception], ...] = (*STORE_UNREACHABLE, ValueError, RuntimeError)

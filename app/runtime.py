@@ -10,28 +10,24 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from qdrant_client import QdrantClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.batching import MicroBatchingEncoder
 from app.db import make_engine, make_session_factory
 from app.encoders import load_encoder
-from app.errors import Unavailable
+from app.errors import IncompatibleModelError, Unavailable
 from app.services.jobs import JobRegistry
 from app.settings import Settings
 from app.taxonomy import Taxonomy
 from indexing.cache import EmbeddingCache
 from indexing.embed import Encoder
 from indexing.extract import ExtractingEncoder, Extractor, ExtractorError, TextExtractor, parse_labels
-from indexing.store import VectorStore, connect
+from indexing.store import StoreClient, VectorStore, connect
 from models.classifier import FusedClassifier
-from models.registry import EncoderRegistry, ModelRegistry, RegistryError
-
-if TYPE_CHECKING:
-    from indexing.edge_store import EdgeClient
+from models.registry import ModelRegistry, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +46,10 @@ class Runtime:
         *,
         encoder: Encoder | None = None,
         extractor: TextExtractor | None = None,
-        qdrant: QdrantClient | EdgeClient | None = None,
+        qdrant: StoreClient | None = None,
         engine: Engine | None = None,
     ) -> None:
-        # A fine-tuned encoder promoted by `jobclass upgrade-encoder` overrides JOBCLASS_EMBEDDING_MODEL.
-        active_encoder = EncoderRegistry.under(settings.model_dir).active_path()
-        if active_encoder is not None:
-            settings = settings.model_copy(update={"embedding_model": str(active_encoder)})
+        # ``settings`` as given: app.encoders.resolve_encoder_settings applies an active fine-tuned encoder.
         self.settings = settings
         self.taxonomy = Taxonomy.from_csv(settings.taxonomy_path)
         self.engine = engine or make_engine(settings.db_url)
@@ -162,7 +155,7 @@ class Runtime:
     def _check_compatible(self, meta: dict[str, Any]) -> None:
         expected = self.settings.embedding_signature
         if meta.get("embedding") != expected:
-            raise RuntimeError(
+            raise IncompatibleModelError(
                 f"model {meta.get('version')} was trained on embeddings {meta.get('embedding')}, but the "
                 f"settings give {expected}: run `jobclass reindex` and `jobclass train` after changing them"
             )
@@ -171,7 +164,7 @@ class Runtime:
         found = self.store.collection_metadata().get("embedding")
         expected = self.settings.embedding_signature
         if found is not None and found != expected:
-            raise RuntimeError(
+            raise IncompatibleModelError(
                 f"the collection behind {self.store.alias!r} holds vectors of {found}, but the settings "
                 f"give {expected}: run `jobclass reindex`"
             )

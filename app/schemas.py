@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from indexing.finetune import Objective
+from indexing.objectives import Objective
 
 
 def _not_blank(value: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +87,19 @@ def encode_cached(
     for i, k in enumerate(keys):
         out[i] = found[k]
     return out
+
+
+def encode_in_steps(
+    encoder: Encoder,
+    texts: Sequence[str],
+    cache: EmbeddingCache | None,
+    step: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """``encode_cached`` over ``step`` texts at a time, reporting ``progress(done, total)`` after each."""
+    parts = [np.zeros((0, encoder.dim), dtype=np.float32)]
+    for offset in range(0, len(texts), step):
+        parts.append(encode_cached(encoder, texts[offset : offset + step], cache))
+        if progress:
+            progress(min(offset + step, len(texts)), len(texts))
+    return np.concatenate(parts)

@@ -41,6 +41,8 @@ import numpy as np
 import qdrant_edge as qe
 from qdrant_client.http import models
 
+from indexing.store import StoreError
+
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 
 _SCHEMAS: dict[str, qe.PayloadSchemaType] = {
@@ -87,16 +89,17 @@ class _Collection:
     lock: threading.Lock = field(default_factory=threading.Lock)  # one optimize at a time
 
 
-class EdgeError(RuntimeError):
-    """An error raised by the Qdrant Edge engine (it raises plain ``Exception``)."""
+class EdgeError(StoreError):
+    """An error raised by the Qdrant Edge engine (it raises plain ``Exception``), or a closed client: a
+    ``StoreError``, so the service treats it as the store being unavailable."""
 
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _translated(method: F) -> F:
-    """Re-raise the engine's plain ``Exception`` as :class:`EdgeError`, so callers that catch
-    ``RuntimeError`` (the classify fallback to the head alone) treat it as the store being unavailable."""
+    """Re-raise the engine's plain ``Exception`` as :class:`EdgeError` (a ``StoreError``: the classify
+    fallback to the head alone); Python's own errors (a bug, a bad argument) pass unchanged."""
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -237,7 +240,7 @@ class EdgeClient:
     def _acquire(self, name: str) -> _Collection:
         with self._mutex:
             if self._closed:
-                raise RuntimeError("the edge store is closed")
+                raise EdgeError("the edge store is closed")
             coll = self._collections.get(self._resolve(name))
             if coll is None:
                 raise ValueError(f"Collection {name} not found")

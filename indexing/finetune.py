@@ -33,21 +33,21 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from indexing.embed import l2_normalise, native_bf16, resolve_model_path, split_chunks
+from indexing.objectives import OBJECTIVES as OBJECTIVES  # re-exported: the CLI lists them
+from indexing.objectives import Objective
 from models.fusion import KNN_TEMPERATURES, KS
 from models.knn import knn_vote
 
 log = logging.getLogger(__name__)
 FINETUNE_FILE = "finetune.json"
 Say = Callable[[str], None]
-Objective = Literal["triplets", "supcon", "softmax"]
-OBJECTIVES: tuple[Objective, ...] = ("triplets", "supcon", "softmax")
 
 
 @dataclass
@@ -433,23 +433,75 @@ def finetune(
     checkpoint in ``out_dir/checkpoints`` (``True``) or from a given checkpoint folder.
     ``base_embeddings`` (L2-normalised, one row per training text) saves re-encoding for hard-negative
     mining."""
-    from datasets import Dataset
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from transformers import EarlyStoppingCallback
-
     cfg = cfg or FinetuneConfig()
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    targets = _targets(train_labels, val_texts, val_labels, coarse)
+    model = load_model(base_model, cfg.max_seq_length)
+    t0 = time.perf_counter()
+    data = _objective_data(model, train_texts, targets, cfg, base_embeddings, say)
+    mining_seconds = time.perf_counter() - t0
+    n_labels = len(targets.labels)
+    evaluator = make_knn_evaluator(
+        train_texts, targets.y_tr, targets.val_texts, targets.y_va, n_labels, cfg, targets.coarse_of
+    )
+    metric = "knn_coarse_accuracy" if targets.coarse_of is not None else "knn_accuracy"
+    say(f"{data.described} from {len(train_texts)} texts, {n_labels} classes; scoring the base encoder")
+    before = evaluator(model)
+    run = _train(model, data, evaluator, cfg, out / "checkpoints", metric, resume, show_progress)
+    history = [h for h in evaluator.history]
+    model.save(str(out))
+    wall = time.perf_counter() - started
+    sequences = data.per_example * min(run.steps * cfg.batch_size, data.n_examples * max(cfg.epochs, 1))
+    metrics = {"base_" + k.removeprefix("val_"): float(v) for k, v in before.items() if isinstance(v, int | float)}
+    if run.best_metric is not None:
+        metrics[f"best_{metric}"] = float(run.best_metric)
+    if isinstance(data.loss, CosineSoftmaxLoss):  # how far the class proxies moved from the base centroids
+        metrics["proxy_cosine_to_centroid"] = round(data.loss.proxy_drift(), 4)
+    result = FinetuneResult(
+        out_dir=out,
+        base_model=base_model,
+        data_hash=labelled_data_hash(train_texts, train_labels),
+        n_train_texts=len(train_texts),
+        n_examples=data.n_examples,
+        n_classes=n_labels,
+        steps=run.steps,
+        best_step=run.best_step,
+        wall_seconds=round(wall, 2),
+        train_seconds=round(run.seconds, 2),
+        texts_per_s=round(sequences / run.seconds, 2) if run.seconds > 0 else 0.0,
+        metrics=metrics,
+        history=history,
+    )
+    _write_info(out, result, cfg, targets.labels, coarse, mining_seconds)
+    say(
+        f"fine-tuned in {wall:.0f}s ({run.steps} steps, {result.texts_per_s:.1f} texts/s); "
+        f"kNN {metric} {metrics.get('base_' + metric, float('nan')):.4f} → {run.best_metric}"
+    )
+    return result
+
+
+@dataclass(frozen=True)
+class _Targets:
+    labels: list[str]  # the training classes, sorted
+    y_tr: np.ndarray
+    val_texts: list[str]  # the validation texts of a class seen in training
+    y_va: np.ndarray
+    coarse_of: np.ndarray | None  # fine class index -> coarse class index
+
+
+def _targets(
+    train_labels: Sequence[str], val_texts: Sequence[str], val_labels: Sequence[str], coarse: dict[str, str] | None
+) -> _Targets:
     labels = sorted(set(train_labels))
     if len(labels) < 2:
         raise ValueError("fine-tuning needs at least two classes")
     index = {lab: i for i, lab in enumerate(labels)}
     y_tr = np.array([index[lab] for lab in train_labels], dtype=np.int64)
     known = [i for i, lab in enumerate(val_labels) if lab in index]
-    val_texts = [val_texts[i] for i in known]
     y_va = np.array([index[val_labels[i]] for i in known], dtype=np.int64)
     if len(y_va) == 0:
         raise ValueError("the validation set has no text of a class seen in training")
@@ -457,55 +509,126 @@ def finetune(
     if coarse is not None:
         coarse_names = sorted(set(coarse.values()))
         coarse_of = np.array([coarse_names.index(coarse[lab]) for lab in labels], dtype=np.int64)
+    return _Targets(labels, y_tr, [val_texts[i] for i in known], y_va, coarse_of)
 
-    model = load_model(base_model, cfg.max_seq_length)
-    t0 = time.perf_counter()
-    lr_mapping: dict[str, float] = {}
-    if cfg.objective in ("supcon", "softmax"):
-        picked = _per_class_cap(y_tr, cfg.max_texts_per_class, cfg.seed)
-        dataset = Dataset.from_dict({"text": [train_texts[i] for i in picked], "label": [int(y_tr[i]) for i in picked]})
-        n_examples, per_example = len(picked), 1
-        loss: nn.Module
-        if cfg.objective == "supcon":
-            loss = SupConLoss(model, scale=cfg.scale)
-            described = f"{n_examples} labelled texts (supervised contrastive)"
-        else:
-            emb = base_embeddings
-            if emb is None:
-                say(f"embedding {len(train_texts)} training texts with the base encoder for the class proxies")
-                emb = encode_texts(model, train_texts, chunking=cfg.chunking, bf16=_eval_bf16(cfg))
-            init = class_centroids(emb, y_tr, len(labels))
-            loss = CosineSoftmaxLoss(model, len(labels), scale=cfg.scale, margin=cfg.margin, init=init)
-            lr_mapping = {r"^proxies$": cfg.proxy_learning_rate}
-            described = f"{n_examples} labelled texts (normalised softmax over {len(labels)} class proxies)"
-    else:
-        emb = base_embeddings
-        if cfg.hard_negatives and emb is None:
-            say(f"embedding {len(train_texts)} training texts with the base encoder to mine hard negatives")
-            emb = encode_texts(model, train_texts, chunking=False, bf16=_eval_bf16(cfg))
-        triplets = build_triplets(
-            train_texts, y_tr, cfg.max_pairs_per_class, cfg.seed, emb if cfg.hard_negatives else None
-        )
-        dataset = Dataset.from_dict(
-            {
-                "anchor": [train_texts[a] for a, _, _ in triplets],
-                "positive": [train_texts[p] for _, p, _ in triplets],
-                "negative": [train_texts[n] for _, _, n in triplets],
-                "label": [[int(y_tr[a]), int(y_tr[n])] for a, _, n in triplets],
-            }
-        )
-        loss = LabelAwareMNRLoss(model, scale=cfg.scale)
-        n_examples, per_example = len(triplets), 3
-        described = f"{n_examples} triplets"
-    mining_seconds = time.perf_counter() - t0
-    evaluator = make_knn_evaluator(train_texts, y_tr, val_texts, y_va, len(labels), cfg, coarse_of)
-    metric = "knn_coarse_accuracy" if coarse_of is not None else "knn_accuracy"
-    say(f"{described} from {len(train_texts)} texts, {len(labels)} classes; scoring the base encoder")
-    before = evaluator(model)
-    steps_per_epoch = max(1, -(-n_examples // cfg.batch_size))
+
+@dataclass(frozen=True)
+class _ObjectiveData:
+    dataset: Any  # a datasets.Dataset
+    loss: nn.Module
+    n_examples: int
+    per_example: int  # texts per example (a triplet: 3)
+    described: str
+    lr_mapping: dict[str, float]
+
+
+def _objective_data(
+    model: Any,  # a SentenceTransformer
+    train_texts: Sequence[str],
+    targets: _Targets,
+    cfg: FinetuneConfig,
+    base_embeddings: np.ndarray | None,
+    say: Say,
+) -> _ObjectiveData:
+    """The training examples and the loss of ``cfg.objective``."""
+    from datasets import Dataset
+
+    y_tr, n_labels = targets.y_tr, len(targets.labels)
+    if cfg.objective == "triplets":
+        return _triplet_data(model, train_texts, y_tr, cfg, base_embeddings, say)
+    picked = _per_class_cap(y_tr, cfg.max_texts_per_class, cfg.seed)
+    dataset = Dataset.from_dict({"text": [train_texts[i] for i in picked], "label": [int(y_tr[i]) for i in picked]})
+    if cfg.objective == "supcon":
+        described = f"{len(picked)} labelled texts (supervised contrastive)"
+        return _ObjectiveData(dataset, SupConLoss(model, scale=cfg.scale), len(picked), 1, described, {})
+    emb = base_embeddings
+    if emb is None:
+        say(f"embedding {len(train_texts)} training texts with the base encoder for the class proxies")
+        emb = encode_texts(model, train_texts, chunking=cfg.chunking, bf16=_eval_bf16(cfg))
+    init = class_centroids(emb, y_tr, n_labels)
+    loss = CosineSoftmaxLoss(model, n_labels, scale=cfg.scale, margin=cfg.margin, init=init)
+    described = f"{len(picked)} labelled texts (normalised softmax over {n_labels} class proxies)"
+    return _ObjectiveData(dataset, loss, len(picked), 1, described, {r"^proxies$": cfg.proxy_learning_rate})
+
+
+def _triplet_data(
+    model: Any,  # a SentenceTransformer
+    train_texts: Sequence[str],
+    y_tr: np.ndarray,
+    cfg: FinetuneConfig,
+    base_embeddings: np.ndarray | None,
+    say: Say,
+) -> _ObjectiveData:
+    """(anchor, positive, negative) triplets, hard negatives mined on the base encoder's embeddings."""
+    from datasets import Dataset
+
+    emb = base_embeddings
+    if cfg.hard_negatives and emb is None:
+        say(f"embedding {len(train_texts)} training texts with the base encoder to mine hard negatives")
+        emb = encode_texts(model, train_texts, chunking=False, bf16=_eval_bf16(cfg))
+    triplets = build_triplets(train_texts, y_tr, cfg.max_pairs_per_class, cfg.seed, emb if cfg.hard_negatives else None)
+    dataset = Dataset.from_dict(
+        {
+            "anchor": [train_texts[a] for a, _, _ in triplets],
+            "positive": [train_texts[p] for _, p, _ in triplets],
+            "negative": [train_texts[n] for _, _, n in triplets],
+            "label": [[int(y_tr[a]), int(y_tr[n])] for a, _, n in triplets],
+        }
+    )
+    loss = LabelAwareMNRLoss(model, scale=cfg.scale)
+    return _ObjectiveData(dataset, loss, len(triplets), 3, f"{len(triplets)} triplets", {})
+
+
+@dataclass(frozen=True)
+class _Run:
+    steps: int
+    best_step: int | None
+    best_metric: float | None
+    seconds: float  # training time of this process (a resumed run skips some steps)
+
+
+def _train(
+    model: Any,  # a SentenceTransformer
+    data: _ObjectiveData,
+    evaluator: Any,
+    cfg: FinetuneConfig,
+    ckpt_dir: Path,
+    metric: str,
+    resume: bool | str,
+    show_progress: bool,
+) -> _Run:
+    """The sentence-transformers trainer run: evaluate and checkpoint a few times an epoch, keep the best
+    checkpoint by ``metric``, stop early after ``cfg.patience`` evaluations without improvement."""
+    from sentence_transformers import SentenceTransformerTrainer
+    from transformers import EarlyStoppingCallback
+
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=_training_args(cfg, ckpt_dir, data, metric, show_progress),
+        train_dataset=data.dataset,
+        loss=data.loss,
+        evaluator=evaluator,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience)],
+    )
+    t1 = time.perf_counter()
+    resume_arg: bool | str | None = resume if resume else None
+    if resume is True and not any(ckpt_dir.glob("checkpoint-*")):
+        resume_arg = None
+    output = trainer.train(resume_from_checkpoint=resume_arg)
+    seconds = time.perf_counter() - t1
+    best_ckpt = trainer.state.best_model_checkpoint
+    best_step = int(Path(best_ckpt).name.split("-")[-1]) if best_ckpt else None
+    return _Run(int(output.global_step), best_step, trainer.state.best_metric, seconds)
+
+
+def _training_args(
+    cfg: FinetuneConfig, ckpt_dir: Path, data: _ObjectiveData, metric: str, show_progress: bool
+) -> Any:  # SentenceTransformerTrainingArguments
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    steps_per_epoch = max(1, -(-data.n_examples // cfg.batch_size))
     eval_steps = max(1, steps_per_epoch // max(cfg.evals_per_epoch, 1))
-    ckpt_dir = out / "checkpoints"
-    args = SentenceTransformerTrainingArguments(
+    return SentenceTransformerTrainingArguments(
         output_dir=str(ckpt_dir),
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size,
@@ -525,53 +648,21 @@ def finetune(
         greater_is_better=True,
         logging_steps=max(1, eval_steps // 2),
         report_to="none",
-        learning_rate_mapping=lr_mapping,
+        learning_rate_mapping=data.lr_mapping,
         disable_tqdm=not show_progress,
         dataloader_num_workers=0,
     )
-    trainer = SentenceTransformerTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        loss=loss,
-        evaluator=evaluator,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience)],
-    )
-    t1 = time.perf_counter()
-    resume_arg: bool | str | None = resume if resume else None
-    if resume is True and not any(ckpt_dir.glob("checkpoint-*")):
-        resume_arg = None
-    output = trainer.train(resume_from_checkpoint=resume_arg)
-    train_seconds = time.perf_counter() - t1
-    steps = int(output.global_step)
-    best_ckpt = trainer.state.best_model_checkpoint
-    best_step = int(Path(best_ckpt).name.split("-")[-1]) if best_ckpt else None
-    best_metric = trainer.state.best_metric
-    # Only the steps run in this process count towards the throughput (a resumed run skips some).
-    history = [h for h in evaluator.history]
-    model.save(str(out))
-    wall = time.perf_counter() - started
-    sequences = per_example * min(steps * cfg.batch_size, n_examples * max(cfg.epochs, 1))
-    metrics = {"base_" + k.removeprefix("val_"): float(v) for k, v in before.items() if isinstance(v, int | float)}
-    if best_metric is not None:
-        metrics[f"best_{metric}"] = float(best_metric)
-    if isinstance(loss, CosineSoftmaxLoss):  # how far the class proxies moved from the base centroids
-        metrics["proxy_cosine_to_centroid"] = round(loss.proxy_drift(), 4)
-    result = FinetuneResult(
-        out_dir=out,
-        base_model=base_model,
-        data_hash=labelled_data_hash(train_texts, train_labels),
-        n_train_texts=len(train_texts),
-        n_examples=n_examples,
-        n_classes=len(labels),
-        steps=steps,
-        best_step=best_step,
-        wall_seconds=round(wall, 2),
-        train_seconds=round(train_seconds, 2),
-        texts_per_s=round(sequences / train_seconds, 2) if train_seconds > 0 else 0.0,
-        metrics=metrics,
-        history=history,
-    )
+
+
+def _write_info(
+    out: Path,
+    result: FinetuneResult,
+    cfg: FinetuneConfig,
+    labels: list[str],
+    coarse: dict[str, str] | None,
+    mining_seconds: float,
+) -> None:
+    """``finetune.json`` next to the saved encoder; the checkpoints go unless ``cfg.keep_checkpoints``."""
     info = {
         **result.to_dict(),
         "params": {**asdict(cfg), "bf16": _train_bf16(cfg)},  # as it ran
@@ -586,12 +677,7 @@ def finetune(
     }
     (out / FINETUNE_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False))
     if not cfg.keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    say(
-        f"fine-tuned in {wall:.0f}s ({steps} steps, {result.texts_per_s:.1f} texts/s); "
-        f"kNN {metric} {metrics.get('base_' + metric, float('nan')):.4f} → {best_metric}"
-    )
-    return result
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
 
 def _train_bf16(cfg: FinetuneConfig) -> bool:

@@ -6,23 +6,30 @@ collection and swaps the alias in one atomic call, so readers never see a half-b
 writes name the alias itself (never a collection looked up a moment earlier), so a swap between the
 look-up and the query cannot send a request to a collection that was just dropped. While a rebuild runs,
 single-point writes (feedback) go to the live collection and to the one being built.
+
+Two backends implement :class:`StoreClient`, the client methods ``VectorStore`` uses: qdrant-client's
+``QdrantClient`` (server or local mode) and ``indexing.edge_store.EdgeClient`` (the embedded engine).
+``tests/integration/test_store_congruence.py`` checks that they answer alike. Whatever a backend raises
+when the store is unreachable or refuses (HTTP/gRPC/connection errors, edge engine errors) leaves
+``VectorStore`` as one :class:`StoreError`; any other exception is a bug and propagates unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar, runtime_checkable
 
+import grpc
+import httpx
 import numpy as np
 from qdrant_client import QdrantClient, models
-
-if TYPE_CHECKING:
-    from indexing.edge_store import EdgeClient
+from qdrant_client.http.exceptions import ApiException
 
 Backend = Literal["local", "edge"]
 
@@ -35,6 +42,76 @@ class StoreError(RuntimeError):
 
 class StoreLockedError(StoreError):
     """Qdrant local mode allows one process per folder, and another process holds it."""
+
+
+# What the backends raise when the store cannot answer: qdrant-client's UnexpectedResponse and
+# ResponseHandlingException (ApiException), gRPC and HTTP transport errors, refused or reset connections
+# (OSError). The edge engine's errors are EdgeError, a StoreError already.
+BACKEND_ERRORS: tuple[type[BaseException], ...] = (ApiException, grpc.RpcError, httpx.HTTPError, OSError)
+
+
+class CollectionInfo(Protocol):
+    @property
+    def config(self) -> Any: ...  # ``.metadata``: the dict given to ``create_collection``
+
+
+class StoreClient(Protocol):
+    """The client methods ``VectorStore`` calls: a subset of ``QdrantClient``'s API, which
+    ``indexing.edge_store.EdgeClient`` implements over the embedded engine."""
+
+    def get_aliases(self) -> models.CollectionsAliasesResponse: ...
+    def get_collections(self) -> models.CollectionsResponse: ...
+    def create_collection(
+        self, collection_name: str, vectors_config: models.VectorParams, *, metadata: dict[str, Any] | None = None
+    ) -> bool: ...
+    def create_payload_index(
+        self, collection_name: str, field_name: str, field_schema: models.PayloadSchemaType
+    ) -> models.UpdateResult: ...
+    def update_collection_aliases(self, change_aliases_operations: Sequence[models.AliasOperations]) -> bool: ...
+    def delete_collection(self, collection_name: str) -> bool: ...
+    def get_collection(self, collection_name: str) -> CollectionInfo: ...
+    def count(self, collection_name: str, count_filter: None = None, exact: bool = True) -> models.CountResult: ...
+    def upsert(
+        self, collection_name: str, points: Sequence[models.PointStruct], wait: bool = True
+    ) -> models.UpdateResult: ...
+    def delete(
+        self, collection_name: str, points_selector: models.PointIdsList, wait: bool = True
+    ) -> models.UpdateResult: ...
+    def retrieve(
+        self, collection_name: str, ids: Sequence[str], with_payload: bool = True, with_vectors: bool = False
+    ) -> list[models.Record]: ...
+    def query_batch_points(
+        self, collection_name: str, requests: Sequence[models.QueryRequest]
+    ) -> list[models.QueryResponse]: ...
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class ArrayUpsert(Protocol):
+    """A backend that takes points as arrays (ids, a float32 matrix, payloads) without per-point models."""
+
+    def upsert_arrays(
+        self, collection_name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    ) -> int: ...
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _store_boundary(method: Callable[P, R]) -> Callable[P, R]:
+    """Backend errors of an unreachable or refusing store leave as one ``StoreError``."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except StoreError:
+            raise
+        except BACKEND_ERRORS as exc:
+            raise StoreError(f"vector store unreachable or refused the request: {type(exc).__name__}: {exc}") from exc
+
+    return wrapper
 
 
 def point_id(vacancy_id: str) -> str:
@@ -108,7 +185,7 @@ class SearchFilter:
 
 def connect(
     url: str | None = None, path: str | None = None, api_key: str | None = None, backend: Backend = "local"
-) -> QdrantClient | EdgeClient:
+) -> StoreClient:
     """A client for a server (``url``), a local folder (``path``) or memory (``path=":memory:"``).
 
     Without a URL, ``backend="local"`` is qdrant-client's local mode (brute force in Python) and
@@ -135,7 +212,7 @@ def connect(
 
 
 class VectorStore:
-    def __init__(self, client: QdrantClient | EdgeClient, alias: str = "vacancies") -> None:
+    def __init__(self, client: StoreClient, alias: str = "vacancies") -> None:
         self.client = client
         self.alias = alias
         self.building: str | None = None  # a collection being rebuilt: single writes go there too
@@ -144,9 +221,11 @@ class VectorStore:
     def _aliases(self) -> dict[str, str]:
         return {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
 
+    @_store_boundary
     def active_collection(self) -> str | None:
         return self._aliases().get(self.alias)
 
+    @_store_boundary
     def exists(self) -> bool:
         return self.active_collection() is not None
 
@@ -159,6 +238,7 @@ class VectorStore:
                 found.append((int(m.group(1)), c.name))
         return sorted(found)
 
+    @_store_boundary
     def create_version(self, dim: int, metadata: dict[str, Any] | None = None) -> str:
         """Create the next versioned collection (not yet behind the alias)."""
         versions = self._versions()
@@ -179,6 +259,7 @@ class VectorStore:
                 self.client.create_payload_index(name, field_name=key, field_schema=schema)
         return name
 
+    @_store_boundary
     def swap_alias(self, collection: str, *, drop_old: bool = True) -> str | None:
         """Point the alias at ``collection`` atomically; drop the collection it pointed at before."""
         old = self.active_collection()
@@ -195,12 +276,14 @@ class VectorStore:
             self.client.delete_collection(old)
         return old
 
+    @_store_boundary
     def collection_metadata(self) -> dict[str, Any]:
         name = self.active_collection()
         if name is None:
             return {}
         return dict(self.client.get_collection(name).config.metadata or {})
 
+    @_store_boundary
     def count(self, collection: str | None = None) -> int:
         target = collection or self.active_collection()
         if target is None:
@@ -208,6 +291,7 @@ class VectorStore:
         return int(self.client.count(target, exact=True).count)
 
     # ---- points -------------------------------------------------------------------------
+    @_store_boundary
     def upsert(self, points: Iterable[VacancyPoint], *, collection: str | None = None) -> int:
         """Write to ``collection``, or else to the live collection and any collection being built."""
         if collection is not None:
@@ -221,18 +305,20 @@ class VectorStore:
         ids = [point_id(p.vacancy_id) for p in points]
         payloads = [p.payload() for p in points]
         vectors = np.stack([p.vector for p in points]).astype(np.float32)
-        if isinstance(self.client, QdrantClient):
-            batch = [
-                models.PointStruct(id=i, vector=v, payload=pl)
-                for i, v, pl in zip(ids, vectors.tolist(), payloads, strict=True)
-            ]
+        client = self.client
+        if isinstance(client, ArrayUpsert):  # the embedded engine: no per-point pydantic models
             for target in targets:
-                self.client.upsert(target, points=batch, wait=True)
-        else:  # the embedded engine takes arrays directly (no per-point pydantic models)
-            for target in targets:
-                self.client.upsert_arrays(target, ids, vectors, payloads)
+                client.upsert_arrays(target, ids, vectors, payloads)
+            return len(points)
+        batch = [
+            models.PointStruct(id=i, vector=v, payload=pl)
+            for i, v, pl in zip(ids, vectors.tolist(), payloads, strict=True)
+        ]
+        for target in targets:
+            client.upsert(target, points=batch, wait=True)
         return len(points)
 
+    @_store_boundary
     def delete(self, vacancy_ids: Sequence[str]) -> None:
         self.client.delete(
             self._require_active(),
@@ -240,6 +326,7 @@ class VectorStore:
             wait=True,
         )
 
+    @_store_boundary
     def vector_of(self, vacancy_id: str) -> np.ndarray | None:
         records = self.client.retrieve(self._require_active(), ids=[point_id(vacancy_id)], with_vectors=True)
         if not records or records[0].vector is None:
@@ -249,6 +336,7 @@ class VectorStore:
     def search(self, vector: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
         return self.search_many(vector[None, :], k, flt)[0]
 
+    @_store_boundary
     def search_many(self, vectors: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[list[Hit]]:
         if len(vectors) == 0:
             return []
@@ -261,6 +349,11 @@ class VectorStore:
         # Equal scores in a stable order (by vacancy id): every backend, and every rebuild of a collection,
         # lists the same neighbours the same way.
         return [sorted((_hit(p) for p in r.points), key=lambda h: (-h.score, h.vacancy_id)) for r in responses]
+
+    @_store_boundary
+    def drop(self, collection: str) -> None:
+        """Delete ``collection`` (a failed or discarded rebuild)."""
+        self.client.delete_collection(collection)
 
     def _require_active(self) -> str:
         """The alias, once it is known to exist: requests name the alias, which Qdrant resolves

@@ -46,6 +46,16 @@ class Neighbour:
     rank_score: float | None = None  # the hybrid query's fused (RRF) score, when it came from one
 
 
+def neighbours_from_arrays(
+    labels: Sequence[str], nb_labels: np.ndarray, nb_scores: np.ndarray
+) -> list[list[Neighbour]]:
+    """Rows of ``Neighbour`` from the arrays of ``models.training.neighbour_arrays`` (label indices, scores)."""
+    return [
+        [Neighbour(labels[int(lab)], float(s)) for lab, s in zip(row_l, row_s, strict=True)]
+        for row_l, row_s in zip(nb_labels, nb_scores, strict=True)
+    ]
+
+
 class FusedClassifier:
     def __init__(
         self,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from models.classifier import FusedClassifier, Neighbour
+from models.classifier import FusedClassifier, neighbours_from_arrays
 from models.fusion import fuse, tune
 from models.head import HeadConfig, LinearHead
 from models.knn import exact_neighbours, hybrid_votes, knn_vote
@@ -373,9 +373,16 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score ``classifier`` on (x, y) (and ``texts`` for the lexical model) with neighbours drawn from
     the labelled corpus."""
+    return summary(predict_with_corpus(classifier, x, corpus_x, corpus_y, texts), y, classifier.labels)
+
+
+def predict_with_corpus(
+    classifier: FusedClassifier,
+    x: np.ndarray,
+    corpus_x: np.ndarray,
+    corpus_y: np.ndarray,
+    texts: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Fused probabilities for ``x`` with neighbours drawn from the labelled corpus (exact cosine kNN)."""
     nb_labels, nb_scores = neighbour_arrays(x, corpus_x, corpus_y)
-    neighbours = [
-        [Neighbour(classifier.labels[int(lab)], float(s)) for lab, s in zip(row_l, row_s, strict=True)]
-        for row_l, row_s in zip(nb_labels, nb_scores, strict=True)
-    ]
-    return summary(classifier.predict_proba(x, neighbours, texts), y, classifier.labels)
+    return classifier.predict_proba(x, neighbours_from_arrays(classifier.labels, nb_labels, nb_scores), texts)

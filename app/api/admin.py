@@ -14,14 +14,10 @@ from app.schemas import (
     JobProgress,
     JobPublic,
     JobsResponse,
-    ModelsResponse,
-    ModelVersionPublic,
     ReindexPublic,
     RetrainPublic,
     RetrainRequest,
     RollbackEncoderPublic,
-    TaxonomyLabel,
-    TaxonomyPublic,
     UpgradeEncoderPublic,
     UpgradeEncoderRequest,
 )
@@ -35,7 +31,6 @@ from app.services.encoder_upgrade import (
 from app.services.index import ReindexResult, start_reindex
 from app.services.jobs import Job
 from app.services.training import RetrainResult, activate, start_retrain
-from indexing.finetune import FinetuneConfig
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 
@@ -119,6 +114,8 @@ def admin_retrain(
 def admin_upgrade_encoder(
     runtime: RuntimeDep, response: Response, body: Annotated[UpgradeEncoderRequest | None, Body()] = None
 ) -> JobPublic:
+    from indexing.finetune import FinetuneConfig  # torch: loaded when an upgrade is asked for
+
     body = body or UpgradeEncoderRequest()
     cfg = FinetuneConfig(
         objective=body.objective,
@@ -153,35 +150,3 @@ def activate_model(
 ) -> ActivationPublic:
     done = activate(runtime, session, version)
     return ActivationPublic(active=done.active, previous=done.previous)
-
-
-@router.get("/models", response_model=ModelsResponse)
-def list_models(runtime: RuntimeDep) -> ModelsResponse:
-    active = runtime.registry.active_version()
-    return ModelsResponse(
-        active=active,
-        variant=runtime.settings.head_variant,
-        models=[
-            ModelVersionPublic(
-                version=m["version"],
-                created_at=m["created_at"],
-                embedder=m["embedder"],
-                active=m["version"] == active,
-                parent=m.get("parent"),
-                data_hash=m.get("data_hash"),
-                n_train=m.get("n_train"),
-                params=m.get("params", {}),
-                metrics=m.get("metrics", {}),
-                variant_bytes=m.get("variant_bytes", {}),
-            )
-            for m in runtime.registry.versions()
-        ],
-    )
-
-
-@router.get("/taxonomy", response_model=TaxonomyPublic)
-def taxonomy(runtime: RuntimeDep) -> TaxonomyPublic:
-    t = runtime.taxonomy
-    return TaxonomyPublic(
-        digest=t.digest, labels=[TaxonomyLabel(label=x, display_name=t.display_name(x)) for x in t.labels]
-    )

@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from app.encoders import resolve_encoder_settings
 from app.errors import Conflict, InvalidInput, NotFound, ServiceError
 from app.settings import Settings, get_settings
 from indexing.store import StoreError, StoreLockedError
@@ -88,7 +89,8 @@ def _failure(exc: BaseException) -> str:
     if isinstance(exc, SQLAlchemyError):
         return _database_problem(exc)
     if isinstance(exc, StoreError):
-        return f"vector store: {_first_line(exc)}"
+        hint = " (check JOBCLASS_QDRANT_URL)" if "unreachable" in str(exc) else ""
+        return f"vector store: {_first_line(exc)}{hint}"
     if isinstance(exc, ResponseHandlingException | UnexpectedResponse):
         return f"vector store unreachable or refused the request: {_first_line(exc)} (check JOBCLASS_QDRANT_URL)"
     return _first_line(exc) or type(exc).__name__
@@ -124,7 +126,7 @@ def runtime(settings: Settings | None = None) -> Runtime:
     """The service runtime (database, vector index, models) for a command that changes state."""
     from app.runtime import Runtime
 
-    return Runtime(settings or get_settings())
+    return Runtime(resolve_encoder_settings(settings or get_settings()))
 
 
 def offline_runtime() -> Runtime:
@@ -134,7 +136,7 @@ def offline_runtime() -> Runtime:
 
     from app.runtime import Runtime
 
-    return Runtime(get_settings(), qdrant=QdrantClient(":memory:"))
+    return Runtime(resolve_encoder_settings(get_settings()), qdrant=QdrantClient(":memory:"))
 
 
 def progress_bar(desc: str) -> tuple[tqdm, Callable[[int, int], None]]:

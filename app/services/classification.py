@@ -11,12 +11,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.db import Prediction, new_id
-from app.errors import STORE_ERRORS, InvalidInput
+from app.errors import InvalidInput
 from app.runtime import Runtime
 from indexing.cache import text_hash
 from indexing.clean import clean_text, scrub_names
 from indexing.extract import ExtractingEncoder, Extraction
-from indexing.store import Hit
+from indexing.store import Hit, StoreError
 from models.classifier import Neighbour
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def classify(
     hits: list[list[Hit]] | None
     try:
         hits = runtime.store.search_many(vectors, k)
-    except STORE_ERRORS as exc:  # index unavailable: the head answers alone
+    except StoreError as exc:  # index unavailable: the head answers alone
         log.warning("vector store unavailable, classifying with the head alone: %s", exc)
         hits = None
     neighbours = None if hits is None else [[Neighbour(h.label, h.score, h.labelled_at) for h in row] for row in hits]

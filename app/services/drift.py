@@ -39,7 +39,7 @@ from app.db import Prediction
 from app.errors import InvalidInput
 from app.runtime import Runtime
 from app.services import render
-from app.services.vacancies import labelled_vacancies
+from app.services.dataset import read_labelled
 from indexing.cache import encode_cached
 
 DEFAULT_OOD_QUANTILE = 0.05
@@ -166,80 +166,25 @@ def compute_drift(
     ``_arrays`` (similarities for the plots) is included under a private key and not written."""
     if not 0.0 < ood_quantile < 0.5:
         raise InvalidInput("the out-of-distribution quantile must be in (0, 0.5)", field="ood_quantile")
-    query = select(Prediction.text, Prediction.label, Prediction.confidence, Prediction.abstained).where(
-        Prediction.created_at >= win.since
-    )
-    if win.until is not None:
-        query = query.where(Prediction.created_at < win.until)
-    query = query.order_by(Prediction.created_at, Prediction.id)
-    rows = session.execute(query).all()
-    if not rows:
-        raise InvalidInput(f"no predictions in {win.describe()}: nothing to compare", field="since")
-    versions = Counter(
-        session.scalars(
-            select(Prediction.model_version).where(
-                Prediction.created_at >= win.since,
-                *([Prediction.created_at < win.until] if win.until is not None else []),
-            )
-        )
-    )
-
-    taxonomy = runtime.taxonomy
-    labels = list(taxonomy.labels)
-    index = {label: i for i, label in enumerate(labels)}
-    reference = [v for v in labelled_vacancies(session) if v.label in index]
-    if not reference:
+    rows, versions = _window_predictions(session, win)
+    reference = read_labelled(session, runtime.taxonomy.labels)
+    if not len(reference):
         raise InvalidInput("no labelled vacancies to compare with: run `jobclass ingest` first")
+    index = {label: i for i, label in enumerate(reference.labels)}
     recent = [r for r in rows if r.label in index]  # a label dropped from the taxonomy cannot be compared
     if not recent:
         raise InvalidInput(f"the {len(rows)} predictions in {win.describe()} carry no label of the current taxonomy")
-
-    y_ref = np.array([index[v.label] for v in reference if v.label is not None], dtype=np.int64)
     y_new = np.array([index[r.label] for r in recent], dtype=np.int64)
-    ref_counts = np.bincount(y_ref, minlength=len(labels))
-    new_counts = np.bincount(y_new, minlength=len(labels))
-
-    x_ref = encode_cached(runtime.encoder, [v.text for v in reference], runtime.cache)
+    x_ref = encode_cached(runtime.encoder, reference.texts, runtime.cache)
     x_new = encode_cached(runtime.encoder, [r.text for r in recent], runtime.cache)
     threshold, loo = ood_threshold(x_ref, ood_quantile, sample=reference_sample, seed=runtime.settings.seed)
     nearest = nearest_similarity(x_new, x_ref)
     ood = nearest < threshold
     confidence = np.array([r.confidence for r in recent], dtype=np.float64)
-
-    classes = []
-    for c, label in enumerate(labels):
-        if not (ref_counts[c] or new_counts[c]):
-            continue
-        mine = y_new == c
-        theirs = y_ref == c
-        classes.append(
-            {
-                "label": label,
-                "display_name": taxonomy.display_name(label),
-                "reference_count": int(ref_counts[c]),
-                "reference_share": float(ref_counts[c] / ref_counts.sum()),
-                "recent_count": int(new_counts[c]),
-                "recent_share": float(new_counts[c] / new_counts.sum()),
-                "centroid_cosine": centroid_cosine(x_new[mine], x_ref[theirs]) if mine.any() and theirs.any() else None,
-                "ood_rate": float(ood[mine].mean()) if mine.any() else None,
-                "mean_confidence": float(confidence[mine].mean()) if mine.any() else None,
-            }
-        )
-
+    ref_counts = np.bincount(reference.y, minlength=len(reference.labels))
+    new_counts = np.bincount(y_new, minlength=len(reference.labels))
     shift = label_shift(ref_counts, new_counts)
-    ood_rate = float(ood.mean())
-    # alert when the OOD rate is above twice its expected value and three standard errors above it
-    ood_limit = max(2 * ood_quantile, ood_quantile + 3 * math.sqrt(ood_quantile * (1 - ood_quantile) / len(recent)))
-    psi_limit = psi_alert_limit(len(recent), int(np.count_nonzero(ref_counts)))
-    shift["psi_alert_above"] = psi_limit
-    alerts = []
-    if shift["psi"] > psi_limit:
-        alerts.append(f"label distribution shifted: PSI {shift['psi']:.3f} > {psi_limit:.3g}")
-    if ood_rate > ood_limit:
-        alerts.append(
-            f"out-of-distribution rate {ood_rate:.1%} is above {ood_limit:.1%} "
-            f"(expected about {ood_quantile:.0%} for text like the training data)"
-        )
+    ood_limit, alerts = _alerts(shift, ref_counts, float(ood.mean()), ood_quantile, len(recent))
     cosine = centroid_cosine(x_new, x_ref)
     return {
         "window": {"since": win.since.isoformat(), "until": win.until.isoformat() if win.until else None},
@@ -256,15 +201,83 @@ def compute_drift(
         "ood": {
             "quantile": ood_quantile,
             "threshold": threshold,
-            "rate": ood_rate,
+            "rate": float(ood.mean()),
             "count": int(ood.sum()),
             "alert_above": ood_limit,
             "reference_sample": len(loo),
         },
-        "classes": classes,
+        "classes": _per_class(runtime, reference.y, y_new, x_ref, x_new, ood, confidence),
         "alerts": alerts,
         "_arrays": {"reference_nn": loo, "recent_nn": nearest},
     }
+
+
+def _window_predictions(session: Session, win: Window) -> tuple[list[Any], Counter[str]]:
+    """The predictions made in ``win`` (text, label, confidence, abstained) and how many each model version made."""
+    in_window = [
+        Prediction.created_at >= win.since,
+        *([Prediction.created_at < win.until] if win.until is not None else []),
+    ]
+    query = select(Prediction.text, Prediction.label, Prediction.confidence, Prediction.abstained).where(*in_window)
+    rows = list(session.execute(query.order_by(Prediction.created_at, Prediction.id)).all())
+    if not rows:
+        raise InvalidInput(f"no predictions in {win.describe()}: nothing to compare", field="since")
+    versions = Counter(session.scalars(select(Prediction.model_version).where(*in_window)))
+    return rows, versions
+
+
+def _per_class(
+    runtime: Runtime,
+    y_ref: np.ndarray,
+    y_new: np.ndarray,
+    x_ref: np.ndarray,
+    x_new: np.ndarray,
+    ood: np.ndarray,
+    confidence: np.ndarray,
+) -> list[dict[str, Any]]:
+    """Per label seen in either set: counts and shares, centroid cosine, OOD rate and mean confidence."""
+    taxonomy = runtime.taxonomy
+    ref_counts = np.bincount(y_ref, minlength=len(taxonomy.labels))
+    new_counts = np.bincount(y_new, minlength=len(taxonomy.labels))
+    classes = []
+    for c, label in enumerate(taxonomy.labels):
+        if not (ref_counts[c] or new_counts[c]):
+            continue
+        mine, theirs = y_new == c, y_ref == c
+        classes.append(
+            {
+                "label": label,
+                "display_name": taxonomy.display_name(label),
+                "reference_count": int(ref_counts[c]),
+                "reference_share": float(ref_counts[c] / ref_counts.sum()),
+                "recent_count": int(new_counts[c]),
+                "recent_share": float(new_counts[c] / new_counts.sum()),
+                "centroid_cosine": centroid_cosine(x_new[mine], x_ref[theirs]) if mine.any() and theirs.any() else None,
+                "ood_rate": float(ood[mine].mean()) if mine.any() else None,
+                "mean_confidence": float(confidence[mine].mean()) if mine.any() else None,
+            }
+        )
+    return classes
+
+
+def _alerts(
+    shift: dict[str, Any], ref_counts: np.ndarray, ood_rate: float, ood_quantile: float, n_recent: int
+) -> tuple[float, list[str]]:
+    """The OOD-rate limit and the alerts (label shift above its PSI limit, OOD rate above its limit);
+    sets ``shift["psi_alert_above"]``."""
+    # alert when the OOD rate is above twice its expected value and three standard errors above it
+    ood_limit = max(2 * ood_quantile, ood_quantile + 3 * math.sqrt(ood_quantile * (1 - ood_quantile) / n_recent))
+    psi_limit = psi_alert_limit(n_recent, int(np.count_nonzero(ref_counts)))
+    shift["psi_alert_above"] = psi_limit
+    alerts = []
+    if shift["psi"] > psi_limit:
+        alerts.append(f"label distribution shifted: PSI {shift['psi']:.3f} > {psi_limit:.3g}")
+    if ood_rate > ood_limit:
+        alerts.append(
+            f"out-of-distribution rate {ood_rate:.1%} is above {ood_limit:.1%} "
+            f"(expected about {ood_quantile:.0%} for text like the training data)"
+        )
+    return ood_limit, alerts
 
 
 # ---- outputs --------------------------------------------------------------------------------------

@@ -33,27 +33,30 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from app.db import ModelVersion, Vacancy, utcnow
+from app.db import Vacancy, utcnow
 from app.encoders import load_encoder
 from app.errors import Conflict, InvalidInput
 from app.runtime import Runtime
-from app.services.index import CATCH_UP_SLACK, _labelled_since, to_points
-from app.services.jobs import Job
-from app.services.training import (
-    _champion,
-    _scores,
-    activate_version,
-    data_hash,
-    decide_promotion,
-    train_on_holdout,
+from app.services.dataset import (
+    HoldOut,
+    LabelledSet,
+    holdout_of,
+    read_labelled,
+    require_classes,
+    require_holdout,
+    select_labelled,
 )
+from app.services.index import CATCH_UP_SLACK, labelled_since, write_vacancies
+from app.services.jobs import Job
+from app.services.promotion import Scores, as_served, champion, decide_promotion, score_on_holdout
+from app.services.training import activate_version, data_hash, register_head, train_on_holdout
 from app.services.vacancies import labelled_vacancies
 from app.settings import Settings
-from indexing.cache import encode_cached
+from indexing.cache import encode_in_steps
 from indexing.embed import Encoder
 from models.classifier import FusedClassifier
 from models.registry import EncoderRegistry, RegistryError
-from models.training import TrainReport, evaluate, holdout_split, stratified_split
+from models.training import TrainReport, stratified_split
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
@@ -121,38 +124,90 @@ def upgrade_encoder(
     progress: Progress | None = None,
 ) -> UpgradeResult:
     start = time.perf_counter()
-    load_encoder = load_encoder or load_sentence_embedder
     settings = runtime.settings
     margin = settings.promotion_margin if margin is None else margin
-    finetune_fn = finetune_fn or sentence_transformers_finetune(say=say)
-    labels = list(runtime.taxonomy.labels)
-    index = {label: i for i, label in enumerate(labels)}
-    usable = [v for v in labelled_vacancies(session) if v.label in index]
-    if len({v.label for v in usable}) < 2:
-        raise InvalidInput("an encoder upgrade needs labelled vacancies of at least two classes: run `jobclass ingest`")
-    y = np.array([index[v.label] for v in usable if v.label is not None], dtype=np.int64)
-    tr, va = holdout_split([v.id for v in usable], y, settings.validation_fraction, salt=str(settings.seed))
-    if len(va) == 0:
-        raise InvalidInput("an encoder upgrade needs at least two labelled vacancies of some class for validation")
-    held_out = {usable[i].id for i in va}
-    ft_train, ft_val = _finetune_data(usable, tr, held_out, train, val, settings.seed, say)
-
+    data = read_labelled(session, runtime.taxonomy.labels)
+    require_classes(data, "an encoder upgrade", ": run `jobclass ingest`")
+    split = holdout_of(data, settings)
+    require_holdout(split, "an encoder upgrade")
+    held_out = {data.vacancies[i].id for i in split.val}
+    ft_train, ft_val = _finetune_data(data.vacancies, split.train, held_out, train, val, settings.seed, say)
     # 1. fine-tune and register the candidate.
+    finetune_fn = finetune_fn or sentence_transformers_finetune(say=say)
+    candidate = _finetune_candidate(runtime, ft_train, ft_val, finetune_fn, load_encoder or load_sentence_embedder, say)
+    # 2. - 5. a new collection, the challenger head, the comparison, then the swap or the discard.
+    if not runtime.index_lock.acquire(blocking=False):
+        candidate.registry.reject(candidate.version, "a reindex was running")
+        raise Conflict("a reindex is already running")
+    try:
+        outcome = _try_candidate(runtime, session, candidate, data, split, ft_train, margin, say, progress)
+    finally:
+        runtime.index_lock.release()
+    promotion = outcome.promotion
+    log.info(
+        "encoder upgrade %s: %s (%s)",
+        candidate.version,
+        "promoted" if promotion["promoted"] else "discarded",
+        promotion["reason"],
+    )
+    info = candidate.info
+    return UpgradeResult(
+        encoder_version=candidate.version,
+        model_version=outcome.model_version,
+        collection=outcome.collection,
+        promoted=promotion["promoted"],
+        reason=promotion["reason"],
+        champion=promotion["champion"],
+        challenger_scores=promotion["challenger"],
+        champion_scores=promotion["champion_scores"],
+        n_finetune=len(ft_train.texts),
+        n_val=len(split.val),
+        finetune={k: info.get(k) for k in ("metrics", "wall_seconds", "train_seconds", "texts_per_s", "steps")},
+        seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A fine-tuned encoder registered as a candidate, loaded, with the settings that name it."""
+
+    registry: EncoderRegistry
+    version: str
+    settings: Settings
+    encoder: Encoder
+    info: dict[str, Any]  # finetune.json
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    collection: str
+    model_version: str
+    promotion: dict[str, Any]
+
+
+def _finetune_candidate(
+    runtime: Runtime,
+    ft_train: LabelledTexts,
+    ft_val: LabelledTexts,
+    finetune_fn: FinetuneFn,
+    load_encoder: EncoderLoader,
+    say: Say,
+) -> _Candidate:
+    """Fine-tune the encoder in use, register the result as a candidate and load it (rejected if it fails)."""
+    settings = runtime.settings
     encoders = EncoderRegistry.under(settings.model_dir)
     encoders.root.mkdir(parents=True, exist_ok=True)
     work = encoders.root / f".work-{EncoderRegistry.new_version_id()}"
     try:
         say(f"fine-tuning {settings.embedding_model} on {len(ft_train.texts)} texts (validation {len(ft_val.texts)})")
         info = finetune_fn(settings.embedding_model, ft_train, ft_val, work)
-        parent = encoders.active_version() or settings.embedding_model
-        enc_version = encoders.register(
+        rows = [(i, lab, t) for i, lab, t in zip(ft_train.ids, ft_train.labels, ft_train.texts, strict=True)]
+        version = encoders.register(
             work,
             {
-                "parent": parent,
+                "parent": encoders.active_version() or settings.embedding_model,
                 "base_model": settings.embedding_model,
-                "data_hash": data_hash(
-                    [(i, lab, t) for i, lab, t in zip(ft_train.ids, ft_train.labels, ft_train.texts, strict=True)]
-                ),
+                "data_hash": data_hash(rows),
                 "metrics": info.get("metrics", {}),
                 "wall_seconds": info.get("wall_seconds"),
                 "texts_per_s": info.get("texts_per_s"),
@@ -161,86 +216,83 @@ def upgrade_encoder(
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    new_settings = settings.model_copy(update={"embedding_model": str(encoders.path(enc_version))})
+    new_settings = settings.model_copy(update={"embedding_model": str(encoders.path(version))})
     try:
-        new_encoder = load_encoder(new_settings)
+        encoder = load_encoder(new_settings)
     except Exception as exc:
-        encoders.reject(enc_version, f"could not be loaded: {exc}")
+        encoders.reject(version, f"could not be loaded: {exc}")
         raise
-    signature = new_settings.embedding_signature
+    return _Candidate(encoders, version, new_settings, encoder, info)
 
-    # 2. a new collection with the new vectors; the alias is not touched yet.
-    if not runtime.index_lock.acquire(blocking=False):
-        encoders.reject(enc_version, "a reindex was running")
-        raise Conflict("a reindex is already running")
-    store = runtime.store
-    try:
-        started_at = utcnow()
-        with _new_collection(runtime, new_encoder.dim, signature) as collection:
-            say(f"embedding {len(usable)} labelled vacancies into {collection}")
-            x_new = _embed(new_encoder, runtime, [v.text for v in usable], progress)
-            _write(runtime, usable, x_new, collection)
-            # 3. + 4. challenger head on the new vectors; both scored on the hold-out.
-            challenger, report = _challenger_head(runtime, usable, x_new, y, labels, (tr, va), ft_train, say)
-            variant = settings.head_variant
-            served = challenger if challenger.variant == variant else challenger.with_variant(variant)
-            challenger_scores = _scores(evaluate(served, x_new[va], y[va], x_new[tr], y[tr]))
-            champion, why_none = _champion(runtime)
 
-            def score_with_old_encoder(classifier: FusedClassifier) -> dict[str, float]:
-                # the champion on the same hold-out, embedded by the encoder it was trained with
-                x_old = _embed(runtime.encoder, runtime, [v.text for v in usable], None)
-                return _scores(evaluate(classifier, x_old[va], y[va], x_old[tr], y[tr]))
+def _try_candidate(
+    runtime: Runtime,
+    session: Session,
+    candidate: _Candidate,
+    data: LabelledSet,
+    split: HoldOut,
+    ft_train: LabelledTexts,
+    margin: float,
+    say: Say,
+    progress: Progress | None,
+) -> _Outcome:
+    """Embed every labelled vacancy into a new collection (the alias is not touched yet), train and score the
+    challenger head, then promote it (encoder, head, alias and runtime switch together) or discard it."""
+    started_at = utcnow()
+    with _new_collection(runtime, candidate.encoder.dim, candidate.settings.embedding_signature) as collection:
+        say(f"embedding {len(data)} labelled vacancies into {collection}")
+        x_new = _embed(candidate.encoder, runtime, data.texts, progress)
+        write_vacancies(runtime, data.vacancies, collection, vectors=x_new)
+        challenger, report = _challenger_head(runtime, data, x_new, split, ft_train, say)
+        served = as_served(challenger, candidate.settings.head_variant)
+        promotion = _compare(runtime, data, split, score_on_holdout(served, x_new, data.y, split), margin, candidate)
+        promotion.update(encoder=candidate.version, collection=collection)
+        model_version, meta = register_head(
+            runtime,
+            session,
+            challenger,
+            candidate.settings,
+            data.vacancies,
+            {**report.to_dict(), "promotion": promotion},
+            parent=promotion["champion"] or runtime.registry.active_version(),
+            dim=x_new.shape[1],
+            encoder_version=candidate.version,
+        )
+        candidate.registry.update(candidate.version, model_version=model_version, promotion=promotion)
+        if promotion["promoted"]:
+            switch = _Switch(candidate.settings, candidate.encoder, served, model_version, meta)
+            mark = functools.partial(candidate.registry.activate, candidate.version)
+            _switch_encoder(runtime, session, collection, started_at, switch, mark)
+        else:
+            runtime.store.drop(collection)
+            candidate.registry.reject(candidate.version, promotion["reason"])
+    return _Outcome(collection, model_version, promotion)
 
-            promotion = decide_promotion(
-                champion,
-                why_none,
-                labels,
-                challenger_scores,
-                score_with_old_encoder,
-                margin,
-                n_val=len(va),
-                challenger_name=f"challenger (encoder {enc_version})",
-            )
-            promotion.update(encoder=enc_version, collection=collection)
-            promoted, reason = promotion["promoted"], promotion["reason"]
-            parent_model = champion.version if champion else runtime.registry.active_version()
-            model_version, meta = _register_head(
-                runtime,
-                session,
-                challenger,
-                new_settings,
-                usable,
-                report.to_dict(),
-                promotion,
-                parent_model,
-                enc_version,
-                int(x_new.shape[1]),
-            )
-            encoders.update(enc_version, model_version=model_version, promotion=promotion)
-            if promoted:
-                switch = _Switch(new_settings, new_encoder, served, model_version, meta)
-                mark = functools.partial(encoders.activate, enc_version)
-                _switch_encoder(runtime, session, collection, started_at, switch, mark)
-            else:
-                store.client.delete_collection(collection)
-                encoders.reject(enc_version, reason)
-    finally:
-        runtime.index_lock.release()
-    log.info("encoder upgrade %s: %s (%s)", enc_version, "promoted" if promoted else "discarded", reason)
-    return UpgradeResult(
-        encoder_version=enc_version,
-        model_version=model_version,
-        collection=collection,
-        promoted=promoted,
-        reason=reason,
-        champion=champion.version if champion else None,
-        challenger_scores=challenger_scores,
-        champion_scores=promotion["champion_scores"],
-        n_finetune=len(ft_train.texts),
-        n_val=len(va),
-        finetune={k: info.get(k) for k in ("metrics", "wall_seconds", "train_seconds", "texts_per_s", "steps")},
-        seconds=time.perf_counter() - start,
+
+def _compare(
+    runtime: Runtime,
+    data: LabelledSet,
+    split: HoldOut,
+    challenger_scores: Scores,
+    margin: float,
+    candidate: _Candidate,
+) -> dict[str, Any]:
+    """The promotion decision: the champion is scored on the same hold-out, embedded by its own encoder."""
+    champ, why_none = champion(runtime)
+
+    def score_with_old_encoder(classifier: FusedClassifier) -> Scores:
+        x_old = _embed(runtime.encoder, runtime, data.texts, None)
+        return score_on_holdout(classifier, x_old, data.y, split)
+
+    return decide_promotion(
+        champ,
+        why_none,
+        data.labels,
+        challenger_scores,
+        score_with_old_encoder,
+        margin,
+        n_val=len(split.val),
+        challenger_name=f"challenger (encoder {candidate.version})",
     )
 
 
@@ -281,65 +333,112 @@ def rollback_encoder(
     collection first. Encoder, alias and model switch together; the API serves throughout. When the
     parent's head is gone from the registry (or does not fit), a head is trained on the new vectors."""
     start = time.perf_counter()
-    load_encoder = load_encoder or load_sentence_embedder
-    settings = runtime.settings
-    encoders = EncoderRegistry.under(settings.model_dir)
+    target = _rollback_target(runtime)
+    new_settings = runtime.settings.model_copy(update={"embedding_model": target.model})
+    say(f"rolling back encoder {target.current} to {target.parent}")
+    new_encoder = (load_encoder or load_sentence_embedder)(new_settings)
+    if not runtime.index_lock.acquire(blocking=False):
+        raise Conflict("a reindex is already running")
+    try:
+        started_at = utcnow()
+        usable = labelled_vacancies(session)
+        with _new_collection(runtime, new_encoder.dim, new_settings.embedding_signature) as collection:
+            say(f"embedding {len(usable)} labelled vacancies into {collection}")
+            x = _embed(new_encoder, runtime, [v.text for v in usable], progress)
+            write_vacancies(runtime, usable, collection, vectors=x)
+            head = _rollback_head(runtime, session, new_settings, usable, x, target, say)
+            switch = _Switch(new_settings, new_encoder, head.classifier, head.version, head.metadata)
+            _switch_encoder(runtime, session, collection, started_at, switch, target.mark)
+    finally:
+        runtime.index_lock.release()
+    log.info("encoder %s rolled back to %s (model %s)", target.current, target.parent, head.version)
+    return RollbackResult(
+        rolled_back=target.current,
+        encoder=target.parent,
+        model_version=head.version,
+        collection=collection,
+        retrained=head.retrained,
+        count=len(usable),
+        seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass(frozen=True)
+class _RollbackTarget:
+    registry: EncoderRegistry
+    current: str  # the active fine-tuned encoder
+    meta: dict[str, Any]  # its registry record
+    parent: str  # the encoder to go back to: a registry version or the base model name
+    parent_is_version: bool
+    model: str  # what JOBCLASS_EMBEDDING_MODEL becomes: the parent's folder or the base model
+
+    def mark(self) -> None:
+        """The encoder registry's markers after the switch: the parent active (or none), the current retired."""
+        if self.parent_is_version:
+            self.registry.activate(self.parent)
+        else:
+            self.registry.deactivate()
+        self.registry.update(self.current, status="retired", rolled_back_at=utcnow().isoformat())
+
+
+@dataclass(frozen=True)
+class _Head:
+    classifier: FusedClassifier
+    version: str
+    metadata: dict[str, Any]
+    retrained: bool
+
+
+def _rollback_target(runtime: Runtime) -> _RollbackTarget:
+    encoders = EncoderRegistry.under(runtime.settings.model_dir)
     current = _require_active_encoder(runtime)
     meta = encoders.metadata(current)
     parent = str(meta.get("parent") or meta.get("base_model") or "")
     parent_is_version = bool(parent) and (encoders.root / parent / "metadata.json").is_file()
     if parent_is_version and encoders.metadata(parent).get("status") == "rejected":
         raise Conflict(f"encoder {current}'s parent {parent} was rejected and its weights deleted")
-    target = str(encoders.path(parent)) if parent_is_version else str(meta.get("base_model") or parent)
-    if not target:
+    model = str(encoders.path(parent)) if parent_is_version else str(meta.get("base_model") or parent)
+    if not model:
         raise Conflict(f"encoder {current} records no parent to roll back to")
-    new_settings = settings.model_copy(update={"embedding_model": target})
-    say(f"rolling back encoder {current} to {parent}")
-    new_encoder = load_encoder(new_settings)
-    signature = new_settings.embedding_signature
+    return _RollbackTarget(encoders, current, meta, parent, parent_is_version, model)
 
-    if not runtime.index_lock.acquire(blocking=False):
-        raise Conflict("a reindex is already running")
-    try:
-        started_at = utcnow()
-        usable = labelled_vacancies(session)
-        with _new_collection(runtime, new_encoder.dim, signature) as collection:
-            say(f"embedding {len(usable)} labelled vacancies into {collection}")
-            x = _embed(new_encoder, runtime, [v.text for v in usable], progress)
-            _write(runtime, usable, x, collection)
-            head_version = (meta.get("promotion") or {}).get("champion")
-            classifier, head_meta, retrained = None, None, False
-            if head_version and _head_fits(runtime, head_version, signature):
-                classifier, head_meta = runtime.registry.load(head_version, variant=settings.head_variant)
-            if classifier is None or head_meta is None:
-                say(f"no head of {parent} on record: training one on the new vectors")
-                classifier, head_version, head_meta = _train_head_for(
-                    runtime, session, new_settings, usable, x, current, parent
-                )
-                retrained = True
-            assert head_version is not None
 
-            def mark() -> None:
-                if parent_is_version:
-                    encoders.activate(parent)
-                else:
-                    encoders.deactivate()
-                encoders.update(current, status="retired", rolled_back_at=utcnow().isoformat())
-
-            switch = _Switch(new_settings, new_encoder, classifier, head_version, head_meta)
-            _switch_encoder(runtime, session, collection, started_at, switch, mark)
-    finally:
-        runtime.index_lock.release()
-    log.info("encoder %s rolled back to %s (model %s)", current, parent, head_version)
-    return RollbackResult(
-        rolled_back=current,
-        encoder=parent,
-        model_version=head_version,
-        collection=collection,
-        retrained=retrained,
-        count=len(usable),
-        seconds=time.perf_counter() - start,
+def _rollback_head(
+    runtime: Runtime,
+    session: Session,
+    settings: Settings,
+    usable: Sequence[Vacancy],
+    x: np.ndarray,
+    target: _RollbackTarget,
+    say: Say,
+) -> _Head:
+    """The head that served with the parent encoder, or (gone or not fitting) one trained on the new vectors."""
+    version = (target.meta.get("promotion") or {}).get("champion")
+    if version and _head_fits(runtime, version, settings.embedding_signature):
+        classifier, meta = runtime.registry.load(version, variant=settings.head_variant)
+        return _Head(classifier, version, meta, retrained=False)
+    say(f"no head of {target.parent} on record: training one on the new vectors")
+    data = select_labelled(usable, runtime.taxonomy.labels)
+    require_classes(data, "a head")
+    split = holdout_of(data, settings)
+    classifier, report = train_on_holdout(runtime, x[data.rows], data.y, data.labels, split)
+    promotion = {
+        "promoted": True,
+        "reason": f"rollback of encoder {target.current} to {target.parent}",
+        "champion": None,
+    }
+    version, meta = register_head(
+        runtime,
+        session,
+        classifier,
+        settings,
+        data.vacancies,
+        {**report.to_dict(), "promotion": promotion},
+        parent=runtime.registry.active_version(),
+        dim=x.shape[1],
+        encoder_version=target.parent,
     )
+    return _Head(classifier, version, meta, retrained=True)
 
 
 def _require_active_encoder(runtime: Runtime) -> str:
@@ -370,40 +469,6 @@ def _head_fits(runtime: Runtime, version: str, signature: dict[str, str]) -> boo
     return meta.get("embedding") == signature and meta.get("taxonomy_hash") == runtime.taxonomy.digest
 
 
-def _train_head_for(
-    runtime: Runtime,
-    session: Session,
-    settings: Settings,
-    usable: Sequence[Vacancy],
-    x: np.ndarray,
-    rolled_back: str,
-    parent: str,
-) -> tuple[FusedClassifier, str, dict[str, Any]]:
-    labels = list(runtime.taxonomy.labels)
-    index = {label: i for i, label in enumerate(labels)}
-    keep = [i for i, v in enumerate(usable) if v.label in index]
-    if len({usable[i].label for i in keep}) < 2:
-        raise InvalidInput("a head needs labelled vacancies of at least two classes")
-    kept = [usable[i] for i in keep]
-    y = np.array([index[v.label] for v in kept if v.label is not None], dtype=np.int64)
-    tr, va = holdout_split([v.id for v in kept], y, settings.validation_fraction, salt=str(settings.seed))
-    classifier, report = train_on_holdout(runtime, x[keep], y, labels, tr, va)
-    promotion = {"promoted": True, "reason": f"rollback of encoder {rolled_back} to {parent}", "champion": None}
-    version, meta = _register_head(
-        runtime,
-        session,
-        classifier,
-        settings,
-        kept,
-        report.to_dict(),
-        promotion,
-        runtime.registry.active_version(),
-        parent,
-        int(x.shape[1]),
-    )
-    return classifier, version, meta
-
-
 # ---- internals -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Switch:
@@ -426,7 +491,7 @@ def _new_collection(runtime: Runtime, dim: int, signature: dict[str, str]) -> It
         yield collection
     except BaseException:
         if store.active_collection() != collection:
-            store.client.delete_collection(collection)
+            store.drop(collection)
         raise
 
 
@@ -440,8 +505,8 @@ def _switch_encoder(
 ) -> None:
     """Write again what was labelled while the collection was built, then switch the encoder marker
     (``mark_encoder``), the active head, the alias and the running runtime together."""
-    late = _labelled_since(session, started_at - CATCH_UP_SLACK)
-    _write(runtime, late, None, collection, switch.encoder)
+    late = labelled_since(session, started_at - CATCH_UP_SLACK)
+    write_vacancies(runtime, late, collection, encoder=switch.encoder)
     with runtime.model_lock:
         mark_encoder()
         activate_version(runtime, session, switch.model_version)
@@ -453,16 +518,13 @@ def _switch_encoder(
 
 def _challenger_head(
     runtime: Runtime,
-    usable: Sequence[Vacancy],
+    data: LabelledSet,
     x: np.ndarray,
-    y: np.ndarray,
-    labels: Sequence[str],
-    split: tuple[np.ndarray, np.ndarray],
+    split: HoldOut,
     ft_train: LabelledTexts,
     say: Say,
 ) -> tuple[FusedClassifier, TrainReport]:
-    """The challenger's head and fusion on the fine-tuned vectors of the training rows (``split``: training
-    rows, hold-out).
+    """The challenger's head and fusion on the fine-tuned vectors of the training rows.
 
     The new encoder took gradients from most of those rows: out-of-fold predictions over them would flatter
     both the head and the kNN vote (their classes were pulled together) and mis-tune the fusion. So the
@@ -470,14 +532,14 @@ def _challenger_head(
     early-stopping slice), which it sees as it will see a new vacancy; then the head is refit on every
     training row. The hold-out stays untouched for the comparison. Without such rows (fine-tuning data
     from elsewhere), the usual out-of-fold tuning applies."""
-    tr, va = split
+    y, tr = data.y, split.train
     trained_on = set(ft_train.ids)
-    seen = np.array([i for i in tr if usable[i].id in trained_on], dtype=np.int64)
-    unseen = np.array([i for i in tr if usable[i].id not in trained_on], dtype=np.int64)
+    seen = np.array([i for i in tr if data.vacancies[i].id in trained_on], dtype=np.int64)
+    unseen = np.array([i for i in tr if data.vacancies[i].id not in trained_on], dtype=np.int64)
     if len(seen) < 2 or len(unseen) == 0 or len(np.unique(y[seen])) < 2:
-        return train_on_holdout(runtime, x, y, labels, tr, va)
+        return train_on_holdout(runtime, x, y, data.labels, split)
     say(f"tuning the challenger's fusion on {len(unseen)} training rows the new encoder never trained on")
-    classifier, report = train_on_holdout(runtime, x, y, labels, seen, unseen, tune_on_va=True)
+    classifier, report = train_on_holdout(runtime, x, y, data.labels, HoldOut(seen, unseen), tune_on_va=True)
     report.metrics["fusion_tuning"] = {"on": "rows_the_encoder_did_not_train_on", "n": len(unseen)}
     return classifier, report
 
@@ -525,72 +587,4 @@ def _finetune_data(
 
 
 def _embed(encoder: Encoder, runtime: Runtime, texts: list[str], progress: Progress | None) -> np.ndarray:
-    step = runtime.settings.index_batch_size
-    parts = [np.zeros((0, encoder.dim), dtype=np.float32)]
-    for offset in range(0, len(texts), step):
-        parts.append(encode_cached(encoder, texts[offset : offset + step], runtime.cache))
-        if progress:
-            progress(min(offset + step, len(texts)), len(texts))
-    return np.concatenate(parts)
-
-
-def _write(
-    runtime: Runtime,
-    vacancies: Sequence[Vacancy],
-    vectors: np.ndarray | None,
-    collection: str,
-    encoder: Encoder | None = None,
-) -> None:
-    if not vacancies:
-        return
-    if vectors is None:
-        assert encoder is not None
-        vectors = encode_cached(encoder, [v.text for v in vacancies], runtime.cache)
-    batch = runtime.settings.index_batch_size
-    for offset in range(0, len(vacancies), batch):
-        runtime.store.upsert(
-            to_points(vacancies[offset : offset + batch], vectors[offset : offset + batch]), collection=collection
-        )
-
-
-def _register_head(
-    runtime: Runtime,
-    session: Session,
-    classifier: FusedClassifier,
-    settings: Settings,
-    vacancies: Sequence[Vacancy],
-    report: dict[str, Any],
-    promotion: dict[str, Any],
-    parent: str | None,
-    encoder_version: str,
-    dim: int,
-) -> tuple[str, dict[str, Any]]:
-    metrics = {**report, "promotion": promotion}
-    metadata = {
-        "embedder": settings.embedding_model,
-        "embedding": settings.embedding_signature,
-        "encoder_version": encoder_version,
-        "embedder_dim": dim,
-        "taxonomy_hash": runtime.taxonomy.digest,
-        "data_hash": data_hash([(v.id, v.label or "", v.text_hash) for v in vacancies]),
-        "metrics": metrics,
-        "parent": parent,
-        "n_train": len(vacancies),
-        "validation": "holdout",
-    }
-    version = runtime.registry.save(classifier, metadata)
-    session.add(
-        ModelVersion(
-            id=version,
-            embedder=settings.embedding_model,
-            taxonomy_hash=runtime.taxonomy.digest,
-            data_hash=metadata["data_hash"],
-            n_train=len(vacancies),
-            metrics=metrics,
-            params=classifier.params.to_dict(),
-            parent=parent,
-            is_active=False,
-        )
-    )
-    session.commit()
-    return version, runtime.registry.metadata(version)
+    return encode_in_steps(encoder, texts, runtime.cache, runtime.settings.index_batch_size, progress)

@@ -9,9 +9,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import Feedback, Prediction, Vacancy, utcnow
-from app.errors import STORE_ERRORS, Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound
 from app.runtime import Runtime
 from app.services.index import index_vacancy
+from indexing.store import StoreError
 
 log = logging.getLogger(__name__)
 WRITE_ATTEMPTS = 3
@@ -71,7 +72,7 @@ def submit_feedback(
     try:
         index_vacancy(runtime, vacancy)
         indexed = True
-    except STORE_ERRORS as exc:
+    except StoreError as exc:
         log.warning("feedback %s stored but not indexed (the next reindex adds it): %s", row.id, exc)
         indexed = False
     return FeedbackResult(row, indexed)

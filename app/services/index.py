@@ -18,6 +18,7 @@ from app.runtime import Runtime
 from app.services.jobs import Job
 from app.services.vacancies import labelled_vacancies
 from indexing.cache import encode_cached
+from indexing.embed import Encoder
 from indexing.store import VacancyPoint
 
 log = logging.getLogger(__name__)
@@ -74,14 +75,14 @@ def reindex(runtime: Runtime, session: Session, progress: Progress | None = None
             total = len(vacancies)
             batch = runtime.settings.index_batch_size
             for offset in range(0, total, batch):
-                _write(runtime, vacancies[offset : offset + batch], name)
+                write_vacancies(runtime, vacancies[offset : offset + batch], name)
                 if progress:
                     progress(min(offset + batch, total), total)
-            late = _labelled_since(session, started_at - CATCH_UP_SLACK)
-            _write(runtime, late, name)
+            late = labelled_since(session, started_at - CATCH_UP_SLACK)
+            write_vacancies(runtime, late, name)
             previous = store.swap_alias(name)
         except BaseException:
-            store.client.delete_collection(name)  # the old collection keeps serving
+            store.drop(name)  # the old collection keeps serving
             raise
         finally:
             store.building = None
@@ -90,13 +91,28 @@ def reindex(runtime: Runtime, session: Session, progress: Progress | None = None
         runtime.index_lock.release()
 
 
-def _write(runtime: Runtime, vacancies: Sequence[Vacancy], collection: str) -> None:
-    if vacancies:
-        vectors = encode_cached(runtime.encoder, [v.text for v in vacancies], runtime.cache)
-        runtime.store.upsert(to_points(vacancies, vectors), collection=collection)
+def write_vacancies(
+    runtime: Runtime,
+    vacancies: Sequence[Vacancy],
+    collection: str,
+    *,
+    vectors: np.ndarray | None = None,
+    encoder: Encoder | None = None,
+) -> None:
+    """Upsert ``vacancies`` into ``collection`` in batches of ``index_batch_size``, with their ``vectors``
+    (or else embedded by ``encoder``, by default the runtime's)."""
+    if not vacancies:
+        return
+    if vectors is None:
+        vectors = encode_cached(encoder or runtime.encoder, [v.text for v in vacancies], runtime.cache)
+    batch = runtime.settings.index_batch_size
+    for offset in range(0, len(vacancies), batch):
+        points = to_points(vacancies[offset : offset + batch], vectors[offset : offset + batch])
+        runtime.store.upsert(points, collection=collection)
 
 
-def _labelled_since(session: Session, since: datetime) -> list[Vacancy]:
+def labelled_since(session: Session, since: datetime) -> list[Vacancy]:
+    """Vacancies labelled at or after ``since`` (a rebuild's catch-up), read fresh from the database."""
     session.commit()  # end any read transaction: see what other sessions committed during the build
     query = select(Vacancy).where(Vacancy.label.is_not(None), Vacancy.updated_at >= since)
     return list(session.scalars(query.order_by(Vacancy.id).execution_options(populate_existing=True)))

@@ -1,6 +1,6 @@
 """The active model's report: confusion matrix and per-class precision / recall / F1 on its hold-out.
 
-The hold-out is the one training uses (``models.training.holdout_split`` on the vacancy ids, salted
+The hold-out is the one training uses (``app.services.dataset.holdout_of`` on the vacancy ids, salted
 with the seed): no model version trains on it. The model is scored as it is served (its head variant)
 with neighbours drawn from the training part, exactly as ``retrain`` scores champion and challenger,
 so on unchanged data the numbers equal the validation metrics recorded when the model was trained.
@@ -18,9 +18,8 @@ from sqlalchemy.orm import Session
 from app.errors import InvalidInput, Unavailable
 from app.runtime import Runtime
 from app.services import render
-from app.services.vacancies import labelled_vacancies
+from app.services.dataset import holdout_of, read_labelled
 from indexing.cache import encode_cached
-from models.classifier import Neighbour
 from models.metrics import (
     confusion_figure,
     confusion_matrix,
@@ -29,7 +28,7 @@ from models.metrics import (
     macro_f1,
     per_class,
 )
-from models.training import holdout_split, neighbour_arrays
+from models.training import predict_with_corpus
 
 
 def model_report(runtime: Runtime, session: Session) -> dict[str, Any]:
@@ -39,23 +38,17 @@ def model_report(runtime: Runtime, session: Session) -> dict[str, Any]:
         raise Unavailable("no trained model is active: run `jobclass train`")
     classifier = loaded.classifier
     labels = classifier.labels
-    index = {label: i for i, label in enumerate(labels)}
-    usable = [v for v in labelled_vacancies(session) if v.label in index]
-    if not usable:
+    data = read_labelled(session, labels)
+    if not len(data):
         raise InvalidInput("no labelled vacancies with the model's labels: run `jobclass ingest`")
     settings = runtime.settings
-    y = np.array([index[v.label] for v in usable if v.label is not None], dtype=np.int64)
-    tr, va = holdout_split([v.id for v in usable], y, settings.validation_fraction, salt=str(settings.seed))
+    split = holdout_of(data, settings)
+    tr, va = split.train, split.val
     if len(va) == 0 or len(tr) == 0:
         raise InvalidInput("too few labelled vacancies for a hold-out: ingest more data")
-    x = encode_cached(runtime.encoder, [v.text for v in usable], runtime.cache)
-    nb_labels, nb_scores = neighbour_arrays(x[va], x[tr], y[tr])
-    neighbours = [
-        [Neighbour(labels[int(lab)], float(s)) for lab, s in zip(row_l, row_s, strict=True)]
-        for row_l, row_s in zip(nb_labels, nb_scores, strict=True)
-    ]
-    probs = classifier.predict_proba(x[va], neighbours)
-    y_val, y_pred = y[va], probs.argmax(axis=1)
+    x = encode_cached(runtime.encoder, data.texts, runtime.cache)
+    probs = predict_with_corpus(classifier, x[va], x[tr], data.y[tr])
+    y_val, y_pred = data.y[va], probs.argmax(axis=1)
     cm = confusion_matrix(y_val, y_pred, len(labels))
     scores = per_class(y_val, y_pred, len(labels))
     recorded = loaded.metadata.get("metrics", {}).get("validation", {}).get("fused")

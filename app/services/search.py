@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from sqlalchemy.orm import Session
 
 from app.db import Vacancy
-from app.errors import STORE_ERRORS, InvalidInput, NotFound, Unavailable
+from app.errors import InvalidInput, NotFound, Unavailable
 from app.runtime import Runtime
 from indexing.clean import clean_text
-from indexing.store import Hit, SearchFilter
+from indexing.store import Hit, SearchFilter, StoreError
 
 
 def search_text(runtime: Runtime, text: str, k: int, flt: SearchFilter | None = None) -> list[Hit]:
@@ -29,7 +29,7 @@ def search_text(runtime: Runtime, text: str, k: int, flt: SearchFilter | None = 
     vector = runtime.encoder.encode([cleaned])[0]
     try:
         return runtime.store.search(vector, k, flt)
-    except STORE_ERRORS as exc:
+    except StoreError as exc:
         raise Unavailable(f"vector store unavailable: {type(exc).__name__}: {exc}") from exc
 
 
@@ -55,6 +55,6 @@ def similar_to(runtime: Runtime, session: Session, vacancy_id: str, k: int) -> l
         if vector is None:
             vector = runtime.encoder.encode([vacancy.text])[0]
         hits = runtime.store.search(vector, k + 10, SearchFilter(exclude_ids=[vacancy_id]))
-    except STORE_ERRORS as exc:
+    except StoreError as exc:
         raise Unavailable(f"vector store unavailable: {type(exc).__name__}: {exc}") from exc
     return [h for h in hits if h.text_hash != vacancy.text_hash][:k]

@@ -1,6 +1,6 @@
 """Train and retrain the classifier on every labelled vacancy; promote a challenger only if it is not worse.
 
-Validation is a hold-out picked by hashing the vacancy id (``models.training.holdout_split``): it stays
+Validation is a hold-out picked by hashing the vacancy id (``app.services.dataset.holdout_of``): it stays
 put as data grows and no model version trains on it, so the champion and a challenger are compared on
 examples that neither has seen. The head and the fusion parameters are fitted on the training part; at
 serving time the kNN vote still sees every labelled vacancy in the index.
@@ -20,14 +20,16 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app.db import ModelVersion, Vacancy
-from app.errors import Conflict, InvalidInput, NotFound
-from app.runtime import LoadedModel, Runtime
+from app.errors import Conflict, NotFound
+from app.runtime import Runtime
+from app.services.dataset import HoldOut, LabelledSet, holdout_of, read_labelled, require_classes, require_holdout
 from app.services.jobs import Job
-from app.services.vacancies import labelled_vacancies
-from indexing.cache import encode_cached
+from app.services.promotion import as_served, champion, decide_promotion, score_on_holdout
+from app.settings import Settings
+from indexing.cache import encode_cached, encode_in_steps
 from models.classifier import FusedClassifier
 from models.registry import RegistryError
-from models.training import TrainReport, evaluate, holdout_split, train_classifier
+from models.training import TrainReport, train_classifier
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -68,11 +70,9 @@ class ActivationResult:
 class _Fit:
     classifier: FusedClassifier
     report: TrainReport
-    vacancies: list[Vacancy]
+    data: LabelledSet
     x: np.ndarray
-    y: np.ndarray
-    train_idx: np.ndarray
-    val_idx: np.ndarray
+    split: HoldOut
 
 
 def data_hash(rows: list[tuple[str, str, str]]) -> str:
@@ -94,8 +94,8 @@ def train(
     fit = _fit(runtime, session, show_progress=show_progress, progress=progress)
     version, meta = _register(runtime, session, fit, parent=runtime.registry.active_version())
     if activate:
-        _activate(runtime, session, version, fit.classifier, meta)
-    return TrainResult(version, len(fit.vacancies), fit.report.to_dict(), fit.classifier.params.to_dict())
+        switch_model(runtime, session, version, fit.classifier, meta)
+    return TrainResult(version, len(fit.data), fit.report.to_dict(), fit.classifier.params.to_dict())
 
 
 def retrain(
@@ -108,39 +108,36 @@ def retrain(
     either way, with the comparison in its metrics."""
     start = time.perf_counter()
     margin = runtime.settings.promotion_margin if margin is None else margin
-    champion, why_none = _champion(runtime)
+    champ, why_none = champion(runtime)
     fit = _fit(runtime, session, progress=progress)
-    x_tr, y_tr = fit.x[fit.train_idx], fit.y[fit.train_idx]
-    x_va, y_va = fit.x[fit.val_idx], fit.y[fit.val_idx]
-    variant = runtime.settings.head_variant
-    served = fit.classifier if fit.classifier.variant == variant else fit.classifier.with_variant(variant)
-    challenger_scores = _scores(evaluate(served, x_va, y_va, x_tr, y_tr))
+    served = as_served(fit.classifier, runtime.settings.head_variant)
+    challenger_scores = score_on_holdout(served, fit.x, fit.data.y, fit.split)
     promotion = decide_promotion(
-        champion,
+        champ,
         why_none,
         fit.classifier.labels,
         challenger_scores,
-        lambda c: _scores(evaluate(c, x_va, y_va, x_tr, y_tr)),
+        lambda c: score_on_holdout(c, fit.x, fit.data.y, fit.split),
         margin,
-        n_val=len(y_va),
+        n_val=len(fit.split.val),
     )
     promoted, reason = promotion["promoted"], promotion["reason"]
-    parent = champion.version if champion else runtime.registry.active_version()
+    parent = champ.version if champ else runtime.registry.active_version()
     version, meta = _register(runtime, session, fit, parent=parent, extra={"promotion": promotion})
     if promoted:
-        _activate(runtime, session, version, fit.classifier, meta)
+        switch_model(runtime, session, version, fit.classifier, meta)
     log.info("retrained %s: %s (%s)", version, "promoted" if promoted else "kept the champion", reason)
     return RetrainResult(
         version=version,
-        champion=champion.version if champion else None,
-        active=version if promoted else (champion.version if champion else version),
+        champion=champ.version if champ else None,
+        active=version if promoted else (champ.version if champ else version),
         promoted=promoted,
         reason=reason,
         margin=margin,
-        n_examples=len(fit.vacancies),
-        n_feedback=sum(v.source == "feedback" for v in fit.vacancies),
-        n_train=len(fit.train_idx),
-        n_val=len(fit.val_idx),
+        n_examples=len(fit.data),
+        n_feedback=sum(v.source == "feedback" for v in fit.data.vacancies),
+        n_train=len(fit.split.train),
+        n_val=len(fit.split.val),
         challenger_scores=challenger_scores,
         champion_scores=promotion["champion_scores"],
         seconds=time.perf_counter() - start,
@@ -162,7 +159,7 @@ def activate(runtime: Runtime, session: Session, version: str) -> ActivationResu
     if classifier.labels != list(runtime.taxonomy.labels):
         raise Conflict(f"model {version} was trained on another label set than the taxonomy in use")
     previous = runtime.registry.active_version()
-    _activate(runtime, session, version, classifier, meta)
+    switch_model(runtime, session, version, classifier, meta)
     return ActivationResult(version, previous)
 
 
@@ -186,19 +183,13 @@ def activate_version(runtime: Runtime, session: Session, version: str) -> None:
 
 # ---- internals ---------------------------------------------------------------------------------
 def _fit(runtime: Runtime, session: Session, *, show_progress: bool = False, progress: Progress | None = None) -> _Fit:
-    settings = runtime.settings
-    labels = list(runtime.taxonomy.labels)
-    index = {label: i for i, label in enumerate(labels)}
-    usable = [v for v in labelled_vacancies(session) if v.label in index]
-    if len({v.label for v in usable}) < 2:
-        raise InvalidInput("training needs labelled vacancies of at least two classes: run `jobclass ingest`")
-    x = _embed(runtime, [v.text for v in usable], show_progress, progress)
-    y = np.array([index[v.label] for v in usable if v.label is not None], dtype=np.int64)
-    tr, va = holdout_split([v.id for v in usable], y, settings.validation_fraction, salt=str(settings.seed))
-    if len(va) == 0:
-        raise InvalidInput("training needs at least two labelled vacancies of some class for validation")
-    classifier, report = train_on_holdout(runtime, x, y, labels, tr, va)
-    return _Fit(classifier, report, usable, x, y, tr, va)
+    data = read_labelled(session, runtime.taxonomy.labels)
+    require_classes(data, "training", ": run `jobclass ingest`")
+    x = _embed(runtime, data.texts, show_progress, progress)
+    split = holdout_of(data, runtime.settings)
+    require_holdout(split, "training")
+    classifier, report = train_on_holdout(runtime, x, data.y, data.labels, split)
+    return _Fit(classifier, report, data, x, split)
 
 
 def train_on_holdout(
@@ -206,8 +197,7 @@ def train_on_holdout(
     x: np.ndarray,
     y: np.ndarray,
     labels: Sequence[str],
-    tr: np.ndarray,
-    va: np.ndarray,
+    split: HoldOut,
     *,
     tune_on_va: bool = False,
 ) -> tuple[FusedClassifier, TrainReport]:
@@ -217,6 +207,7 @@ def train_on_holdout(
     then refit the head on ``tr`` + ``va`` (for vectors from an encoder fine-tuned on ``tr``, where
     out-of-fold predictions over ``tr`` flatter; ``va`` is then not a hold-out for comparisons)."""
     settings = runtime.settings
+    tr, va = split.train, split.val
     return train_classifier(
         x[tr],
         y[tr],
@@ -234,92 +225,62 @@ def train_on_holdout(
 def _embed(runtime: Runtime, texts: list[str], show_progress: bool, progress: Progress | None) -> np.ndarray:
     if progress is None:
         return encode_cached(runtime.encoder, texts, runtime.cache, show_progress=show_progress)
-    step = runtime.settings.index_batch_size
-    parts = [np.zeros((0, runtime.encoder.dim), dtype=np.float32)]
-    for offset in range(0, len(texts), step):
-        parts.append(encode_cached(runtime.encoder, texts[offset : offset + step], runtime.cache))
-        progress(min(offset + step, len(texts)), len(texts))
-    return np.concatenate(parts)
-
-
-def _champion(runtime: Runtime) -> tuple[LoadedModel | None, str]:
-    """The active model as served, or None and why."""
-    if runtime.has_model:
-        return runtime.model, ""
-    try:
-        loaded = runtime.load_active_model()
-    except RuntimeError as exc:  # trained on another embedder: the challenger is the migration path
-        return None, f"the active model cannot serve these embeddings ({exc})"
-    return (loaded, "") if loaded is not None else (None, "no model was active")
-
-
-def _scores(summary: dict[str, Any]) -> dict[str, float]:
-    return {"accuracy": float(summary["accuracy"]), "macro_f1": float(summary["macro_f1"])}
-
-
-def decide_promotion(
-    champion: LoadedModel | None,
-    why_none: str,
-    labels: Sequence[str],
-    challenger_scores: dict[str, float],
-    score_champion: Callable[[FusedClassifier], dict[str, float]],
-    margin: float,
-    *,
-    n_val: int,
-    challenger_name: str = "challenger",
-) -> dict[str, Any]:
-    """Promote when there is no comparable champion, or when the challenger's validation accuracy is at
-    least the champion's minus ``margin`` (both scored by the caller on the same hold-out)."""
-    champion_scores: dict[str, float] | None = None
-    if champion is None:
-        promoted, reason = True, why_none
-    elif list(champion.classifier.labels) != list(labels):
-        promoted, reason = True, f"the champion {champion.version} has another label set (taxonomy changed)"
-    else:
-        champion_scores = score_champion(champion.classifier)
-        promoted = challenger_scores["accuracy"] >= champion_scores["accuracy"] - margin
-        reason = (
-            f"{challenger_name} accuracy {challenger_scores['accuracy']:.4f} "
-            f"{'≥' if promoted else '<'} champion {champion_scores['accuracy']:.4f} − margin {margin:g}"
-        )
-    return {
-        "champion": champion.version if champion else None,
-        "promoted": promoted,
-        "reason": reason,
-        "margin": margin,
-        "n_val": n_val,
-        "challenger": challenger_scores,
-        "champion_scores": champion_scores,
-    }
+    return encode_in_steps(runtime.encoder, texts, runtime.cache, runtime.settings.index_batch_size, progress)
 
 
 def _register(
     runtime: Runtime, session: Session, fit: _Fit, *, parent: str | None, extra: dict[str, Any] | None = None
 ) -> tuple[str, dict[str, Any]]:
-    """Save the version in the registry and record it in ``model_versions`` (not yet active)."""
-    settings = runtime.settings
     metrics = {**fit.report.to_dict(), **(extra or {})}
-    metadata = {
+    return register_head(
+        runtime,
+        session,
+        fit.classifier,
+        runtime.settings,
+        fit.data.vacancies,
+        metrics,
+        parent=parent,
+        dim=fit.x.shape[1],
+    )
+
+
+def register_head(
+    runtime: Runtime,
+    session: Session,
+    classifier: FusedClassifier,
+    settings: Settings,
+    vacancies: Sequence[Vacancy],
+    metrics: dict[str, Any],
+    *,
+    parent: str | None,
+    dim: int,
+    encoder_version: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Save a head in the registry and record it in ``model_versions`` (not yet active): the one place a
+    head version is registered. ``settings`` name the embedder it was trained on; ``vacancies`` are
+    its training data (hashed); ``encoder_version``: the fine-tuned encoder it belongs to, if any."""
+    metadata: dict[str, Any] = {
         "embedder": settings.embedding_model,
         "embedding": settings.embedding_signature,
-        "embedder_dim": int(fit.x.shape[1]),
+        **({"encoder_version": encoder_version} if encoder_version is not None else {}),
+        "embedder_dim": int(dim),
         "taxonomy_hash": runtime.taxonomy.digest,
-        "data_hash": data_hash([(v.id, v.label or "", v.text_hash) for v in fit.vacancies]),
+        "data_hash": data_hash([(v.id, v.label or "", v.text_hash) for v in vacancies]),
         "metrics": metrics,
         "parent": parent,
-        "n_train": len(fit.vacancies),
+        "n_train": len(vacancies),
         "validation": "holdout",
     }
-    version = runtime.registry.save(fit.classifier, metadata)
+    version = runtime.registry.save(classifier, metadata)
     session.add(
         ModelVersion(
             id=version,
             embedder=settings.embedding_model,
             taxonomy_hash=runtime.taxonomy.digest,
             data_hash=metadata["data_hash"],
-            n_train=len(fit.vacancies),
+            n_train=len(vacancies),
             metrics=metrics,
-            params=fit.classifier.params.to_dict(),
+            params=classifier.params.to_dict(),
             parent=parent,
             is_active=False,
         )
@@ -328,7 +289,7 @@ def _register(
     return version, runtime.registry.metadata(version)
 
 
-def _activate(
+def switch_model(
     runtime: Runtime, session: Session, version: str, classifier: FusedClassifier, meta: dict[str, Any]
 ) -> None:
     """Registry marker, database flags and the running model switch together, one switch at a time."""

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from app.db import ModelVersion
+from app.encoders import resolve_encoder_settings
 from app.errors import Conflict
 from app.runtime import Runtime
 from app.services.encoder_upgrade import LabelledTexts, rollback_encoder, upgrade_encoder
@@ -106,7 +107,12 @@ def test_a_good_encoder_is_promoted_with_its_collection_and_head(
     hits = runtime.store.search(runtime.encoder.encode(["python developer backend"])[0], 3)
     assert hits and hits[0].label
     # a restart picks the fine-tuned encoder over JOBCLASS_EMBEDDING_MODEL and the head fits it
-    restarted = Runtime(settings, encoder=FakeEncoder(name=path), qdrant=memory_qdrant(), engine=runtime.engine)
+    restarted = Runtime(
+        resolve_encoder_settings(settings),
+        encoder=FakeEncoder(name=path),
+        qdrant=memory_qdrant(),
+        engine=runtime.engine,
+    )
     try:
         assert restarted.settings.embedding_model == path
         loaded = restarted.load_active_model()
