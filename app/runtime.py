@@ -25,6 +25,7 @@ from app.taxonomy import Taxonomy
 from indexing.cache import EmbeddingCache
 from indexing.embed import Encoder
 from indexing.extract import ExtractingEncoder, Extractor, ExtractorError, TextExtractor, parse_labels
+from indexing.sparse import LexicalEncoder
 from indexing.store import StoreClient, VectorStore, connect
 from models.classifier import FusedClassifier
 from models.registry import ModelRegistry, RegistryError
@@ -57,6 +58,7 @@ class Runtime:
         self._encoder = self._batched(encoder) if encoder is not None else None
         self._encoder_lock = threading.Lock()
         self._extractor = extractor  # GLiNER, loaded on first use when JOBCLASS_EXTRACTOR_MODEL is set
+        self._lexical: LexicalEncoder | None = None
         self._extracting: ExtractingEncoder | None = None
         client = qdrant or connect(
             settings.qdrant_url,
@@ -82,6 +84,15 @@ class Runtime:
                     log.info("loading embedding model %s (%s)", s.embedding_model, s.embedding_dtype)
                     self._encoder = self._batched(load_encoder(s))
         return self._encoder if not self.settings.extractor_model else self._extracting_encoder(self._encoder)
+
+    # ---- lexical encoder (BM25 sparse vectors for the hybrid query and for training) -------------
+    @property
+    def lexical_encoder(self) -> LexicalEncoder:
+        if self._lexical is None:
+            with self._encoder_lock:
+                if self._lexical is None:
+                    self._lexical = LexicalEncoder(language=self.settings.lexical_language)
+        return self._lexical
 
     # ---- extractor (GLiNER): embed "title: …; skills: …; tasks: …" and scrub person names ----
     @property

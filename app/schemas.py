@@ -320,6 +320,7 @@ class ModelVersionPublic(BaseModel):
     params: dict[str, Any]
     metrics: dict[str, Any]
     variant_bytes: dict[str, int] = {}
+    lexical: dict[str, int] | None = None  # the lexical model's size on disk (bytes) and feature count
 
 
 class ModelsResponse(BaseModel):

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(256, ge=1)
     max_search_k: int = Field(100, ge=1, le=1000)
     clean_max_chars: int = Field(4_000, ge=100)  # text kept for embedding after cleaning
+    # The lexical signal's BM25 vectors (hybrid retrieval): Snowball stemmer language of the sparse vectors.
+    lexical_language: str = "danish"
 
     # Extraction (GLiNER): when a model is set, ingest and classify embed the compact
     # "title: …; skills: …; tasks: …" string and person names are scrubbed. Empty = off.
@@ -113,6 +115,15 @@ class Settings(BaseSettings):
                 f"{name} is set but has {length} characters: use at least {MIN_TOKEN_CHARS} "
                 f"(e.g. `openssl rand -hex 24`), or unset it"
             )
+        return value
+
+    @field_validator("lexical_language")
+    @classmethod
+    def _lexical_language(cls, value: str) -> str:
+        from indexing.sparse import SNOWBALL
+
+        if value not in SNOWBALL:
+            raise ValueError(f"JOBCLASS_LEXICAL_LANGUAGE must be one of {', '.join(sorted(SNOWBALL))}")
         return value
 
     @field_validator("extractor_labels")

@@ -130,6 +130,27 @@ def rrf_fuse(
     return out_idx, out_scores
 
 
+def hybrid_candidates(
+    queries_x: np.ndarray,
+    corpus_x: np.ndarray,
+    queries_sparse: Any,
+    corpus_sparse: Any,
+    k: int,
+    *,
+    exclude_self: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a hybrid query returns: the top ``k`` of dense (cosine) and sparse (BM25) neighbours fused by
+    RRF, as Qdrant's ``prefetch`` + ``Fusion.RRF`` does. Returns ``(index, cosine, rrf)``, in RRF order,
+    padded with index -1."""
+    d_idx, _ = exact_neighbours(queries_x, corpus_x, k, exclude_self=exclude_self)
+    s_idx, s_scores = sparse_neighbours(queries_sparse, corpus_sparse, k, exclude_self=exclude_self)
+    idx, rrf = rrf_fuse([d_idx, s_idx], d_idx.shape[1], valid=[np.ones(d_idx.shape, dtype=bool), s_scores > 0])
+    present = idx >= 0
+    safe = np.where(present, idx, 0)
+    cosine = np.where(present, np.einsum("nd,nkd->nk", queries_x, corpus_x[safe]), -np.inf)
+    return idx, cosine, np.where(present, rrf, 0.0)
+
+
 def hybrid_votes(
     queries_x: np.ndarray,
     corpus_x: np.ndarray,
@@ -140,20 +161,18 @@ def hybrid_votes(
     *,
     exclude_self: bool = False,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The vote arrays a hybrid query gives: the top ``k`` of dense (cosine) and sparse (BM25) neighbours
-    fused by RRF, as Qdrant's ``prefetch`` + ``Fusion.RRF`` returns them, and then weighed two ways:
-    ``"cosine"`` (the candidates re-ordered by their cosine similarity) and ``"rank"`` (their RRF score).
-    Returns ``{weighting: (labels, scores)}``, best first, padded with label -1."""
-    d_idx, _ = exact_neighbours(queries_x, corpus_x, k, exclude_self=exclude_self)
-    s_idx, s_scores = sparse_neighbours(queries_sparse, corpus_sparse, k, exclude_self=exclude_self)
-    idx, rrf = rrf_fuse([d_idx, s_idx], d_idx.shape[1], valid=[np.ones(d_idx.shape, dtype=bool), s_scores > 0])
+    """The hybrid query's candidates (:func:`hybrid_candidates`) weighed two ways: ``"cosine"`` (re-ordered
+    by cosine similarity) and ``"rank"`` (their RRF score). Returns ``{weighting: (labels, scores)}``,
+    best first, padded with label -1."""
+    idx, cosine, rrf = hybrid_candidates(
+        queries_x, corpus_x, queries_sparse, corpus_sparse, k, exclude_self=exclude_self
+    )
     present = idx >= 0
     safe = np.where(present, idx, 0)
-    cosine = np.where(present, np.einsum("nd,nkd->nk", queries_x, corpus_x[safe]), -np.inf)
     order = np.argsort(-cosine, axis=1, kind="stable")
     by_cos = np.take_along_axis(safe, order, axis=1)
     cos_present = np.take_along_axis(present, order, axis=1)
     labels_rank = np.where(present, corpus_y[safe], -1)
     labels_cos = np.where(cos_present, corpus_y[by_cos], -1)
     cos_scores = np.where(cos_present, np.take_along_axis(cosine, order, axis=1), 0.0)
-    return {"cosine": (labels_cos, cos_scores), "rank": (labels_rank, np.where(present, rrf, 0.0))}
+    return {"cosine": (labels_cos, cos_scores), "rank": (labels_rank, rrf)}

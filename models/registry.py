@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.classifier import FusedClassifier
+from models.classifier import LEXICAL_DIR, FusedClassifier
 from models.compress import Variant
 
 
@@ -60,6 +60,9 @@ class ModelRegistry:
             "params": classifier.params.to_dict(),
             "variant_bytes": sizes,
         }
+        if classifier.lexical is not None:  # the lexical model's own artifacts: vocabularies, IDF, weights
+            files = [f for f in (tmp / LEXICAL_DIR).iterdir() if f.is_file()]
+            meta["lexical"] = {"bytes": sum(f.stat().st_size for f in files), "features": classifier.lexical.n_features}
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
         os.replace(tmp, final)  # a version folder is either complete or absent
         return version

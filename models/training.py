@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from models.classifier import FusedClassifier, neighbours_from_arrays
+from models.classifier import FusedClassifier, Neighbour, neighbours_from_arrays
 from models.fusion import fuse, tune
 from models.head import HeadConfig, LinearHead
-from models.knn import exact_neighbours, hybrid_votes, knn_vote
+from models.knn import exact_neighbours, hybrid_candidates, hybrid_votes, knn_vote
 from models.lexical import LexicalConfig, LexicalModel
 from models.metrics import summary
 
@@ -369,11 +369,13 @@ def evaluate(
     y: np.ndarray,
     corpus_x: np.ndarray,
     corpus_y: np.ndarray,
-    texts: Sequence[str] | None = None,
+    inputs: TextInputs | None = None,
+    corpus_inputs: TextInputs | None = None,
 ) -> dict[str, Any]:
-    """Score ``classifier`` on (x, y) (and ``texts`` for the lexical model) with neighbours drawn from
-    the labelled corpus."""
-    return summary(predict_with_corpus(classifier, x, corpus_x, corpus_y, texts), y, classifier.labels)
+    """Score ``classifier`` on (x, y) with neighbours drawn from the labelled corpus (see
+    :func:`predict_with_corpus`)."""
+    probs = predict_with_corpus(classifier, x, corpus_x, corpus_y, inputs, corpus_inputs)
+    return summary(probs, y, classifier.labels)
 
 
 def predict_with_corpus(
@@ -381,8 +383,23 @@ def predict_with_corpus(
     x: np.ndarray,
     corpus_x: np.ndarray,
     corpus_y: np.ndarray,
-    texts: Sequence[str] | None = None,
+    inputs: TextInputs | None = None,
+    corpus_inputs: TextInputs | None = None,
 ) -> np.ndarray:
-    """Fused probabilities for ``x`` with neighbours drawn from the labelled corpus (exact cosine kNN)."""
+    """Fused probabilities for ``x`` with neighbours drawn from the labelled corpus, as the service
+    draws them: by the hybrid query when both sides carry BM25 vectors, else by exact cosine kNN; the
+    lexical model reads ``inputs.texts``."""
+    texts = inputs.texts if inputs is not None else None
+    if inputs is not None and corpus_inputs is not None and inputs.hybrid and corpus_inputs.hybrid:
+        idx, cosine, rrf = hybrid_candidates(x, corpus_x, inputs.queries, corpus_inputs.docs, MAX_K)
+        neighbours = [
+            [
+                Neighbour(classifier.labels[int(corpus_y[i])], float(c), rank_score=float(r))
+                for i, c, r in zip(row_i, row_c, row_r, strict=True)
+                if i >= 0
+            ]
+            for row_i, row_c, row_r in zip(idx, cosine, rrf, strict=True)
+        ]
+        return classifier.predict_proba(x, neighbours, texts)
     nb_labels, nb_scores = neighbour_arrays(x, corpus_x, corpus_y)
     return classifier.predict_proba(x, neighbours_from_arrays(classifier.labels, nb_labels, nb_scores), texts)

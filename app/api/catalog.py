@@ -28,6 +28,7 @@ def list_models(runtime: RuntimeDep) -> ModelsResponse:
                 params=m.get("params", {}),
                 metrics=m.get("metrics", {}),
                 variant_bytes=m.get("variant_bytes", {}),
+                lexical=m.get("lexical"),
             )
             for m in runtime.registry.versions()
         ],

@@ -1,8 +1,10 @@
 """`jobclass bench`: every method trained on the same data, scored side by side, in one run.
 
-Methods: ``tfidf_lr`` (the classic baseline), ``head``, ``knn``, ``fused`` (production), the fusion
-with each compressed head, and ``fused_tfidf`` (the fusion blended with the TF-IDF model, a hybrid
-remedy for text the embedder handles poorly). All are fit on the training split, tuned on the
+Methods: ``tfidf_lr`` (the classic baseline), ``head``, ``knn`` (the vote over the hybrid query's
+neighbours), ``lexical`` (the served lexical model alone), ``fused`` (exactly what the service serves:
+the three signals trained, cross-fitted and tuned by ``models.training.train_classifier`` with the
+service's lexical settings, neighbours from the hybrid query), and the fusion with each compressed head.
+All are fit on the training split, tuned on the
 validation split (carved out of training when none is given), refit on train + validation, and scored
 on the test split. The embedded texts go through the production cleaning; embeddings are cached on
 disk keyed by (embedder signature, text hash), so re-runs only pay for the models.
@@ -24,20 +26,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.bench.baselines import TfidfLR, hybrid_beta, tune_tfidf_c
+from app.bench.baselines import TfidfLR, tune_tfidf_c
 from app.services.dataset import Split
 from app.settings import Settings
 from indexing.cache import EmbeddingCache, cache_key_model, encode_cached
 from indexing.clean import clean_text
 from indexing.embed import Encoder
+from indexing.sparse import LexicalEncoder, to_csr
 from indexing.store import VacancyPoint, VectorStore, connect
 from models.classifier import FusedClassifier, Neighbour
 from models.compress import VARIANTS
-from models.fusion import calibrate
-from models.knn import knn_vote
+from models.knn import hybrid_candidates
 from models.metrics import confusion_matrix, coverage_at, expected_calibration_error, log_loss, macro_f1, summary
 from models.training import (
     CROSSFIT_FOLDS,
+    MAX_K,
+    TextInputs,
     TrainReport,
     neighbour_arrays,
     refit_head,
@@ -60,6 +64,7 @@ class BenchConfig:
     val_fraction: float = 0.1
     latency_queries: int = LATENCY_QUERIES
     timing: bool = True
+    lexical_language: str = "danish"  # the service's JOBCLASS_LEXICAL_LANGUAGE default
 
 
 @dataclass
@@ -147,48 +152,77 @@ class Arrays:
     texts: Sequence[str]
 
 
-def _fit_tfidf(tr: Arrays, va: Arrays, te: Arrays, n: int, out: Fitted, say: Say) -> np.ndarray:
-    """TF-IDF + LR: C tuned on validation, refit on train + validation; returns its validation probabilities."""
+def _fit_tfidf(tr: Arrays, va: Arrays, te: Arrays, n: int, out: Fitted, say: Say) -> None:
+    """TF-IDF + LR, the baseline: C tuned on validation, refit on train + validation."""
     t0 = time.perf_counter()
-    best_c, p_tfidf_va = tune_tfidf_c(tr.texts, tr.y, va.texts, va.y, n)
+    best_c, _ = tune_tfidf_c(tr.texts, tr.y, va.texts, va.y, n)
     tfidf = TfidfLR(list(tr.texts) + list(va.texts), np.concatenate([tr.y, va.y]), n).fit(best_c)
     out.probs["tfidf_lr"] = tfidf.predict_proba(te.texts)
     out.params["tfidf_lr"] = {"C": best_c, "fit_seconds": round(time.perf_counter() - t0, 2)}
     say(f"  tfidf_lr fitted (C={best_c}) in {time.perf_counter() - t0:.1f}s")
-    return p_tfidf_va
 
 
-def _fit_fusion(
-    tr: Arrays, va: Arrays, p_tfidf_va: np.ndarray, labels: list[str], cfg: BenchConfig, out: Fitted, say: Say
-) -> tuple[FusedClassifier, float]:
-    """Head + kNN + fusion: epochs and fusion cross-validated on the training split, scored on validation,
-    the head refit on both; the hybrid's β tuned on validation."""
+def text_inputs(cfg: BenchConfig, *splits: Sequence[str]) -> list[TextInputs]:
+    """Each split's texts with BM25 document and query vectors over one term space, as the service
+    builds them (``app.services.training.text_inputs``) for the lexical model and the hybrid vote."""
+    encoder = LexicalEncoder(language=cfg.lexical_language)
+    groups = []
+    for texts in splits:
+        groups += [encoder.documents(texts), encoder.queries(texts)]
+    matrices = to_csr(*groups)
+    return [TextInputs(list(t), matrices[2 * i], matrices[2 * i + 1]) for i, t in enumerate(splits)]
+
+
+def _fit_served(
+    tr: Arrays, va: Arrays, inputs: list[TextInputs], labels: list[str], cfg: BenchConfig, out: Fitted, say: Say
+) -> FusedClassifier:
+    """The served classifier: head, lexical model and hybrid vote cross-fitted and tuned on the training
+    split, scored on validation, refit on both (``train_classifier``, as ``jobclass train`` runs it)."""
     t0 = time.perf_counter()
-    clf_tr, report = fit_classifier(tr.x, tr.y, va.x, va.y, labels, cfg)
-    params = clf_tr.params
-    nb_l, nb_s = neighbour_arrays(va.x, tr.x, tr.y)
-    p_fused_va = clf_tr.predict_proba(va.x, neighbours(labels, nb_l, nb_s))
-    beta = hybrid_beta(p_fused_va, p_tfidf_va, va.y, len(labels))
-    clf = refit_head(clf_tr, np.concatenate([tr.x, va.x]), np.concatenate([tr.y, va.y]), report.best_epoch)
-    out.params["fusion"] = {**params.to_dict(), "best_epoch": report.best_epoch, "hybrid_beta": beta}
+    clf, report = train_classifier(
+        tr.x,
+        tr.y,
+        labels,
+        x_val=va.x,
+        y_val=va.y,
+        seed=cfg.seed,
+        abstain_threshold=cfg.abstain_threshold,
+        refit=True,
+        crossfit=CROSSFIT_FOLDS,
+        inputs=inputs[0],
+        inputs_val=inputs[1],
+    )
+    out.params["fusion"] = {**clf.params.to_dict(), "best_epoch": report.best_epoch}
+    out.params["lexical_features"] = clf.lexical.n_features if clf.lexical is not None else 0
     out.params["fit_seconds"] = round(time.perf_counter() - t0, 2)
-    say(f"  head/kNN/fusion fitted in {time.perf_counter() - t0:.1f}s: {params}")
-    return clf, beta
+    say(f"  head/lexical/kNN/fusion fitted in {time.perf_counter() - t0:.1f}s: {clf.params}")
+    return clf
 
 
 def _test_probs(
-    clf: FusedClassifier, labels: list[str], x_all: np.ndarray, y_all: np.ndarray, x_te: np.ndarray, out: Fitted
+    clf: FusedClassifier, x_all: np.ndarray, y_all: np.ndarray, inputs: list[TextInputs], x_te: np.ndarray, out: Fitted
 ) -> None:
-    """Head, kNN and every fusion variant (with its size and speed) on the test split, kNN over train +
-    validation."""
-    params = clf.params
-    nb_l, nb_s = neighbour_arrays(x_te, x_all, y_all)
-    nbs = neighbours(labels, nb_l, nb_s)
+    """Head, vote, lexical model and every fusion variant (with its size and speed) on the test split,
+    neighbours from the hybrid query over train + validation."""
+    corpus = TextInputs.concat(inputs[0], inputs[1])
+    test = inputs[2]
+    idx, cosine, rrf = hybrid_candidates(x_te, x_all, test.queries, corpus.docs, MAX_K)
+    nbs = [
+        [
+            Neighbour(clf.labels[int(y_all[i])], float(c), rank_score=float(r))
+            for i, c, r in zip(row_i, row_c, row_r, strict=True)
+            if i >= 0
+        ]
+        for row_i, row_c, row_r in zip(idx, cosine, rrf, strict=True)
+    ]
     out.probs["head"] = clf.head_proba(x_te)
-    out.probs["knn"] = knn_vote(nb_l, nb_s, len(labels), k=params.k, temperature=params.knn_temperature)
+    out.probs["knn"] = clf.knn_proba(nbs)
+    p_lex, _ = clf.lexical_proba(test.texts)
+    if p_lex is not None:
+        out.probs["lexical"] = p_lex
     for variant in VARIANTS:
         key, compressed = variant_key(variant), clf.with_variant(variant)
-        out.probs[key] = compressed.predict_proba(x_te, nbs)
+        out.probs[key] = compressed.predict_proba(x_te, nbs, test.texts)
         out.extra[key] = {
             "head_bytes": clf.variant_bytes()[variant],
             "head_latency_us_per_item": round(head_latency_us(compressed.module, x_te), 3),
@@ -211,11 +245,11 @@ def fit_all(
     """Every method fitted on train (tuned on validation, refit on both); their test probabilities."""
     tr, va, te = Arrays(x_tr, y_tr, texts_tr), Arrays(x_va, y_va, texts_va), Arrays(x_te, np.empty(0), texts_te)
     out = Fitted()
-    p_tfidf_va = _fit_tfidf(tr, va, te, len(labels), out, say)
-    clf, beta = _fit_fusion(tr, va, p_tfidf_va, labels, cfg, out, say)
+    _fit_tfidf(tr, va, te, len(labels), out, say)
+    inputs = text_inputs(cfg, texts_tr, texts_va, texts_te)
+    clf = _fit_served(tr, va, inputs, labels, cfg, out, say)
     x_all = np.concatenate([x_tr, x_va])
-    _test_probs(clf, labels, x_all, np.concatenate([y_tr, y_va]), x_te, out)
-    out.probs["fused_tfidf"] = calibrate(beta * out.probs["fused"] + (1 - beta) * out.probs["tfidf_lr"], 1.0)
+    _test_probs(clf, x_all, np.concatenate([y_tr, y_va]), inputs, x_te, out)
     out.classifier, out.corpus = clf, x_all
     return out
 
@@ -472,7 +506,8 @@ def target_checks(result: dict[str, Any]) -> dict[str, Any]:
             "fused_minus_head_f1": 100 * (f1["fused"] - f1["head"]),
             "fused_minus_knn_f1": 100 * (f1["fused"] - f1["knn"]),
             "fused_minus_tfidf": 100 * (acc["fused"] - acc["tfidf_lr"]),
-            "hybrid_minus_tfidf": 100 * (acc["fused_tfidf"] - acc["tfidf_lr"]),
+            "fused_minus_lexical": 100 * (acc.get("fused", 0.0) - acc.get("lexical", 0.0)),
+            "fused_minus_lexical_f1": 100 * (f1.get("fused", 0.0) - f1.get("lexical", 0.0)),
             "compression_loss": max(0.0, *(100 * (acc["fused"] - acc[c]) for c in COMPRESSED)),
         }
 

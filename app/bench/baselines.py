@@ -1,5 +1,5 @@
 """Baselines the embedding methods are compared with: ``tfidf_lr`` (word + char TF-IDF, logistic
-regression) and the hybrid ``fused_tfidf`` blend weight."""
+regression), which the served ``fused`` row must beat."""
 
 from __future__ import annotations
 
@@ -66,12 +66,3 @@ def tune_tfidf_c(
             best_c, best_score, p_va = c, score, probs
     assert p_va is not None
     return best_c, p_va
-
-
-def hybrid_beta(p_fused_va: np.ndarray, p_tfidf_va: np.ndarray, y_va: np.ndarray, n_classes: int) -> float:
-    """The weight β of the fusion in ``β·fused + (1 − β)·tfidf_lr``, tuned on validation in steps of 0.1
-    (ties: the larger β)."""
-    return max(
-        (b / 10 for b in range(11)),
-        key=lambda b: (selection_score(b * p_fused_va + (1 - b) * p_tfidf_va, y_va, n_classes), b),
-    )

@@ -128,7 +128,12 @@ def bench(
         raise InvalidInput("give --test, or --folds K (K >= 2) for cross-validation")
     objective = common.objective_option(ft_objective, "--ft-objective")
     settings = get_settings()
-    cfg = BenchConfig(name=name or train.parent.name, abstain_threshold=settings.abstain_threshold, timing=timing)
+    cfg = BenchConfig(
+        name=name or train.parent.name,
+        abstain_threshold=settings.abstain_threshold,
+        timing=timing,
+        lexical_language=settings.lexical_language,
+    )
     ft = None
     if finetune:
         from indexing.finetune import FinetuneConfig
@@ -200,7 +205,9 @@ def _bench_dataset(
     from app.bench.markdown import write_outputs
     from app.services.dataset import Split
 
-    cfg = BenchConfig(name=folder.name, abstain_threshold=settings.abstain_threshold)
+    cfg = BenchConfig(
+        name=folder.name, abstain_threshold=settings.abstain_threshold, lexical_language=settings.lexical_language
+    )
     train_split = common.read_split(folder / "train.csv", settings)
     test_split = common.read_split(folder / "val.csv", settings)
     result = run_bench(train_split, None, test_split, encoder, cache, cfg, typer.echo)

@@ -114,7 +114,7 @@ def classify(
         log.warning("vector store unavailable, classifying with the head alone: %s", exc)
         hits = None
     neighbours = None if hits is None else [[Neighbour(h.label, h.score, h.labelled_at) for h in row] for row in hits]
-    probs = classifier.predict_proba(vectors, neighbours)
+    probs = classifier.predict_proba(vectors, neighbours, texts)  # texts: the lexical signal
     threshold = runtime.settings.abstain_threshold
     top_k = max(1, min(top_k, classifier.n_classes))
     results = []

@@ -49,14 +49,14 @@ from app.services.dataset import (
 from app.services.index import CATCH_UP_SLACK, labelled_since, write_vacancies
 from app.services.jobs import Job
 from app.services.promotion import Scores, as_served, champion, decide_promotion, score_on_holdout
-from app.services.training import activate_version, data_hash, register_head, train_on_holdout
+from app.services.training import activate_version, data_hash, register_head, text_inputs, train_on_holdout
 from app.services.vacancies import labelled_vacancies
 from app.settings import Settings
 from indexing.cache import encode_in_steps
 from indexing.embed import Encoder
 from models.classifier import FusedClassifier
 from models.registry import EncoderRegistry, RegistryError
-from models.training import TrainReport, stratified_split
+from models.training import TextInputs, TrainReport, stratified_split
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
@@ -243,9 +243,11 @@ def _try_candidate(
         say(f"embedding {len(data)} labelled vacancies into {collection}")
         x_new = _embed(candidate.encoder, runtime, data.texts, progress)
         write_vacancies(runtime, data.vacancies, collection, vectors=x_new)
-        challenger, report = _challenger_head(runtime, data, x_new, split, ft_train, say)
+        inputs = text_inputs(runtime, data.texts)
+        challenger, report = _challenger_head(runtime, data, x_new, split, ft_train, say, inputs)
         served = as_served(challenger, candidate.settings.head_variant)
-        promotion = _compare(runtime, data, split, score_on_holdout(served, x_new, data.y, split), margin, candidate)
+        challenger_scores = score_on_holdout(served, x_new, data.y, split, inputs)
+        promotion = _compare(runtime, data, split, challenger_scores, margin, candidate, inputs)
         promotion.update(encoder=candidate.version, collection=collection)
         model_version, meta = register_head(
             runtime,
@@ -276,13 +278,14 @@ def _compare(
     challenger_scores: Scores,
     margin: float,
     candidate: _Candidate,
+    inputs: TextInputs,
 ) -> dict[str, Any]:
     """The promotion decision: the champion is scored on the same hold-out, embedded by its own encoder."""
     champ, why_none = champion(runtime)
 
     def score_with_old_encoder(classifier: FusedClassifier) -> Scores:
         x_old = _embed(runtime.encoder, runtime, data.texts, None)
-        return score_on_holdout(classifier, x_old, data.y, split)
+        return score_on_holdout(classifier, x_old, data.y, split, inputs)
 
     return decide_promotion(
         champ,
@@ -421,7 +424,8 @@ def _rollback_head(
     data = select_labelled(usable, runtime.taxonomy.labels)
     require_classes(data, "a head")
     split = holdout_of(data, settings)
-    classifier, report = train_on_holdout(runtime, x[data.rows], data.y, data.labels, split)
+    inputs = text_inputs(runtime, data.texts)
+    classifier, report = train_on_holdout(runtime, x[data.rows], data.y, data.labels, split, inputs=inputs)
     promotion = {
         "promoted": True,
         "reason": f"rollback of encoder {target.current} to {target.parent}",
@@ -523,6 +527,7 @@ def _challenger_head(
     split: HoldOut,
     ft_train: LabelledTexts,
     say: Say,
+    inputs: TextInputs | None = None,
 ) -> tuple[FusedClassifier, TrainReport]:
     """The challenger's head and fusion on the fine-tuned vectors of the training rows.
 
@@ -537,9 +542,10 @@ def _challenger_head(
     seen = np.array([i for i in tr if data.vacancies[i].id in trained_on], dtype=np.int64)
     unseen = np.array([i for i in tr if data.vacancies[i].id not in trained_on], dtype=np.int64)
     if len(seen) < 2 or len(unseen) == 0 or len(np.unique(y[seen])) < 2:
-        return train_on_holdout(runtime, x, y, data.labels, split)
+        return train_on_holdout(runtime, x, y, data.labels, split, inputs=inputs)
     say(f"tuning the challenger's fusion on {len(unseen)} training rows the new encoder never trained on")
-    classifier, report = train_on_holdout(runtime, x, y, data.labels, HoldOut(seen, unseen), tune_on_va=True)
+    tuning = HoldOut(seen, unseen)
+    classifier, report = train_on_holdout(runtime, x, y, data.labels, tuning, tune_on_va=True, inputs=inputs)
     report.metrics["fusion_tuning"] = {"on": "rows_the_encoder_did_not_train_on", "n": len(unseen)}
     return classifier, report
 

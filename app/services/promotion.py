@@ -17,7 +17,7 @@ from app.runtime import LoadedModel, Runtime
 from app.services.dataset import HoldOut
 from models.classifier import FusedClassifier
 from models.compress import Variant
-from models.training import evaluate
+from models.training import TextInputs, evaluate
 
 Scores = dict[str, float]  # accuracy and macro-F1 on the shared hold-out
 
@@ -43,10 +43,15 @@ def as_served(classifier: FusedClassifier, variant: Variant) -> FusedClassifier:
     return classifier if classifier.variant == variant else classifier.with_variant(variant)
 
 
-def score_on_holdout(classifier: FusedClassifier, x: np.ndarray, y: np.ndarray, split: HoldOut) -> Scores:
-    """Scores on the hold-out rows of (x, y), neighbours drawn from the training rows."""
+def score_on_holdout(
+    classifier: FusedClassifier, x: np.ndarray, y: np.ndarray, split: HoldOut, inputs: TextInputs | None = None
+) -> Scores:
+    """Scores on the hold-out rows of (x, y), neighbours drawn from the training rows (by the hybrid
+    query when ``inputs`` carry the rows' texts and BM25 vectors)."""
     tr, va = split.train, split.val
-    return scores(evaluate(classifier, x[va], y[va], x[tr], y[tr]))
+    if inputs is None:
+        return scores(evaluate(classifier, x[va], y[va], x[tr], y[tr]))
+    return scores(evaluate(classifier, x[va], y[va], x[tr], y[tr], inputs.take(va), inputs.take(tr)))
 
 
 def decide_promotion(

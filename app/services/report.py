@@ -19,6 +19,7 @@ from app.errors import InvalidInput, Unavailable
 from app.runtime import Runtime
 from app.services import render
 from app.services.dataset import holdout_of, read_labelled
+from app.services.training import text_inputs
 from indexing.cache import encode_cached
 from models.metrics import (
     confusion_figure,
@@ -47,7 +48,8 @@ def model_report(runtime: Runtime, session: Session) -> dict[str, Any]:
     if len(va) == 0 or len(tr) == 0:
         raise InvalidInput("too few labelled vacancies for a hold-out: ingest more data")
     x = encode_cached(runtime.encoder, data.texts, runtime.cache)
-    probs = predict_with_corpus(classifier, x[va], x[tr], data.y[tr])
+    inputs = text_inputs(runtime, data.texts)
+    probs = predict_with_corpus(classifier, x[va], x[tr], data.y[tr], inputs.take(va), inputs.take(tr))
     y_val, y_pred = data.y[va], probs.argmax(axis=1)
     cm = confusion_matrix(y_val, y_pred, len(labels))
     scores = per_class(y_val, y_pred, len(labels))

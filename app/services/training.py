@@ -27,9 +27,10 @@ from app.services.jobs import Job
 from app.services.promotion import as_served, champion, decide_promotion, score_on_holdout
 from app.settings import Settings
 from indexing.cache import encode_cached, encode_in_steps
+from indexing.sparse import to_csr
 from models.classifier import FusedClassifier
 from models.registry import RegistryError
-from models.training import TrainReport, train_classifier
+from models.training import TextInputs, TrainReport, train_classifier
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -73,6 +74,7 @@ class _Fit:
     data: LabelledSet
     x: np.ndarray
     split: HoldOut
+    inputs: TextInputs
 
 
 def data_hash(rows: list[tuple[str, str, str]]) -> str:
@@ -111,13 +113,13 @@ def retrain(
     champ, why_none = champion(runtime)
     fit = _fit(runtime, session, progress=progress)
     served = as_served(fit.classifier, runtime.settings.head_variant)
-    challenger_scores = score_on_holdout(served, fit.x, fit.data.y, fit.split)
+    challenger_scores = score_on_holdout(served, fit.x, fit.data.y, fit.split, fit.inputs)
     promotion = decide_promotion(
         champ,
         why_none,
         fit.classifier.labels,
         challenger_scores,
-        lambda c: score_on_holdout(c, fit.x, fit.data.y, fit.split),
+        lambda c: score_on_holdout(c, fit.x, fit.data.y, fit.split, fit.inputs),
         margin,
         n_val=len(fit.split.val),
     )
@@ -188,8 +190,17 @@ def _fit(runtime: Runtime, session: Session, *, show_progress: bool = False, pro
     x = _embed(runtime, data.texts, show_progress, progress)
     split = holdout_of(data, runtime.settings)
     require_holdout(split, "training")
-    classifier, report = train_on_holdout(runtime, x, data.y, data.labels, split)
-    return _Fit(classifier, report, data, x, split)
+    inputs = text_inputs(runtime, data.texts)
+    classifier, report = train_on_holdout(runtime, x, data.y, data.labels, split, inputs=inputs)
+    return _Fit(classifier, report, data, x, split, inputs)
+
+
+def text_inputs(runtime: Runtime, texts: Sequence[str]) -> TextInputs:
+    """The rows' cleaned texts (the lexical model) and their BM25 document and query vectors, as the
+    index stores and queries them (the hybrid vote), for training and hold-out scoring."""
+    encoder = runtime.lexical_encoder
+    docs, queries = to_csr(encoder.documents(texts), encoder.queries(texts))
+    return TextInputs(list(texts), docs, queries)
 
 
 def train_on_holdout(
@@ -200,12 +211,14 @@ def train_on_holdout(
     split: HoldOut,
     *,
     tune_on_va: bool = False,
+    inputs: TextInputs | None = None,
 ) -> tuple[FusedClassifier, TrainReport]:
     """A head (and fusion) trained on ``tr`` with the service's settings, validated on the hold-out ``va``.
 
     ``tune_on_va``: early-stop the head and tune the fusion on ``va`` instead of cross-validating on ``tr``,
     then refit the head on ``tr`` + ``va`` (for vectors from an encoder fine-tuned on ``tr``, where
-    out-of-fold predictions over ``tr`` flatter; ``va`` is then not a hold-out for comparisons)."""
+    out-of-fold predictions over ``tr`` flatter; ``va`` is then not a hold-out for comparisons).
+    ``inputs`` (the rows' texts and BM25 vectors) bring the lexical model and the hybrid vote."""
     settings = runtime.settings
     tr, va = split.train, split.val
     return train_classifier(
@@ -219,6 +232,8 @@ def train_on_holdout(
         # by default the hold-out stays unseen by every version: comparisons between versions are fair
         refit=tune_on_va,
         crossfit=0 if tune_on_va else settings.fusion_crossfit,
+        inputs=inputs.take(tr) if inputs is not None else None,
+        inputs_val=inputs.take(va) if inputs is not None else None,
     )
 
 
