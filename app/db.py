@@ -75,6 +75,8 @@ class Prediction(Base):
     neighbours: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     model_version: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    # ISO 639-1 guess of indexing.language ("da", "en", …; "und" when too short); null before 0002
+    language: Mapped[str | None] = mapped_column(String(8), index=True)
 
     feedback: Mapped[list[Feedback]] = relationship(back_populates="prediction", order_by="Feedback.id")
 

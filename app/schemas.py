@@ -107,6 +107,9 @@ class ClassificationPublic(BaseModel):
     model_version: str
     index_used: bool = Field(description="False when the vector store was unavailable and the head answered alone.")
     stored: bool
+    language: str = Field(
+        "und", description="ISO 639-1 guess of the text's language (da, en, sv, nb, de, pl); und when too short."
+    )
     extraction: ExtractionPublic | None = Field(
         None, description="Only with `explain: true`; null when no extractor is configured (JOBCLASS_EXTRACTOR_MODEL)."
     )
@@ -187,6 +190,7 @@ class PredictionPublic(BaseModel):
     probabilities: list[LabelProbability]
     neighbours: list[NeighbourPublic]
     model_version: str
+    language: str | None = Field(None, description="The detected language; null for predictions made before it was.")
     reviewed_label: str | None = Field(description="The latest feedback label; null while unreviewed.")
     reviewed_at: datetime | None
     feedback_count: int

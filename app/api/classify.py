@@ -34,6 +34,7 @@ def to_public(result: Classification) -> dict[str, object]:
         "model_version": result.model_version,
         "index_used": result.index_used,
         "stored": result.stored,
+        "language": result.language,
     }
 
 

@@ -39,6 +39,7 @@ def predictions(
                 probabilities=[LabelProbability(**vars(p)) for p in v.probabilities],
                 neighbours=[NeighbourPublic(**vars(n)) for n in v.neighbours],
                 model_version=v.model_version,
+                language=v.language,
                 reviewed_label=v.reviewed_label,
                 reviewed_at=v.reviewed_at,
                 feedback_count=v.feedback_count,

@@ -16,6 +16,7 @@ from app.runtime import Runtime
 from indexing.cache import text_hash
 from indexing.clean import clean_text, scrub_names
 from indexing.extract import ExtractingEncoder, Extraction
+from indexing.language import UNDETERMINED, detect_language
 from indexing.store import Hit, StoreError
 from models.classifier import Neighbour
 
@@ -48,6 +49,7 @@ class Classification:
     index_used: bool
     prediction_id: str | None = None
     stored: bool = False
+    language: str = UNDETERMINED  # indexing.language's guess for the cleaned text
     cleaned_text: str = field(default="", repr=False)  # what is stored: scrubbed unless JOBCLASS_STORE_RAW_TEXT
     extraction: Extraction | None = field(default=None, repr=False)  # when an extractor is configured
     extracted_from: str = field(default="", repr=False)  # the text the span offsets refer to; never stored
@@ -140,6 +142,7 @@ def classify(
                 neighbours=hits[i][:SHOWN_NEIGHBOURS] if hits is not None else [],
                 model_version=loaded.version,
                 index_used=hits is not None,
+                language=detect_language(texts[i]),
                 cleaned_text=kept[i],
                 extraction=extractions[i] if extractions is not None else None,
                 extracted_from=cleaned[i] if extractions is not None else "",
@@ -166,6 +169,7 @@ def store_predictions(session: Session, results: Sequence[Classification]) -> No
                 probabilities=[{"label": p.label, "probability": p.probability} for p in r.probabilities],
                 neighbours=[{"vacancy_id": h.vacancy_id, "label": h.label, "score": h.score} for h in r.neighbours],
                 model_version=r.model_version,
+                language=r.language,
             )
         )
     try:

@@ -41,6 +41,7 @@ from app.runtime import Runtime
 from app.services import render
 from app.services.dataset import read_labelled
 from indexing.cache import encode_cached
+from indexing.language import detect_language
 
 DEFAULT_OOD_QUANTILE = 0.05
 PSI_ALERT = 0.2  # a "real" shift by the usual PSI rule of thumb
@@ -207,6 +208,7 @@ def compute_drift(
             "reference_sample": len(loo),
         },
         "classes": _per_class(runtime, reference.y, y_new, x_ref, x_new, ood, confidence),
+        "languages": _per_language(reference.texts, recent, ood, confidence),
         "alerts": alerts,
         "_arrays": {"reference_nn": loo, "recent_nn": nearest},
     }
@@ -218,12 +220,39 @@ def _window_predictions(session: Session, win: Window) -> tuple[list[Any], Count
         Prediction.created_at >= win.since,
         *([Prediction.created_at < win.until] if win.until is not None else []),
     ]
-    query = select(Prediction.text, Prediction.label, Prediction.confidence, Prediction.abstained).where(*in_window)
+    query = select(
+        Prediction.text, Prediction.label, Prediction.confidence, Prediction.abstained, Prediction.language
+    ).where(*in_window)
     rows = list(session.execute(query.order_by(Prediction.created_at, Prediction.id)).all())
     if not rows:
         raise InvalidInput(f"no predictions in {win.describe()}: nothing to compare", field="since")
     versions = Counter(session.scalars(select(Prediction.model_version).where(*in_window)))
     return rows, versions
+
+
+def _per_language(
+    reference_texts: list[str], recent: list[Any], ood: np.ndarray, confidence: np.ndarray
+) -> list[dict[str, Any]]:
+    """Per detected language: its share of the window and of the labelled data, and the window's abstain
+    rate, out-of-distribution rate and mean confidence in it (a new language shows up here first)."""
+    ref = Counter(detect_language(t) for t in reference_texts)
+    langs = np.array([r.language or detect_language(r.text) for r in recent])
+    out = []
+    for lang in sorted(set(ref) | set(langs.tolist()), key=lambda x: -int((langs == x).sum())):
+        mask = langs == lang
+        n = int(mask.sum())
+        out.append(
+            {
+                "language": lang,
+                "n_recent": n,
+                "share_recent": n / len(recent),
+                "share_reference": ref.get(lang, 0) / max(1, len(reference_texts)),
+                "abstain_rate": float(np.mean([recent[i].abstained for i in np.flatnonzero(mask)])) if n else None,
+                "ood_rate": float(ood[mask].mean()) if n else None,
+                "mean_confidence": float(confidence[mask].mean()) if n else None,
+            }
+        )
+    return out
 
 
 def _per_class(

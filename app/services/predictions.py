@@ -36,6 +36,7 @@ class PredictionView:
     probabilities: list[LabelProbability]
     neighbours: list[StoredNeighbour]
     model_version: str
+    language: str | None
     reviewed_label: str | None
     reviewed_at: datetime | None
     feedback_count: int
@@ -86,6 +87,7 @@ def _view(row: Prediction, feedback: list[Feedback], taxonomy: Taxonomy) -> Pred
         ],
         neighbours=[StoredNeighbour(n["vacancy_id"], n["label"], float(n["score"])) for n in row.neighbours],
         model_version=row.model_version,
+        language=row.language,
         reviewed_label=latest.label if latest else None,
         reviewed_at=latest.created_at if latest else None,
         feedback_count=len(feedback),

@@ -376,3 +376,14 @@ def test_start_up_refuses_a_model_of_another_embedder(runtime: Runtime, tmp_path
         TestClient(create_app(runtime.settings, runtime)),
     ):
         pass
+
+
+def test_language_is_detected_and_stored(client: TestClient, runtime: Runtime) -> None:
+    danish = "Vi søger en erfaren tømrer til tagarbejde og nybyggeri i Aarhus. Du har svendebrev og kørekort."
+    body = client.post("/v1/classify", json={"text": danish}).json()
+    assert body["language"] == "da"
+    assert client.post("/v1/classify", json={"text": CARPENTER}).json()["language"] == "en"
+    assert client.post("/v1/classify", json={"text": "tømrer"}).json()["language"] == "und"
+    with runtime.sessions() as session:
+        row = session.get(Prediction, body["prediction_id"])
+        assert row is not None and row.language == "da"

@@ -152,6 +152,11 @@ def test_drift_tells_a_shifted_window_from_an_unshifted_one(runtime: Runtime, tm
     for c in calm["classes"]:
         assert c["centroid_cosine"] is not None and c["centroid_cosine"] > 0.8
     assert calm["model_versions"] == {runtime.model.version: 30}
+    # per language: the English test texts, with their share of the window and of the labelled data
+    languages = {row["language"]: row for row in shifted["languages"]}
+    assert sum(row["n_recent"] for row in shifted["languages"]) == 40
+    assert all(0.0 <= row["share_reference"] <= 1.0 for row in shifted["languages"])
+    assert max(languages.values(), key=lambda row: row["n_recent"])["abstain_rate"] is not None
 
 
 def test_drift_needs_predictions_in_the_window(runtime: Runtime, tmp_path: Path) -> None:
