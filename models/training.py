@@ -378,6 +378,30 @@ def evaluate(
     return summary(probs, y, classifier.labels)
 
 
+def corpus_neighbours(
+    labels: Sequence[str],
+    x: np.ndarray,
+    corpus_x: np.ndarray,
+    corpus_y: np.ndarray,
+    inputs: TextInputs | None = None,
+    corpus_inputs: TextInputs | None = None,
+) -> list[list[Neighbour]]:
+    """Each row's neighbours in the labelled corpus as the service draws them: the hybrid query's
+    candidates (cosine and RRF score) when both sides carry BM25 vectors, else exact cosine kNN."""
+    if inputs is None or corpus_inputs is None or not (inputs.hybrid and corpus_inputs.hybrid):
+        nb_labels, nb_scores = neighbour_arrays(x, corpus_x, corpus_y)
+        return neighbours_from_arrays(labels, nb_labels, nb_scores)
+    idx, cosine, rrf = hybrid_candidates(x, corpus_x, inputs.queries, corpus_inputs.docs, MAX_K)
+    return [
+        [
+            Neighbour(labels[int(corpus_y[i])], float(c), rank_score=float(r))
+            for i, c, r in zip(row_i, row_c, row_r, strict=True)
+            if i >= 0
+        ]
+        for row_i, row_c, row_r in zip(idx, cosine, rrf, strict=True)
+    ]
+
+
 def predict_with_corpus(
     classifier: FusedClassifier,
     x: np.ndarray,
@@ -386,20 +410,7 @@ def predict_with_corpus(
     inputs: TextInputs | None = None,
     corpus_inputs: TextInputs | None = None,
 ) -> np.ndarray:
-    """Fused probabilities for ``x`` with neighbours drawn from the labelled corpus, as the service
-    draws them: by the hybrid query when both sides carry BM25 vectors, else by exact cosine kNN; the
-    lexical model reads ``inputs.texts``."""
-    texts = inputs.texts if inputs is not None else None
-    if inputs is not None and corpus_inputs is not None and inputs.hybrid and corpus_inputs.hybrid:
-        idx, cosine, rrf = hybrid_candidates(x, corpus_x, inputs.queries, corpus_inputs.docs, MAX_K)
-        neighbours = [
-            [
-                Neighbour(classifier.labels[int(corpus_y[i])], float(c), rank_score=float(r))
-                for i, c, r in zip(row_i, row_c, row_r, strict=True)
-                if i >= 0
-            ]
-            for row_i, row_c, row_r in zip(idx, cosine, rrf, strict=True)
-        ]
-        return classifier.predict_proba(x, neighbours, texts)
-    nb_labels, nb_scores = neighbour_arrays(x, corpus_x, corpus_y)
-    return classifier.predict_proba(x, neighbours_from_arrays(classifier.labels, nb_labels, nb_scores), texts)
+    """Fused probabilities for ``x`` with neighbours drawn from the labelled corpus
+    (:func:`corpus_neighbours`); the lexical model reads ``inputs.texts``."""
+    neighbours = corpus_neighbours(classifier.labels, x, corpus_x, corpus_y, inputs, corpus_inputs)
+    return classifier.predict_proba(x, neighbours, inputs.texts if inputs is not None else None)

@@ -36,13 +36,12 @@ from indexing.sparse import LexicalEncoder, to_csr
 from indexing.store import VacancyPoint, VectorStore, connect
 from models.classifier import FusedClassifier, Neighbour
 from models.compress import VARIANTS
-from models.knn import hybrid_candidates
 from models.metrics import confusion_matrix, coverage_at, expected_calibration_error, log_loss, macro_f1, summary
 from models.training import (
     CROSSFIT_FOLDS,
-    MAX_K,
     TextInputs,
     TrainReport,
+    corpus_neighbours,
     neighbour_arrays,
     refit_head,
     stratified_split,
@@ -206,15 +205,7 @@ def _test_probs(
     neighbours from the hybrid query over train + validation."""
     corpus = TextInputs.concat(inputs[0], inputs[1])
     test = inputs[2]
-    idx, cosine, rrf = hybrid_candidates(x_te, x_all, test.queries, corpus.docs, MAX_K)
-    nbs = [
-        [
-            Neighbour(clf.labels[int(y_all[i])], float(c), rank_score=float(r))
-            for i, c, r in zip(row_i, row_c, row_r, strict=True)
-            if i >= 0
-        ]
-        for row_i, row_c, row_r in zip(idx, cosine, rrf, strict=True)
-    ]
+    nbs = corpus_neighbours(clf.labels, x_te, x_all, y_all, test, corpus)
     out.probs["head"] = clf.head_proba(x_te)
     out.probs["knn"] = clf.knn_proba(nbs)
     p_lex, _ = clf.lexical_proba(test.texts)
