@@ -165,7 +165,7 @@ def test_a_malformed_or_missing_file_exits_2_with_one_line(tmp_path: Path) -> No
     args = ["finetune", "--train", str(tmp_path / "train.csv"), "--val", str(tmp_path / "train.csv")]
     result = runner.invoke(cli, [*args, "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
-    assert "missing column(s) ['label']" in one_error_line(result)
+    assert "missing column(s) label; the header must be id,text,label" in one_error_line(result)
     missing = describe(FileNotFoundError(2, "No such file or directory", str(tmp_path / "gone.csv")))
     assert missing[0] == 2
 
