@@ -8,9 +8,13 @@ handled): every error becomes one line ``error: …`` on stderr, no traceback, a
   a missing or unreadable file, the embedded index held by another process;
 - 1 (``FAILED``) otherwise: a dependency that failed (database, vector store, model), or a bug.
 
+A labelled CSV's problems are of the first kind (``app.services.vacancies.read_csv``): an empty file, a
+header without rows, missing columns, text that is not UTF-8, an oversized field; ``ingest`` of a file with
+invalid rows lists them (line numbers) on stderr, writes nothing and exits 2, unless ``--skip-invalid``.
+
 ``JOBCLASS_TRACEBACK=1`` re-raises errors that are not of the first kind, to debug them. Commands'
-deliberate exits (``typer.Exit``: ``drift --fail-on-alert`` exits 3, rejected rows exit 1) and typer's own
-usage errors pass through unchanged.
+deliberate exits (``typer.Exit``: ``drift --fail-on-alert`` exits 3) and typer's own usage errors pass
+through unchanged.
 """
 
 from __future__ import annotations

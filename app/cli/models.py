@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from app.cli import common
+from app.errors import NotFound
 from app.settings import get_settings
 
 models_cli = typer.Typer(help="List and activate model versions.", no_args_is_help=True)
@@ -32,6 +33,7 @@ def models_activate(version: str) -> None:
     start; `POST /v1/admin/models/VERSION/activate` switches a running one at once."""
     from app.services.training import activate
 
+    _require_version(version)  # before the runtime: a missing version is one line even while a server runs
     runtime = common.runtime()
     try:
         with runtime.sessions() as session:
@@ -39,6 +41,18 @@ def models_activate(version: str) -> None:
     finally:
         runtime.close()
     typer.echo(f"active model: {done.active} (was {done.previous})")
+
+
+def _require_version(version: str) -> None:
+    """``NotFound`` (exit 2) unless the registry holds ``version``: an invalid name, or one too long for a
+    file name, is missing too."""
+    from models.registry import ModelRegistry, RegistryError
+
+    try:
+        ModelRegistry(get_settings().model_dir).metadata(version)
+    except (RegistryError, OSError) as exc:
+        shown = version if len(version) <= 60 else version[:60] + "…"
+        raise NotFound(f"unknown model version {shown!r}: `jobclass models list` shows the versions") from exc
 
 
 def register(cli: typer.Typer) -> None:

@@ -35,38 +35,57 @@ def migrate() -> None:
     typer.echo("database is at the latest revision")
 
 
+MAX_LISTED = 50  # rejected rows listed on stderr
+
+
 def ingest(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV with header id,text,label")],
     source: Annotated[str, typer.Option(help="Source tag stored with each vacancy.")] = "ingest",
+    skip_invalid: Annotated[
+        bool,
+        typer.Option(
+            "--skip-invalid",
+            help="Write the valid rows of a file that has invalid ones (listed with their line numbers). "
+            "Without it such a file writes nothing and the command exits 2.",
+        ),
+    ] = False,
 ) -> None:
-    """Add or update labelled vacancies from a CSV file (upsert by id)."""
+    """Add or update labelled vacancies from a CSV file (upsert by id; all or nothing unless --skip-invalid)."""
     from app.db import migrate as run_migrations
-    from app.services.vacancies import ingest_csv
+    from app.services.vacancies import ingest_rows, read_csv
 
+    rows = list(read_csv(path))  # the file's own problems exit 2 before the database or a model is touched
     settings = get_settings()
     run_migrations(settings.db_url)
     runtime = common.runtime(settings)
     try:
         with runtime.sessions() as session:
-            result = ingest_csv(
+            result = ingest_rows(
                 session,
-                path,
+                rows,
                 runtime.taxonomy,
                 source=source,
                 clean_max_chars=settings.clean_max_chars,
                 extractor=runtime.extractor,
                 store_raw_text=settings.store_raw_text,
+                skip_invalid=skip_invalid,
             )
     finally:
         runtime.close()
+    for line in result.rejected[:MAX_LISTED]:
+        typer.secho(f"  rejected {line}", fg=typer.colors.YELLOW, err=True)
+    if len(result.rejected) > MAX_LISTED:
+        typer.secho(f"  … and {len(result.rejected) - MAX_LISTED} more", fg=typer.colors.YELLOW, err=True)
+    if not result.written:
+        n_valid = len(rows) - len(result.rejected)
+        fix = f"fix them, or pass --skip-invalid to write the {n_valid} valid one(s)" if n_valid else "fix them"
+        raise InvalidInput(
+            f"{path}: {len(result.rejected)} of {len(rows)} row(s) invalid (listed above), nothing was written: {fix}"
+        )
     typer.echo(
         f"added {result.added}, updated {result.updated}, unchanged {result.unchanged}, rejected {len(result.rejected)}"
     )
-    for line in result.rejected[:50]:
-        typer.secho(f"  rejected {line}", fg=typer.colors.YELLOW, err=True)
     typer.echo("run `jobclass reindex` and `jobclass train` to use the new data")
-    if result.rejected:
-        raise typer.Exit(1)
 
 
 def train() -> None:

@@ -8,7 +8,6 @@ the comparison is fair by construction: one reader, one label order, one split.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.db import Vacancy
 from app.errors import InvalidInput
-from app.services.vacancies import labelled_vacancies
+from app.services.vacancies import labelled_vacancies, read_rows
 from app.settings import Settings
 from indexing.clean import clean_text
 from models.training import holdout_split
@@ -50,19 +49,16 @@ class Split:
 
 
 def load_split(path: Path, clean_max_chars: int = 4000) -> Split:
-    csv.field_size_limit(10_000_000)
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"id", "text", "label"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; the header must be id,text,label")
-        rows = list(reader)
-    has_fine = bool(rows) and "label_fine" in rows[0]
+    """A labelled CSV (``id,text,label[,label_fine]``) through ``app.services.vacancies.read_csv``: an
+    empty file, a header without rows, missing columns, text that is not UTF-8, an oversized field and
+    rows with the wrong number of fields are ``InvalidInput`` naming the path and the line."""
+    rows = list(read_rows(path))
+    has_fine = "label_fine" in rows[0][1]
     return Split(
-        ids=[r["id"] for r in rows],
-        texts=[clean_text(r["text"], max_chars=clean_max_chars) for r in rows],
-        labels=[r["label"] for r in rows],
-        fine=[r["label_fine"] for r in rows] if has_fine else None,
+        ids=[r["id"] for _, r in rows],
+        texts=[clean_text(r["text"], max_chars=clean_max_chars) for _, r in rows],
+        labels=[r["label"] for _, r in rows],
+        fine=[r["label_fine"] for _, r in rows] if has_fine else None,
     )
 
 

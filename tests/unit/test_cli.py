@@ -116,6 +116,18 @@ def test_unknown_model_version_is_one_line(state: Path) -> None:
     assert "unknown model version 'no-such-version'" in one_error_line(result)
 
 
+@pytest.mark.parametrize("version", ["v" * 300, "v" * 5000, ".hidden", "a/b", "nul\x00"])
+def test_a_missing_version_is_one_short_line_whatever_its_name(state: Path, version: str) -> None:
+    """A name too long for a file name was an OSError (exit 1, the whole path printed)."""
+    migrate(f"sqlite:///{state / 'jobclass.db'}")
+    (state / "models" / "half").mkdir(parents=True)  # a folder without metadata is no version either
+    for name in (version, "half"):
+        result = runner.invoke(cli, ["models", "activate", name])
+        assert result.exit_code == 2, result.output
+        line = one_error_line(result)
+        assert line.startswith("error: unknown model version ") and len(line) < 160, line
+
+
 @pytest.mark.parametrize("backend", ["edge", "local"])
 def test_locked_index_is_one_line(state: Path, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBCLASS_QDRANT_BACKEND", backend)
@@ -165,7 +177,7 @@ def test_a_malformed_or_missing_file_exits_2_with_one_line(tmp_path: Path) -> No
     args = ["finetune", "--train", str(tmp_path / "train.csv"), "--val", str(tmp_path / "train.csv")]
     result = runner.invoke(cli, [*args, "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
-    assert "missing column(s) ['label']" in one_error_line(result)
+    assert "missing column(s) label; the header must be id,text,label" in one_error_line(result)
     missing = describe(FileNotFoundError(2, "No such file or directory", str(tmp_path / "gone.csv")))
     assert missing[0] == 2
 
