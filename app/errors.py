@@ -1,18 +1,25 @@
 """Domain errors raised by services; the API maps each to one HTTP status (``app.api.errors``).
 
 The vector store's errors are one ``indexing.store.StoreError`` (re-exported here): classification falls
-back to the head alone on it, search answers 503. Anything else the store raises is a bug: a 500."""
+back to the head alone on it, search answers 503. Anything else the store raises is a bug: a 500.
+
+The model registry's errors are one ``models.registry.RegistryError`` (re-exported here, with
+``ModelDamaged``, a version or the ``ACTIVE`` marker that cannot be read): the message names the file and
+the fix; the API answers 503 with it, the CLI exits 2 with it."""
 
 from __future__ import annotations
 
 from indexing.store import StoreError
+from models.registry import ModelDamaged, RegistryError
 
 __all__ = [
     "Conflict",
     "DatabaseUnavailable",
     "IncompatibleModelError",
     "InvalidInput",
+    "ModelDamaged",
     "NotFound",
+    "RegistryError",
     "ServiceError",
     "StoreError",
     "Unavailable",

@@ -28,7 +28,7 @@ from indexing.extract import ExtractingEncoder, Extractor, ExtractorError, TextE
 from indexing.sparse import LexicalEncoder
 from indexing.store import StoreClient, VectorStore, connect
 from models.classifier import FusedClassifier
-from models.registry import ModelRegistry, RegistryError
+from models.registry import ModelRegistry, NoActiveModel
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +138,13 @@ class Runtime:
         return self._model is not None
 
     def load_active_model(self) -> LoadedModel | None:
-        """Load the registry's active version (if any), checking it fits this embedder and taxonomy."""
+        """Load the registry's active version, checking it fits this embedder and taxonomy; None when no
+        version was ever activated. A damaged one (an unreadable file, a marker naming a missing version)
+        raises ``models.registry.ModelDamaged``, naming the file and the fix: it is not "no model", so
+        nobody trains a new one over it, and the server does not start."""
         try:
             classifier, meta = self.registry.load(variant=self.settings.head_variant)
-        except RegistryError:
+        except NoActiveModel:
             return None
         self._check_compatible(meta)
         self._model = LoadedModel(classifier, meta["version"], meta)

@@ -14,6 +14,7 @@ the application refuses to serve a head with a different embedder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -22,12 +23,52 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
 from models.classifier import LEXICAL_DIR, FusedClassifier
-from models.compress import Variant
+from models.compress import VARIANTS, Variant
+from models.lexical import FILES as LEXICAL_FILES
+
+ACTIVE = "ACTIVE"
+TMP_PREFIX = "."  # ``.tmp-<version>`` (a save in progress or one that crashed), ``.ACTIVE.tmp``: never versions
 
 
 class RegistryError(LookupError):
-    pass
+    """A registry problem the user can fix, with a message that says how: an unknown version, no active
+    model, a damaged version or marker, a folder that cannot be written."""
+
+
+class NoActiveModel(RegistryError):
+    """No ``ACTIVE`` marker: nothing was ever activated (``jobclass train``)."""
+
+
+class ModelDamaged(RegistryError):
+    """A file of a model version, or the ``ACTIVE`` marker, exists but cannot be read: the message names
+    the file and the fix. Never a reason to train a new model silently."""
+
+
+def _why(exc: BaseException) -> str:
+    """A short reason, on one line, for a file that could not be read."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _read_metadata(path: Path) -> dict[str, Any] | str:
+    """A version's metadata, or why it cannot be read."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return f"cannot be read ({_why(exc)})"
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k), str) for k in ("version", "created_at")):
+        return "is not a model's metadata (no version or created_at)"
+    return meta
+
+
+def _valid_version(name: str) -> bool:
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(TMP_PREFIX)
 
 
 class ModelRegistry:
@@ -39,7 +80,7 @@ class ModelRegistry:
         return f"{datetime.now(UTC):%Y%m%dT%H%M%S}Z-{secrets.token_hex(3)}"
 
     def path(self, version: str) -> Path:
-        if not version or "/" in version or version.startswith("."):
+        if not _valid_version(version):
             raise RegistryError(f"invalid model version {version!r}")
         return self.root / version
 
@@ -49,53 +90,186 @@ class ModelRegistry:
         final = self.path(version)
         if final.exists():
             raise RegistryError(f"model version {version} already exists")
-        tmp = self.root / f".tmp-{version}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        sizes = classifier.save(tmp)
-        meta = {
-            **metadata,
-            "version": version,
-            "created_at": datetime.now(UTC).isoformat(),
-            "labels": classifier.labels,
-            "params": classifier.params.to_dict(),
-            "variant_bytes": sizes,
-        }
-        if classifier.lexical is not None:  # the lexical model's own artifacts: vocabularies, IDF, weights
-            files = [f for f in (tmp / LEXICAL_DIR).iterdir() if f.is_file()]
-            meta["lexical"] = {"bytes": sum(f.stat().st_size for f in files), "features": classifier.lexical.n_features}
-        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
-        os.replace(tmp, final)  # a version folder is either complete or absent
+        tmp = self.root / f"{TMP_PREFIX}tmp-{version}"
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            sizes = classifier.save(tmp)
+            meta = {
+                **metadata,
+                "version": version,
+                "created_at": datetime.now(UTC).isoformat(),
+                "labels": classifier.labels,
+                "params": classifier.params.to_dict(),
+                "variant_bytes": sizes,
+            }
+            if classifier.lexical is not None:  # the lexical model's own artifacts: vocabularies, IDF, weights
+                files = [f for f in (tmp / LEXICAL_DIR).iterdir() if f.is_file()]
+                lexical_bytes = sum(f.stat().st_size for f in files)
+                meta["lexical"] = {"bytes": lexical_bytes, "features": classifier.lexical.n_features}
+            (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+            os.replace(tmp, final)  # a version folder is either complete or absent
+        except (OSError, SafetensorError) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise self._unwritable(f"model {version}", exc) from exc
         return version
+
+    def discard(self, version: str) -> None:
+        """Delete ``version`` (one whose database row could not be written): it leaves the listing at once
+        (renamed to a hidden folder), then its files go. Never the active version."""
+        final = self.path(version)
+        if self.active_version() == version:
+            raise RegistryError(f"model {version} is active")
+        if not final.exists():
+            return
+        doomed = self.root / f"{TMP_PREFIX}tmp-discard-{version}"
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(final, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def activate(self, version: str) -> None:
         if not (self.path(version) / "metadata.json").is_file():
             raise RegistryError(f"unknown model version {version!r}")
-        tmp = self.root / ".ACTIVE.tmp"
-        tmp.write_text(version)
-        os.replace(tmp, self.root / "ACTIVE")
+        tmp = self.root / f"{TMP_PREFIX}{ACTIVE}.tmp"
+        try:
+            tmp.write_text(version)
+            os.replace(tmp, self.root / ACTIVE)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise self._unwritable(f"the {ACTIVE} marker", exc) from exc
 
     def active_version(self) -> str | None:
-        marker = self.root / "ACTIVE"
-        return marker.read_text().strip() or None if marker.is_file() else None
+        """The version the ``ACTIVE`` marker names; None without a marker, and None when the marker cannot be
+        read (``active_marker`` says why): what a new version records as its parent, what a listing marks."""
+        try:
+            return self.active_marker()
+        except ModelDamaged:
+            return None
+
+    def active_marker(self) -> str | None:
+        """The version the ``ACTIVE`` marker names (None: no marker); ``ModelDamaged`` when the marker is there
+        but unreadable, empty or not a version name. Whether that version exists is ``load``'s business."""
+        marker = self.root / ACTIVE
+        try:
+            raw = marker.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._damaged_marker(f"cannot be read ({_why(exc)})") from exc
+        try:
+            version = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise self._damaged_marker("is not a version name (not UTF-8 text)") from exc
+        if not version:
+            raise self._damaged_marker("is empty")
+        if not _valid_version(version) or len(version.splitlines()) != 1:
+            raise self._damaged_marker(f"does not hold a version name ({version[:40]!r})")
+        return version
 
     def metadata(self, version: str) -> dict[str, Any]:
         path = self.path(version) / "metadata.json"
         if not path.is_file():
             raise RegistryError(f"unknown model version {version!r}")
-        return json.loads(path.read_text())
+        meta = _read_metadata(path)
+        if isinstance(meta, str):
+            raise self._damaged(version, path, meta)
+        return meta
 
     def load(self, version: str | None = None, variant: Variant = "fp32") -> tuple[FusedClassifier, dict[str, Any]]:
-        version = version or self.active_version()
+        """Version ``version`` (default: the active one) as a classifier in ``variant``, and its metadata.
+
+        ``NoActiveModel`` without an ``ACTIVE`` marker; ``ModelDamaged`` when the marker names a version that
+        is not there or a file of the version cannot be read (naming the file); ``RegistryError`` for an
+        unknown ``version``."""
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown head variant {variant!r}; choose one of {', '.join(VARIANTS)}")
         if version is None:
-            raise RegistryError(f"no active model in {self.root}: run `jobclass train`")
+            version = self.active_marker()
+            if version is None:
+                raise NoActiveModel(f"no active model in {self.root}: run `jobclass train`")
+            if not (self.path(version) / "metadata.json").is_file():
+                raise self._damaged_marker(f"names model {version}, which is not in {self.root}")
         meta = self.metadata(version)
-        return FusedClassifier.load(self.path(version), variant), meta
+        folder = self.path(version)
+        try:
+            classifier = FusedClassifier.load(folder, variant)
+        except Exception as exc:  # which file: the first one that cannot be read on its own, else the folder
+            file, why = self._diagnose(folder, variant) or (folder, f"cannot be loaded ({_why(exc)})")
+            raise self._damaged(version, file, why) from exc
+        return classifier, meta
 
     def versions(self) -> list[dict[str, Any]]:
+        """The readable versions' metadata, newest first (a damaged one is left out: ``scan`` lists it)."""
+        return self.scan()[0]
+
+    def scan(self) -> tuple[list[dict[str, Any]], list[ModelDamaged]]:
+        """(the readable versions' metadata, newest first; the damaged versions). Hidden folders (a
+        ``.tmp-*`` save in progress or left by a crash) and folders without metadata are not versions."""
         if not self.root.is_dir():
-            return []
-        found = [self.metadata(p.name) for p in self.root.iterdir() if (p / "metadata.json").is_file()]
-        return sorted(found, key=lambda m: m["created_at"], reverse=True)
+            return [], []
+        found: list[dict[str, Any]] = []
+        problems: list[tuple[str, str]] = []
+        for p in self.root.iterdir():
+            if not _valid_version(p.name) or not (p / "metadata.json").is_file():
+                continue
+            meta = _read_metadata(p / "metadata.json")
+            if isinstance(meta, str):
+                problems.append((p.name, meta))
+            else:
+                found.append(meta)
+        found.sort(key=lambda m: m["created_at"], reverse=True)
+        return found, [self._damaged(name, self.path(name) / "metadata.json", why) for name, why in problems]
+
+    # ---- errors that say which file and what to do ------------------------------------------------
+    def _diagnose(self, folder: Path, variant: Variant) -> tuple[Path, str] | None:
+        """The first file of a version folder that cannot be read on its own, and why."""
+        files: list[tuple[Path, tuple[str, ...]]] = [
+            (folder / "classifier.json", ("labels", "params")),
+            (folder / "head.json", ("config",)),
+            (folder / "head.safetensors", ()),
+            (folder / f"head_{variant}.safetensors", ()),
+        ]
+        lexical = folder / LEXICAL_DIR
+        if lexical.exists():
+            files += [(lexical / LEXICAL_FILES[0], ("config", "vocabulary")), (lexical / LEXICAL_FILES[1], ())]
+        for path, keys in files:
+            if not path.is_file():
+                return path, "is missing"
+            try:
+                if path.suffix == ".json":
+                    content = json.loads(path.read_text(encoding="utf-8"))
+                    if not isinstance(content, dict) or any(k not in content for k in keys):
+                        return path, f"does not hold what it should ({', '.join(keys)})"
+                else:
+                    load_file(str(path))
+            except (OSError, ValueError, SafetensorError) as exc:
+                return path, f"cannot be read ({_why(exc)})"
+        return None
+
+    def _fix(self, damaged: str | None) -> str:
+        readable: list[dict[str, Any]] = []
+        if self.root.is_dir():
+            for p in self.root.iterdir():
+                if p.name != damaged and _valid_version(p.name) and (p / "metadata.json").is_file():
+                    meta = _read_metadata(p / "metadata.json")
+                    readable += [] if isinstance(meta, str) else [meta]
+        other = max(readable, key=lambda m: m["created_at"])["version"] if readable else None
+        if other is None:
+            return "run `jobclass train`"
+        return f"run `jobclass models activate {other}` (or another from `jobclass models list`) or `jobclass train`"
+
+    def _damaged(self, version: str, path: Path, why: str) -> ModelDamaged:
+        return ModelDamaged(f"model {version} is damaged: {path} {why}: {self._fix(version)}")
+
+    def _damaged_marker(self, why: str) -> ModelDamaged:
+        return ModelDamaged(f"the active-model marker {self.root / ACTIVE} {why}: {self._fix(None)}")
+
+    def _unwritable(self, what: str, exc: BaseException) -> RegistryError:
+        where = getattr(exc, "filename", None) or self.root
+        return RegistryError(
+            f"cannot write {what} to {self.root} ({_why(exc)}: {where}): make {self.root} writable by this "
+            "user (it is JOBCLASS_STATE_DIR/models) and run the command again"
+        )
 
 
 ENCODERS_DIR = "encoders"
@@ -130,7 +304,7 @@ class EncoderRegistry:
         return f"enc-{ModelRegistry.new_version_id()}"
 
     def path(self, version: str) -> Path:
-        if not version or "/" in version or version.startswith("."):
+        if not _valid_version(version):
             raise RegistryError(f"invalid encoder version {version!r}")
         return self.root / version
 
@@ -207,5 +381,9 @@ class EncoderRegistry:
     def versions(self) -> list[dict[str, Any]]:
         if not self.root.is_dir():
             return []
-        found = [self.metadata(p.name) for p in self.root.iterdir() if (p / "metadata.json").is_file()]
+        found = [
+            self.metadata(p.name)
+            for p in self.root.iterdir()
+            if _valid_version(p.name) and (p / "metadata.json").is_file()  # not a ``.tmp-*`` save
+        ]
         return sorted(found, key=lambda m: m["created_at"], reverse=True)

@@ -1,8 +1,10 @@
 """The API's error translation: each exception handler, and the OpenAPI schema of error bodies.
 
 Services raise ``app.errors.ServiceError`` subclasses (one HTTP status each); a database that went away
-answers 503 with a retry hint; FastAPI's validation errors answer one ``ErrorBody`` naming the field;
-anything else is a 500 that names no internals (the log has the traceback).
+answers 503 with a retry hint; so does a model registry error (a damaged version or marker, a models
+folder that cannot be written), with its message, which names the file and the fix; FastAPI's validation
+errors answer one ``ErrorBody`` naming the field; anything else is a 500 that names no internals (the log
+has the traceback).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import DatabaseUnavailable, ServiceError, Unavailable
+from app.errors import DatabaseUnavailable, RegistryError, ServiceError, Unavailable
 from app.observability import REQUEST_ID_HEADER
 from app.schemas import ErrorBody
 
@@ -97,6 +99,12 @@ def _service_errors(app: FastAPI) -> None:
     async def database_down(_: Request, exc: Exception) -> JSONResponse:
         log.error("database unavailable: %s", exc)
         return _json_error(DatabaseUnavailable(type(getattr(exc, "orig", None) or exc).__name__))
+
+    # The model registry: a damaged version or ACTIVE marker, a models folder that cannot be written.
+    @app.exception_handler(RegistryError)
+    async def registry_error(_: Request, exc: RegistryError) -> JSONResponse:
+        log.error("model registry: %s", exc)
+        return _json_error(Unavailable(str(exc)))
 
 
 def _body_errors(app: FastAPI) -> None:

@@ -5,7 +5,9 @@ handled): every error becomes one line ``error: …`` on stderr, no traceback, a
 
 - 2 (``BAD_INPUT``, like click's usage errors): the user can fix it by changing the input, the
   configuration or the order of commands: ``InvalidInput``, ``NotFound``, ``Conflict``, invalid settings,
-  a missing or unreadable file, the embedded index held by another process;
+  a missing or unreadable file, the embedded index held by another process, a model registry error
+  (``RegistryError``: a damaged version or ``ACTIVE`` marker, a models folder that cannot be written;
+  its message names the file and the fix);
 - 1 (``FAILED``) otherwise: a dependency that failed (database, vector store, model), or a bug.
 
 A labelled CSV's problems are of the first kind (``app.services.vacancies.read_csv``): an empty file, a
@@ -32,7 +34,7 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from app.encoders import resolve_encoder_settings
-from app.errors import Conflict, InvalidInput, NotFound, ServiceError
+from app.errors import Conflict, InvalidInput, NotFound, RegistryError, ServiceError
 from app.settings import Settings, get_settings
 from indexing.store import StoreError, StoreLockedError
 
@@ -78,6 +80,8 @@ def _user_fixable(exc: BaseException) -> str | None:
         return _first_line(exc)
     if isinstance(exc, InvalidInput | NotFound | Conflict):
         return exc.message
+    if isinstance(exc, RegistryError):
+        return _first_line(exc)
     if isinstance(exc, ValidationError):
         return _settings_problem(exc)
     if isinstance(exc, _FILE_ERRORS):

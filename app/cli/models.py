@@ -13,18 +13,26 @@ models_cli = typer.Typer(help="List and activate model versions.", no_args_is_he
 
 @models_cli.command("list")
 def models_list() -> None:
-    """List model versions, newest first."""
-    from models.registry import ModelRegistry
+    """List model versions, newest first (* the active one; a damaged one is named on stderr)."""
+    from models.registry import ModelDamaged, ModelRegistry
 
     registry = ModelRegistry(get_settings().model_dir)
-    active = registry.active_version()
-    for meta in registry.versions():
+    try:
+        active = registry.active_marker()
+    except ModelDamaged as exc:
+        typer.secho(f"warning: {exc}", fg=typer.colors.YELLOW, err=True)
+        active = None
+    readable, damaged = registry.scan()
+    for meta in readable:
         fused = meta.get("metrics", {}).get("validation", {}).get("fused", {})
+        accuracy = fused.get("accuracy") if isinstance(fused, dict) else None
         mark = "*" if meta["version"] == active else " "
         typer.echo(
-            f"{mark} {meta['version']}  {meta['embedder']}  n={meta.get('n_train')}  "
-            f"val_acc={fused.get('accuracy', float('nan')):.3f}"
+            f"{mark} {meta['version']}  {meta.get('embedder', '?')}  n={meta.get('n_train')}  "
+            f"val_acc={accuracy if isinstance(accuracy, float | int) else float('nan'):.3f}"
         )
+    for problem in damaged:
+        typer.secho(f"warning: {problem}", fg=typer.colors.YELLOW, err=True)
 
 
 @models_cli.command("activate")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.db import migrate
-from app.errors import InvalidInput
+from app.errors import InvalidInput, RegistryError
 from app.runtime import Runtime
 from app.services.index import reindex
 from app.services.training import train
@@ -26,9 +26,16 @@ def sample_sources(settings: Settings) -> list[tuple[Path, str]]:
 
 
 def bootstrap(runtime: Runtime, say: Callable[[str], None] = log.info, *, show_progress: bool = False) -> None:
+    """Migrate, ingest the samples into an empty database, train a model if none was ever activated, build
+    the index if there is none. A damaged active model (``ModelDamaged``: an unreadable file, a marker
+    naming a missing version) or versions without an active one stop it with the fix: a new model is never
+    trained over them."""
     settings = runtime.settings
     migrate(settings.db_url)
     say(f"database ready: {runtime.engine.url.render_as_string(hide_password=True)}")
+    loaded = runtime.load_active_model()  # damaged: ModelDamaged here, before anything is written
+    if loaded is None:
+        _require_no_versions(runtime)
     with runtime.sessions() as session:
         if count_labelled(session) == 0:
             for path, source in sample_sources(settings):
@@ -46,7 +53,7 @@ def bootstrap(runtime: Runtime, say: Callable[[str], None] = log.info, *, show_p
                 say(f"ingested {source}: {result.added} vacancies from {path}")
         else:
             say(f"{count_labelled(session)} labelled vacancies already in the database")
-        if runtime.load_active_model() is None:
+        if loaded is None:
             trained = train(runtime, session, show_progress=show_progress)
             fused = trained.metrics["validation"]["fused"]
             say(
@@ -54,10 +61,25 @@ def bootstrap(runtime: Runtime, say: Callable[[str], None] = log.info, *, show_p
                 f"macro-F1 {fused['macro_f1']:.3f}"
             )
         else:
-            say(f"active model {runtime.model.version}")
+            say(f"active model {loaded.version}")
         if not runtime.store.exists():
             done = reindex(runtime, session)
             say(f"indexed {done.count} vacancies into {done.collection} ({done.seconds:.1f}s)")
         else:
             runtime.check_index_compatible()
             say(f"index {runtime.store.active_collection()} holds {runtime.store.count()} vacancies")
+
+
+def _require_no_versions(runtime: Runtime) -> None:
+    """No version is active: train one only if the registry holds none (a fresh installation). Versions
+    without an ``ACTIVE`` marker (a marker that was deleted, an activation that failed) are the user's call."""
+    registry = runtime.registry
+    readable, damaged = registry.scan()
+    if readable:
+        newest = readable[0]["version"]
+        raise RegistryError(
+            f"no model is active, but {registry.root} holds {len(readable)} version(s) (newest {newest}): "
+            f"run `jobclass models activate {newest}` to serve one, or `jobclass train` for a new one"
+        )
+    if damaged:
+        raise damaged[0]

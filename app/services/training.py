@@ -8,6 +8,7 @@ serving time the kNN vote still sees every labelled vacancy in the index.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -29,7 +30,7 @@ from app.settings import Settings
 from indexing.cache import encode_cached, encode_in_steps
 from indexing.sparse import to_csr
 from models.classifier import FusedClassifier
-from models.registry import RegistryError
+from models.registry import ModelDamaged, RegistryError
 from models.training import TextInputs, TrainReport, train_classifier
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,8 @@ def activate(runtime: Runtime, session: Session, version: str) -> ActivationResu
     runtime. A version trained on another embedder or label set is refused."""
     try:
         classifier, meta = runtime.registry.load(version, variant=runtime.settings.head_variant)
+    except ModelDamaged:
+        raise  # its message names the damaged file: not "unknown"
     except (RegistryError, FileNotFoundError) as exc:
         raise NotFound(f"unknown model version {version!r}", field="version") from exc
     if meta.get("embedding") != runtime.settings.embedding_signature:
@@ -286,7 +289,9 @@ def register_head(
         "n_train": len(vacancies),
         "validation": "holdout",
     }
-    version = runtime.registry.save(classifier, metadata)
+    # The row is flushed first (a database outage fails here, before anything is on disk), the folder is
+    # written, then the row commits; a failed commit discards the folder: no version without a row.
+    version = runtime.registry.new_version_id()
     session.add(
         ModelVersion(
             id=version,
@@ -300,7 +305,21 @@ def register_head(
             is_active=False,
         )
     )
-    session.commit()
+    saved = False
+    try:
+        session.flush()
+        runtime.registry.save(classifier, metadata, version)
+        saved = True
+        session.commit()
+    except BaseException:
+        if saved:
+            try:
+                runtime.registry.discard(version)
+            except Exception:
+                log.exception("model %s has no database row and could not be discarded", version)
+        with contextlib.suppress(Exception):  # the database may be gone: the original error is the news
+            session.rollback()
+        raise
     return version, runtime.registry.metadata(version)
 
 
