@@ -150,6 +150,9 @@ def alembic_config(url: str) -> Any:
     cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
     cfg.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    # alembic.ini's [loggers] are for the alembic command line: applied inside the service they replaced
+    # its JSON handler, and `jobclass serve` logged no request lines after migrating.
+    cfg.attributes["configure_logger"] = False
     return cfg
 
 

@@ -44,6 +44,17 @@ def request_id_from(header: str | None) -> str:
     return uuid.uuid4().hex
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "OTHER"
+
+
+def method_label(scope: Scope) -> str:
+    """The request method as a metric label: made-up methods share one value, so a client cannot grow
+    the number of series (200 requests with random methods made 3,600 of them)."""
+    method = scope.get("method", "")
+    return method if method in HTTP_METHODS else OTHER_METHOD
+
+
 def route_template(scope: Scope) -> str:
     """The matched route's path template (``/v1/vacancies/{vacancy_id}/similar``): bounded label values."""
     path = getattr(scope.get("route"), "path", None)
@@ -87,7 +98,7 @@ class RequestContextMiddleware:
             route = route_template(scope)
             method = scope.get("method", "")
             if self.metrics is not None:
-                self.metrics.observe_request(method, route, status, seconds)
+                self.metrics.observe_request(method_label(scope), route, status, seconds)
             access_log.info(
                 "%s %s %d",
                 method,

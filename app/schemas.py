@@ -16,8 +16,28 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def _has_surrogate(value: Any) -> bool:
+    """A lone surrogate in a string or a list of strings (nested bodies check their own fields, so the
+    error names the innermost field)."""
+    if isinstance(value, str):
+        return any("\ud800" <= ch <= "\udfff" for ch in value)
+    if isinstance(value, list | tuple):
+        return any(isinstance(v, str) and _has_surrogate(v) for v in value)
+    return False
+
+
 class _In(BaseModel):
+    """Every request body: unknown fields refused, and no string anywhere in it may hold a lone UTF-16
+    surrogate (valid in JSON as "\\ud800", not text: it cannot be stored or logged, and answered 500)."""
+
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_surrogates(cls, value: Any) -> Any:
+        if _has_surrogate(value):
+            raise ValueError("contains a lone surrogate (\\ud800–\\udfff), which is not valid text")
+        return value
 
 
 # ---- classify --------------------------------------------------------------------------------

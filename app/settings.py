@@ -6,13 +6,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.compress import Variant
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
+
+
+MIN_TOKEN_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -48,7 +51,10 @@ class Settings(BaseSettings):
 
     # Data
     taxonomy_path: Path = DATA_DIR / "taxonomy" / "jobnet_categories.csv"
-    sample_path: Path = DATA_DIR / "vacancies.csv"
+    # Labelled CSVs that `setup` ingests into an empty database (source "sample"): English and Danish ads.
+    sample_paths: list[Path] = [DATA_DIR / "vacancies.csv", DATA_DIR / "vacancies_da.csv"]
+    # A coding index of occupation titles ingested beside them (source "title"); none when unset.
+    titles_path: Path | None = DATA_DIR / "taxonomy" / "jobnet_titles_da.csv"
 
     # Classification
     head_variant: Variant = "fp32"
@@ -84,10 +90,30 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
-    @field_validator("taxonomy_path", "sample_path", "state_dir")
+    @field_validator("taxonomy_path", "state_dir", "titles_path")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
+
+    @field_validator("sample_paths")
+    @classmethod
+    def _absolute_all(cls, value: list[Path]) -> list[Path]:
+        return [p.expanduser().resolve() for p in value]
+
+    @field_validator("admin_token", "api_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """A token that is set must be one: an empty JOBCLASS_ADMIN_TOKEN left every admin route open."""
+        if value is None:
+            return None
+        length = len(value.get_secret_value().strip())
+        if length < MIN_TOKEN_CHARS:
+            name = f"JOBCLASS_{(info.field_name or '').upper()}"
+            raise ValueError(
+                f"{name} is set but has {length} characters: use at least {MIN_TOKEN_CHARS} "
+                f"(e.g. `openssl rand -hex 24`), or unset it"
+            )
+        return value
 
     @field_validator("extractor_labels")
     @classmethod

@@ -3,10 +3,17 @@
 Everything here is pure and deterministic: the same input always gives the same output,
 and cleaning an already clean text changes nothing.
 
-Personal data: e-mail addresses, URLs and phone numbers (Danish and international formats) are
-replaced by placeholders here; person names need a model (``indexing.extract``) and are replaced by
+Personal data: e-mail addresses (also written ``name(at)firma.dk``, ``name [at] firma [dot] dk`` or
+``name%40firma.dk``), URLs (also without a scheme: ``linkedin.com/in/…``), phone numbers (Danish and
+international formats, and local ``555-1234``), IBANs and card-like numbers are replaced by placeholders
+here; person names need a model (``indexing.extract``) and are replaced by
 ``scrub_names`` with the spans it found. Boilerplate lines (about the company, benefits, how to apply,
 legal text) are dropped by conservative, line-anchored rules.
+
+Bounded work: the text is cut to a few times the kept length before anything else (and again after
+unicode normalisation, which can multiply a character by 18), and every pattern scans in linear time
+(no pattern can restart inside a run it has already failed on), so no input of any length makes
+cleaning slow.
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ EMAIL_TOKEN = "[EMAIL]"
 PHONE_TOKEN = "[PHONE]"
 URL_TOKEN = "[URL]"
 NAME_TOKEN = "[NAME]"
+ACCOUNT_TOKEN = "[ACCOUNT]"
+# Work is bounded before scrubbing: at most this many times the kept length (or RAW_LIMIT) is read.
+WORK_FACTOR = 4
+RAW_LIMIT = 100_000
 
 _BLOCK_TAGS = {
     "p",
@@ -49,8 +60,21 @@ _BLOCK_TAGS = {
 _SKIP_TAGS = {"script", "style", "noscript", "head", "template"}
 
 _TAG_HINT = re.compile(r"<\s*/?\s*[a-zA-Z][^>]*>|&[a-zA-Z]+;|&#\d+;")
-_EMAIL = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+", re.UNICODE)
+# A local part starts only where no local-part character precedes it: a long run without "@" is tried
+# once, not once per position (the quadratic scan the unanchored pattern did).
+_LOCAL = r"(?<![\w.+'%-])[\w.+'-]+"
+_EMAIL = re.compile(_LOCAL + r"(?:@|%40)[\w-]+(?:\.[\w-]+)+", re.UNICODE | re.IGNORECASE)
+_AT = r"(?:\s*[(\[{]\s*(?:at|snabel-a)\s*[)\]}]\s*|\s+at\s+(?=[\w.-]+(?:\s*[(\[{]\s*dot\s*[)\]}]|\s+dot\s+)))"
+_DOT = r"(?:\s*[(\[{]\s*(?:dot|punktum)\s*[)\]}]\s*|\s+dot\s+|\.)"
+_EMAIL_SPELLED = re.compile(_LOCAL + _AT + r"[\w-]+(?:" + _DOT + r"[\w-]+)+", re.UNICODE | re.IGNORECASE)
 _URL = re.compile(r"(?:https?://|ftp://|www\.)[^\s<>\"')\]]+", re.IGNORECASE)
+# Without a scheme: a lower-case host under a common top-level domain, with a path ("linkedin.com/in/x")
+# or standing alone ("firma.dk"); "ASP.NET" and "Node.js" stay.
+_TLDS = "dk|com|org|net|io|eu|de|se|no|fi|nl|uk|info|biz|me|app|dev|jobs|online"
+_BARE_URL = re.compile(r"(?<![\w@.%/-])(?:[a-z0-9][a-z0-9-]*\.)+(?:" + _TLDS + r")\b(?:/[^\s<>\"')\]]*)?")
+_IBAN = re.compile(r"(?<![\w])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![\w])")
+_CARD = re.compile(r"(?<![\w+-])\d{4}(?:[ -]?\d{4}){2}[ -]?\d{1,7}(?![\w-])")
+_LOCAL_PHONE = re.compile(r"(?<![\w+.-])\d{3}-\d{4}(?![\w-])")
 # Phone numbers: an optional country code (+45, 0045, (+45), +44 (0)) followed by 8+ digits in groups
 # separated by spaces, dots, dashes or slashes; or a North American "(555) 123-4567". Years ("2024"),
 # short numbers and dates ("2024-03-01", "01.03.2024") stay.
@@ -64,7 +88,10 @@ _PHONE = re.compile(
     r")"
     r"(?![\w])"
 )
-_DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{4}")
+_DATE = re.compile(
+    r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{4}"
+    r"|(?:19|20)\d{2}\s?[-/]\s?(?:19|20)\d{2}"  # a range of years ("2024-2025", "1990 - 2000")
+)
 _SPACES = re.compile(r"[ \t\f\v\u00a0\u2000-\u200b\u202f\u205f\u3000]+")
 _BLANK_LINES = re.compile(r"\n\s*\n+")
 
@@ -78,13 +105,20 @@ _BOILERPLATE = re.compile(
     r"applications? (?:must|should|will) be\b|we look forward to (?:hearing from you|receiving your application)|"
     r"ansøgningsfrist\b|send (?:os )?din ansøgning\b|søg (?:stillingen|jobbet)\b|ansøg (?:her|nu|via)\b|"
     r"vi glæder os til at (?:høre fra dig|modtage din ansøgning)|"
+    r"søg via (?:linket|knappen)\b|samtaler (?:afholdes|forventes|holdes)\b|tiltrædelse\b|"
+    r"ansøgning(?:en)?\s*:?\s*$|kontakt(?:person)?\s*:?\s*$|"
+    # Danish employment terms and boilerplate (overenskomst, attester, the equal-opportunity line)
+    r"løn[- ]? og ansættelses(?:forhold|vilkår)\b|ansættelses(?:forhold|vilkår)\b|"
+    r"løn(?:nen)? (?:og ansættelse )?(?:efter|i henhold til|jf\.)\b|ansættelse(?:n)? sker (?:i henhold til|efter)\b|"
+    r"stillingen er omfattet af\b|vi indhenter (?:børneattest|straffeattest|børne- og straffeattest)|"
+    r"(?:der )?(?:vil )?(?:blive )?indhentet (?:børne|straffe)attest|alle interesserede uanset\b|"
     # company presentation
     r"about (?:us|the company)\b|who we are\b|om (?:os|virksomheden)\b|"
     # benefits
     r"we offer\b|what we offer\b|vi tilbyder\b|"
     # contact and further information
     r"(?:for )?(?:further|more) information\b|questions\?|if you have (?:any )?questions\b|"
-    r"har du spørgsmål\b|yderligere oplysninger\b|"
+    r"har du spørgsmål\b|yderligere (?:oplysninger|information)\b|vil du vide mere\b|"
     # legal text
     r"(?:we are )?an? equal opportunit|privacy policy\b|all rights reserved\b|©|cookies?\b|"
     r"we (?:encourage|welcome) (?:all|applications from all)\b|vi opfordrer alle\b"
@@ -152,10 +186,15 @@ def _phone_or_date(match: re.Match[str]) -> str:
 
 
 def scrub_personal_data(text: str) -> str:
-    """Replace e-mail addresses, URLs and phone numbers with placeholders."""
+    """Replace e-mail addresses, URLs, account and card numbers, and phone numbers with placeholders."""
     text = _EMAIL.sub(EMAIL_TOKEN, text)
+    text = _EMAIL_SPELLED.sub(EMAIL_TOKEN, text)
     text = _URL.sub(URL_TOKEN, text)
-    return _PHONE.sub(_phone_or_date, text)
+    text = _BARE_URL.sub(URL_TOKEN, text)
+    text = _IBAN.sub(ACCOUNT_TOKEN, text)
+    text = _CARD.sub(ACCOUNT_TOKEN, text)
+    text = _PHONE.sub(_phone_or_date, text)
+    return _LOCAL_PHONE.sub(PHONE_TOKEN, text)
 
 
 def scrub_names(text: str, spans: Iterable[TextSpan]) -> str:
@@ -193,9 +232,11 @@ def clean_text(text: str, max_chars: int | None = None, *, scrub: bool = True, t
     """The production cleaning pipeline: HTML → unicode NFKC → scrub → whitespace → boilerplate → truncate.
 
     ``scrub=False`` keeps e-mails, URLs and phone numbers (only for ``JOBCLASS_STORE_RAW_TEXT``);
-    ``trim=False`` keeps boilerplate lines."""
-    text = html_to_text(text)
-    text = unicodedata.normalize("NFKC", text)
+    ``trim=False`` keeps boilerplate lines. At most ``WORK_FACTOR × max_chars`` characters (``RAW_LIMIT``
+    without a limit) are read, before and again after unicode normalisation."""
+    budget = RAW_LIMIT if max_chars is None else min(RAW_LIMIT, WORK_FACTOR * max_chars)
+    text = html_to_text(text[: 2 * budget])  # markup is dropped, so read twice the budget of it
+    text = unicodedata.normalize("NFKC", text[:budget])[:budget]
     text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
     if scrub:
         text = scrub_personal_data(text)

@@ -1,4 +1,5 @@
-"""The fused classifier: label set + linear head (in one of four variants) + fusion parameters.
+"""The fused classifier: label set + linear head (in one of four variants) + the lexical model + fusion
+parameters.
 
 Like SetFit it is small and self-describing: ``save`` writes the head, its compressed variants and
 a JSON config; ``load`` picks the variant to serve. Neighbours are passed in, so this module stays
@@ -26,9 +27,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models.compress import VARIANTS, Variant, empty_linear, state_bytes
-from models.fusion import FusionParams, calibrate, fuse
+from models.fusion import FusionParams, fuse
 from models.head import LinearHead
 from models.knn import knn_vote
+from models.lexical import LexicalModel
+
+LEXICAL_DIR = "lexical"
 
 DUPLICATE_SCORE = 0.999  # re-embedding the same text agrees to > 0.99999; distinct ads stay far below
 DUPLICATE_TRUST = 0.95
@@ -59,9 +63,13 @@ class FusedClassifier:
         params: FusionParams,
         variant: Variant = "fp32",
         module: nn.Module | None = None,
+        lexical: LexicalModel | None = None,
     ) -> None:
         if head.config.n_classes != len(labels):
             raise ValueError(f"head has {head.config.n_classes} outputs but {len(labels)} labels were given")
+        if lexical is not None and lexical.n_classes != len(labels):
+            raise ValueError(f"the lexical model has {lexical.n_classes} outputs but {len(labels)} labels were given")
+        self.lexical = lexical
         self.labels = list(labels)
         self.index = {label: i for i, label in enumerate(self.labels)}
         self.head = head
@@ -89,15 +97,29 @@ class FusedClassifier:
                 scores[i, j] = nb.score
         return knn_vote(labels, scores, self.n_classes, k=self.params.k, temperature=self.params.knn_temperature)
 
+    def lexical_proba(self, texts: Sequence[str] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The lexical model's probabilities and the rows it can read (``None`` without model or texts)."""
+        if self.lexical is None or texts is None:
+            return None, None
+        return self.lexical.proba_and_mask(texts)
+
     def predict_proba(
-        self, embeddings: np.ndarray, neighbours: Sequence[Sequence[Neighbour]] | None = None
+        self,
+        embeddings: np.ndarray,
+        neighbours: Sequence[Sequence[Neighbour]] | None = None,
+        texts: Sequence[str] | None = None,
     ) -> np.ndarray:
-        """Fused probabilities; with no neighbours (index unavailable) the head answers alone. A
-        near-duplicate neighbour overrides the blend (see the module docstring)."""
+        """Fused probabilities of head, neighbour vote and lexical model (over ``texts``, the cleaned
+        texts the embeddings were made from). A signal that is missing — no neighbours (index
+        unavailable), no texts, or a text with no known n-gram — is left out and the others answer.
+        A near-duplicate neighbour overrides the blend (see the module docstring)."""
         p_head = self.head_proba(embeddings)
+        p_lex, lex_ok = self.lexical_proba(texts)
         if neighbours is None:
-            return calibrate(p_head, self.params.temperature)
-        return self.follow_duplicates(fuse(p_head, self.knn_proba(neighbours), self.params), neighbours)
+            return fuse(p_head, None, self.params, p_lex, lex_ok=lex_ok)
+        knn_ok = np.array([any(nb.label in self.index for nb in row) for row in neighbours], dtype=bool)
+        fused = fuse(p_head, self.knn_proba(neighbours), self.params, p_lex, knn_ok=knn_ok, lex_ok=lex_ok)
+        return self.follow_duplicates(fused, neighbours)
 
     def duplicate_label(self, neighbours: Sequence[Neighbour]) -> str | None:
         """The label of the most recently labelled near-duplicate among ``neighbours``, if any."""
@@ -113,15 +135,20 @@ class FusedClassifier:
                 out[i, self.index[label]] += DUPLICATE_TRUST
         return out
 
-    def predict(self, embeddings: np.ndarray, neighbours: Sequence[Sequence[Neighbour]] | None = None) -> list[str]:
-        return [self.labels[i] for i in self.predict_proba(embeddings, neighbours).argmax(axis=1)]
+    def predict(
+        self,
+        embeddings: np.ndarray,
+        neighbours: Sequence[Sequence[Neighbour]] | None = None,
+        texts: Sequence[str] | None = None,
+    ) -> list[str]:
+        return [self.labels[i] for i in self.predict_proba(embeddings, neighbours, texts).argmax(axis=1)]
 
     def variant_bytes(self) -> dict[str, int]:
         """Bytes of the tensors each head variant stores."""
         return {v: state_bytes(self.head.compressed(v)) for v in VARIANTS}
 
     def with_variant(self, variant: Variant) -> FusedClassifier:
-        return FusedClassifier(self.labels, self.head, self.params, variant)
+        return FusedClassifier(self.labels, self.head, self.params, variant, lexical=self.lexical)
 
     # ---- persistence ----------------------------------------------------------------------
     def save(self, directory: Path | str) -> dict[str, int]:
@@ -134,7 +161,10 @@ class FusedClassifier:
             state = {k: v.contiguous() for k, v in module.state_dict().items()}
             save_file(state, str(directory / f"head_{variant}.safetensors"))
             sizes[variant] = state_bytes(module)
-        config = {"labels": self.labels, "params": self.params.to_dict(), "variant_bytes": sizes}
+        config: dict[str, Any] = {"labels": self.labels, "params": self.params.to_dict(), "variant_bytes": sizes}
+        if self.lexical is not None:
+            config["lexical_bytes"] = self.lexical.save(directory / LEXICAL_DIR)
+            config["lexical_features"] = self.lexical.n_features
         (directory / "classifier.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
         return sizes
 
@@ -147,4 +177,5 @@ class FusedClassifier:
         head = LinearHead.load(directory)
         module = empty_linear(variant, head.config.dim, head.config.n_classes)
         module.load_state_dict(load_file(str(directory / f"head_{variant}.safetensors")))
-        return cls(config["labels"], head, FusionParams(**config["params"]), variant, module)
+        lexical = LexicalModel.load(directory / LEXICAL_DIR) if LexicalModel.exists(directory / LEXICAL_DIR) else None
+        return cls(config["labels"], head, FusionParams(**config["params"]), variant, module, lexical)

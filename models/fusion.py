@@ -1,7 +1,9 @@
-"""Fuse the head's probabilities with the kNN vote; tune the blend on validation data.
+"""Fuse the head's probabilities, the kNN vote and the lexical model; tune the blend on held-out data.
 
-``p = α·p_head + (1−α)·p_knn``, then temperature-calibrated: ``p ∝ p^(1/T)``. Below the abstain
-threshold the answer is "uncertain".
+``p = α·p_head + β·p_lex + (1−α−β)·p_knn``, then temperature-calibrated: ``p ∝ p^(1/T)``. Below the
+abstain threshold the answer is "uncertain". A signal that has nothing to say for a row (no neighbours:
+the index is down; no known n-gram: the lexical model) is left out of that row and the other weights
+are renormalised, so one empty signal never drags an answer towards the uniform distribution.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from models.knn import knn_vote
 from models.metrics import accuracy, log_loss, macro_f1
 
 ALPHAS: tuple[float, ...] = tuple(round(a * 0.1, 1) for a in range(11))
+BETAS: tuple[float, ...] = ALPHAS  # the lexical weight; α + β ≤ 1
 KS: tuple[int, ...] = (3, 5, 10, 20, 30)
 KNN_TEMPERATURES: tuple[float, ...] = (0.02, 0.05, 0.1, 0.3)
 CALIBRATION_TEMPERATURES: tuple[float, ...] = (0.25, 0.35, 0.5, 0.7, 0.85, 1.0, 1.25, 1.5, 2.0, 3.0)
@@ -23,11 +26,16 @@ CALIBRATION_TEMPERATURES: tuple[float, ...] = (0.25, 0.35, 0.5, 0.7, 0.85, 1.0, 
 
 @dataclass(frozen=True)
 class FusionParams:
-    alpha: float = 0.5
+    alpha: float = 0.5  # head weight
     k: int = 10
     knn_temperature: float = 0.05
     temperature: float = 1.0
     abstain_threshold: float = 0.0
+    beta: float = 0.0  # lexical weight (0 for models saved before the lexical signal existed)
+
+    @property
+    def knn_weight(self) -> float:
+        return max(0.0, 1.0 - self.alpha - self.beta)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -42,8 +50,49 @@ def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
-def fuse(p_head: np.ndarray, p_knn: np.ndarray, params: FusionParams) -> np.ndarray:
-    return calibrate(params.alpha * p_head + (1.0 - params.alpha) * p_knn, params.temperature)
+def blend(
+    p_head: np.ndarray,
+    p_knn: np.ndarray | None,
+    alpha: float,
+    p_lex: np.ndarray | None = None,
+    beta: float = 0.0,
+    *,
+    knn_ok: np.ndarray | None = None,
+    lex_ok: np.ndarray | None = None,
+) -> np.ndarray:
+    """``α·p_head + β·p_lex + (1−α−β)·p_knn`` row by row, leaving out a missing signal (``None``, or
+    False in its mask) and renormalising the remaining weights; a row whose weights all vanish falls
+    back to the head."""
+    n = p_head.shape[0]
+    w_head = np.full(n, alpha, dtype=np.float64)
+    w_lex = np.zeros(n) if p_lex is None else np.where(_mask(lex_ok, n), beta, 0.0)
+    w_knn = np.zeros(n) if p_knn is None else np.where(_mask(knn_ok, n), max(0.0, 1.0 - alpha - beta), 0.0)
+    total = w_head + w_lex + w_knn
+    none = total <= 0
+    w_head, total = np.where(none, 1.0, w_head), np.where(none, 1.0, total)
+    out = (w_head / total)[:, None] * p_head
+    if p_lex is not None:
+        out = out + (w_lex / total)[:, None] * p_lex
+    if p_knn is not None:
+        out = out + (w_knn / total)[:, None] * p_knn
+    return out
+
+
+def _mask(mask: np.ndarray | None, n: int) -> np.ndarray:
+    return np.ones(n, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+
+
+def fuse(
+    p_head: np.ndarray,
+    p_knn: np.ndarray | None,
+    params: FusionParams,
+    p_lex: np.ndarray | None = None,
+    *,
+    knn_ok: np.ndarray | None = None,
+    lex_ok: np.ndarray | None = None,
+) -> np.ndarray:
+    p = blend(p_head, p_knn, params.alpha, p_lex, params.beta, knn_ok=knn_ok, lex_ok=lex_ok)
+    return calibrate(p, params.temperature)
 
 
 @dataclass(frozen=True)
@@ -53,6 +102,7 @@ class TuningResult:
     macro_f1: float
     head_accuracy: float
     knn_accuracy: float
+    lexical_accuracy: float | None = None
 
 
 def tune(
@@ -66,10 +116,14 @@ def tune(
     ks: Sequence[int] = KS,
     knn_temperatures: Sequence[float] = KNN_TEMPERATURES,
     abstain_threshold: float = 0.0,
+    p_lex: np.ndarray | None = None,
+    lex_ok: np.ndarray | None = None,
+    betas: Sequence[float] = BETAS,
 ) -> TuningResult:
-    """Grid-search α, k and the vote temperature for accuracy + macro-F1 (ties: lower log loss),
-    then fit the calibration temperature for log loss. ``α = 1`` is the head alone and ``α = 0`` the
-    vote alone, so on this data the result is never worse than either."""
+    """Grid-search α, β (with ``p_lex``), k and the vote temperature for accuracy + macro-F1 (ties:
+    lower log loss), then fit the calibration temperature for log loss. The grid's corners are each
+    signal alone (``α = 1``: the head; ``β = 1``: the lexical model; ``α = β = 0``: the vote), so on this
+    data the result is never worse than any of them."""
     best_key: tuple[float, float] | None = None
     best = FusionParams()
     knn_cache: dict[tuple[int, float], np.ndarray] = {}
@@ -78,14 +132,15 @@ def tune(
         if k > max_k and k != ks[0]:
             continue
         knn_cache[(k, t)] = knn_vote(neighbour_labels, neighbour_scores, n_classes, k=k, temperature=t)
+    weights = [(a, 0.0) for a in alphas] if p_lex is None else _simplex(alphas, betas)
     for (k, t), p_knn in knn_cache.items():
-        for alpha in alphas:
-            p = alpha * p_head + (1 - alpha) * p_knn
+        for alpha, beta in weights:
+            p = blend(p_head, p_knn, alpha, p_lex, beta, lex_ok=lex_ok)
             pred = p.argmax(axis=1)
             key = (accuracy(y, pred) + macro_f1(y, pred, n_classes), -log_loss(p, y))
             if best_key is None or key > best_key:
-                best_key, best = key, FusionParams(alpha=alpha, k=k, knn_temperature=t)
-    p_best = fuse(p_head, knn_cache[(best.k, best.knn_temperature)], best)
+                best_key, best = key, FusionParams(alpha=alpha, k=k, knn_temperature=t, beta=beta)
+    p_best = fuse(p_head, knn_cache[(best.k, best.knn_temperature)], best, p_lex, lex_ok=lex_ok)
     temperature = min(CALIBRATION_TEMPERATURES, key=lambda temp: log_loss(calibrate(p_best, temp), y))
     params = FusionParams(
         alpha=best.alpha,
@@ -93,12 +148,19 @@ def tune(
         knn_temperature=best.knn_temperature,
         temperature=temperature,
         abstain_threshold=abstain_threshold,
+        beta=best.beta,
     )
-    pred = fuse(p_head, knn_cache[(best.k, best.knn_temperature)], params).argmax(axis=1)
+    pred = fuse(p_head, knn_cache[(best.k, best.knn_temperature)], params, p_lex, lex_ok=lex_ok).argmax(axis=1)
     return TuningResult(
         params=params,
         accuracy=accuracy(y, pred),
         macro_f1=macro_f1(y, pred, n_classes),
         head_accuracy=accuracy(y, p_head.argmax(axis=1)),
         knn_accuracy=accuracy(y, knn_cache[(best.k, best.knn_temperature)].argmax(axis=1)),
+        lexical_accuracy=None if p_lex is None else accuracy(y, p_lex.argmax(axis=1)),
     )
+
+
+def _simplex(alphas: Sequence[float], betas: Sequence[float]) -> list[tuple[float, float]]:
+    """Every (α, β) of the two grids with α + β ≤ 1: the vote takes the rest."""
+    return [(a, b) for a in alphas for b in betas if a + b <= 1.0 + 1e-9]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -66,3 +68,56 @@ def exact_neighbours(
     order = np.argsort(-part, axis=1)
     idx = np.take_along_axis(idx, order, axis=1)
     return idx, np.take_along_axis(sims, idx, axis=1)
+
+
+# ---- lexical and hybrid neighbours (what Qdrant's sparse and hybrid queries return) -------------------
+RRF_K = 2  # Qdrant's default ranking constant: score = Σ 1 / (rank + RRF_K), rank from 0
+
+
+def idf(document_frequency: np.ndarray, n_documents: int) -> np.ndarray:
+    """Qdrant's IDF modifier: ``ln(1 + (N − n + 0.5) / (n + 0.5))``."""
+    df = np.asarray(document_frequency, dtype=np.float64)
+    return np.log1p((n_documents - df + 0.5) / (df + 0.5))
+
+
+def sparse_neighbours(
+    queries: Any, corpus: Any, k: int, *, exclude_self: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force BM25 neighbours: ``queries`` (term weights, 1 per query term) and ``corpus``
+    (BM25 term-frequency parts) are scipy sparse matrices over the same term columns; the score of a
+    document is Σ idf(t)·q(t)·d(t), IDF over the corpus. Returns (indices, scores), best first; a
+    query that shares no term with a document scores 0 for it (ties keep corpus order)."""
+    import scipy.sparse as sp
+
+    corpus = sp.csr_matrix(corpus)
+    df = np.bincount(corpus.indices, minlength=corpus.shape[1])
+    weighted = sp.csr_matrix(queries).multiply(idf(df, corpus.shape[0])[None, :]).tocsr()
+    sims = np.asarray((weighted @ corpus.T).todense(), dtype=np.float64)
+    if exclude_self:
+        np.fill_diagonal(sims, -np.inf)
+    k = min(k, corpus.shape[0] - (1 if exclude_self else 0))
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(sims, order, axis=1)
+
+
+def rrf_fuse(
+    rankings: list[np.ndarray], limit: int, *, valid: list[np.ndarray] | None = None, k: int = RRF_K
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reciprocal-rank fusion of several ``(n, m)`` index arrays (best first) into the top ``limit``
+    (indices, scores) per row, as Qdrant's ``Fusion.RRF`` does: ``Σ 1 / (rank + k)``; ties keep the
+    order in which points were first met (ranking by ranking, rank by rank). ``valid`` masks entries
+    a prefetch did not return (a sparse query with no shared term returns nothing). Rows with fewer
+    candidates are padded with index -1 and score 0."""
+    n = rankings[0].shape[0]
+    out_idx = np.full((n, limit), -1, dtype=np.int64)
+    out_scores = np.zeros((n, limit), dtype=np.float64)
+    for row in range(n):
+        scores: dict[int, float] = {}
+        for r, ranking in enumerate(rankings):
+            keep = valid[r][row] if valid is not None else np.ones(ranking.shape[1], dtype=bool)
+            for rank, point in enumerate(ranking[row][keep]):
+                scores[int(point)] = scores.get(int(point), 0.0) + 1.0 / (rank + k)
+        best = sorted(scores.items(), key=lambda item: -item[1])[:limit]  # stable: first met wins ties
+        for j, (point, score) in enumerate(best):
+            out_idx[row, j], out_scores[row, j] = point, score
+    return out_idx, out_scores

@@ -17,6 +17,7 @@ from models.classifier import FusedClassifier, neighbours_from_arrays
 from models.fusion import fuse, tune
 from models.head import HeadConfig, LinearHead
 from models.knn import exact_neighbours, knn_vote
+from models.lexical import LexicalConfig, LexicalModel
 from models.metrics import summary
 
 MAX_K = 30
@@ -141,6 +142,23 @@ def out_of_fold(
     return p_head, nb_labels, nb_scores
 
 
+def lexical_out_of_fold(
+    texts: Sequence[str], y: np.ndarray, n_classes: int, config: LexicalConfig, folds: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The lexical model's probabilities (and usable-row mask) for every training text from models that
+    never saw it, over the same folds as :func:`out_of_fold`."""
+    fold = stratified_folds(y, folds, seed)
+    p_lex = np.zeros((len(y), n_classes), dtype=np.float64)
+    ok = np.zeros(len(y), dtype=bool)
+    for f in range(folds):
+        inside, rest = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
+        if len(inside) == 0:
+            continue
+        model = LexicalModel(n_classes, config).fit([texts[int(i)] for i in rest], y[rest])
+        p_lex[inside], ok[inside] = model.proba_and_mask([texts[int(i)] for i in inside])
+    return p_lex, ok
+
+
 def train_classifier(
     x: np.ndarray,
     y: np.ndarray,
@@ -154,6 +172,9 @@ def train_classifier(
     refit: bool = True,
     head_config: HeadConfig | None = None,
     crossfit: int = CROSSFIT_FOLDS,
+    texts: Sequence[str] | None = None,
+    texts_val: Sequence[str] | None = None,
+    lexical: LexicalConfig | None = None,
 ) -> tuple[FusedClassifier, TrainReport]:
     """Fit on ``x``/``y`` (class indices into ``labels``), tune the fusion, report validation metrics,
     and, when ``refit`` is true, refit the head on training + validation data for the early-stopped
@@ -165,13 +186,27 @@ def train_classifier(
     training example: a few hundred validation examples make a noisy choice, the whole training set does
     not, and the validation split stays an unbiased score. ``crossfit=0`` early-stops the head and tunes
     the fusion on the validation split.
+
+    With ``texts`` (the cleaned texts of ``x``, and ``texts_val`` of ``x_val`` when given) the lexical
+    model is the third signal: fitted, cross-fitted and tuned the same way, and refit with the head.
     """
     n_classes = len(labels)
+    t_tr: list[str] | None = None
+    t_va: list[str] | None = None
     if x_val is None or y_val is None:
         tr, va = stratified_split(y, val_fraction, seed)
         x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
+        if texts is not None:
+            t_tr, t_va = [texts[int(i)] for i in tr], [texts[int(i)] for i in va]
     else:
         x_tr, y_tr, x_va, y_va = x, y, x_val, y_val
+        if texts is not None:
+            if texts_val is None:
+                raise ValueError("texts_val is needed with texts and x_val")
+            t_tr, t_va = list(texts), list(texts_val)
+    lex_config = lexical or LexicalConfig()
+    lex_model = LexicalModel(n_classes, lex_config).fit(t_tr, y_tr) if t_tr is not None else None
+    p_lex, lex_ok = lex_model.proba_and_mask(t_va) if lex_model is not None and t_va is not None else (None, None)
     if len(y_va) == 0:
         raise ValueError("training needs at least two labelled examples of some class for validation")
     config = head_config or HeadConfig(dim=x.shape[1], n_classes=n_classes, seed=seed)
@@ -188,28 +223,43 @@ def train_classifier(
     nb_labels, nb_scores = neighbour_arrays(x_va, x_tr, y_tr)
     if crossfitting:
         oof = out_of_fold(x_tr, y_tr, n_classes, config, head.best_epoch, crossfit, seed)
-        tuned = tune(*oof, y_tr, n_classes, abstain_threshold=abstain_threshold)
+        oof_lex, oof_ok = (
+            lexical_out_of_fold(t_tr, y_tr, n_classes, lex_config, crossfit, seed) if t_tr is not None else (None, None)
+        )
+        tuned = tune(*oof, y_tr, n_classes, abstain_threshold=abstain_threshold, p_lex=oof_lex, lex_ok=oof_ok)
         tuning = {"on": f"out_of_fold_{crossfit}", "n": len(y_tr)}
     else:
-        tuned = tune(p_head, nb_labels, nb_scores, y_va, n_classes, abstain_threshold=abstain_threshold)
+        tuned = tune(
+            p_head,
+            nb_labels,
+            nb_scores,
+            y_va,
+            n_classes,
+            abstain_threshold=abstain_threshold,
+            p_lex=p_lex,
+            lex_ok=lex_ok,
+        )
         tuning = {"on": "validation", "n": len(y_va)}
     params = tuned.params
     p_knn = knn_vote(nb_labels, nb_scores, n_classes, k=params.k, temperature=params.knn_temperature)
-    p_fused = fuse(p_head, p_knn, params)
+    p_fused = fuse(p_head, p_knn, params, p_lex, lex_ok=lex_ok)
+    validation = {"head": summary(p_head, y_va, labels), "knn": summary(p_knn, y_va, labels)}
+    if p_lex is not None:
+        validation["lexical"] = summary(p_lex, y_va, labels)
+    validation["fused"] = summary(p_fused, y_va, labels)
     metrics: dict[str, Any] = {
         "head_epochs": {"by": epochs_by, "epochs": head.best_epoch},
         "fusion_tuning": tuning,
-        "validation": {
-            "head": summary(p_head, y_va, labels),
-            "knn": summary(p_knn, y_va, labels),
-            "fused": summary(p_fused, y_va, labels),
-        },
+        "validation": validation,
     }
     best_epoch = head.best_epoch
-    classifier = FusedClassifier(labels, head, params)
+    classifier = FusedClassifier(labels, head, params, lexical=lex_model)
     n_train = len(y_tr)
     if refit:
         classifier = refit_head(classifier, np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va]), best_epoch)
+        if t_tr is not None and t_va is not None:
+            all_texts, all_y = t_tr + t_va, np.concatenate([y_tr, y_va])
+            classifier.lexical = LexicalModel(n_classes, lex_config).fit(all_texts, all_y)
         n_train += len(y_va)
     report = TrainReport(n_train=n_train, n_val=len(y_va), best_epoch=best_epoch, metrics=metrics)
     return classifier, report
@@ -220,7 +270,7 @@ def refit_head(classifier: FusedClassifier, x: np.ndarray, y: np.ndarray, epochs
     config = replace(classifier.head.config, max_epochs=max(1, epochs))
     head = LinearHead(config).fit(x, y)
     head.best_epoch = epochs
-    return FusedClassifier(classifier.labels, head, classifier.params, classifier.variant)
+    return FusedClassifier(classifier.labels, head, classifier.params, classifier.variant, lexical=classifier.lexical)
 
 
 def evaluate(
@@ -229,14 +279,20 @@ def evaluate(
     y: np.ndarray,
     corpus_x: np.ndarray,
     corpus_y: np.ndarray,
+    texts: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Score ``classifier`` on (x, y) with neighbours drawn from the labelled corpus."""
-    return summary(predict_with_corpus(classifier, x, corpus_x, corpus_y), y, classifier.labels)
+    """Score ``classifier`` on (x, y) (and ``texts`` for the lexical model) with neighbours drawn from
+    the labelled corpus."""
+    return summary(predict_with_corpus(classifier, x, corpus_x, corpus_y, texts), y, classifier.labels)
 
 
 def predict_with_corpus(
-    classifier: FusedClassifier, x: np.ndarray, corpus_x: np.ndarray, corpus_y: np.ndarray
+    classifier: FusedClassifier,
+    x: np.ndarray,
+    corpus_x: np.ndarray,
+    corpus_y: np.ndarray,
+    texts: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Fused probabilities for ``x`` with neighbours drawn from the labelled corpus (exact cosine kNN)."""
     nb_labels, nb_scores = neighbour_arrays(x, corpus_x, corpus_y)
-    return classifier.predict_proba(x, neighbours_from_arrays(classifier.labels, nb_labels, nb_scores))
+    return classifier.predict_proba(x, neighbours_from_arrays(classifier.labels, nb_labels, nb_scores), texts)

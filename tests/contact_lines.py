@@ -78,7 +78,19 @@ def _international_number(rng: random.Random) -> str:
 
 def _email(rng: random.Random, first: str, last: str) -> str:
     local = rng.choice([f"{first}.{last}", f"{first[0]}{last}", f"{first}", f"{first}_{last}+jobs", "hr", "job"])
-    return f"{local}@{rng.choice(DOMAINS)}".lower()
+    domain = rng.choice(DOMAINS)
+    host, _, tld = domain.rpartition(".")
+    return rng.choice(
+        [
+            f"{local}@{domain}",
+            f"{local}@{domain}",
+            f"{local}(at){domain}",
+            f"{local} [at] {host} [dot] {tld}",
+            f"{local} (at) {host} (dot) {tld}",
+            f"{local}%40{domain}",
+            f"{local} at {host} dot {tld}",
+        ]
+    ).lower()
 
 
 def _url(rng: random.Random) -> str:
@@ -87,7 +99,23 @@ def _url(rng: random.Random) -> str:
             f"https://www.{rng.choice(DOMAINS)}/jobs/{rng.randint(100, 99999)}",
             f"http://{rng.choice(DOMAINS)}/apply?id={rng.randint(1, 999)}&src=jobnet",
             f"www.{rng.choice(DOMAINS)}/karriere",
+            f"linkedin.com/in/{rng.choice(FIRST).lower()}-{rng.randint(100, 999)}",
+            f"{rng.choice(DOMAINS)}/job",
             f"https://{rng.choice(DOMAINS)}/da/job/{rng.choice(['sygeplejerske', 'nurse', 'it-supporter'])}",
+        ]
+    )
+
+
+def _account(rng: random.Random) -> str:
+    n = rng.randint
+    return rng.choice(
+        [
+            f"DK{n(10, 99)} {n(1000, 9999)} {n(1000, 9999)} {n(1000, 9999)} {n(10, 99)}",
+            f"DK{n(10, 99)}{n(1000, 9999)}{n(1000, 9999)}{n(1000, 9999)}{n(10, 99)}",
+            f"GB{n(10, 99)} NWBK {n(1000, 9999)} {n(1000, 9999)} {n(1000, 9999)} {n(10, 99)}",
+            f"4{n(100, 999)} {n(1000, 9999)} {n(1000, 9999)} {n(1000, 9999)}",
+            f"5{n(100, 999)}-{n(1000, 9999)}-{n(1000, 9999)}-{n(1000, 9999)}",
+            f"{n(200, 999)}-{n(1000, 9999)}",  # a local phone number, North American style
         ]
     )
 
@@ -116,6 +144,10 @@ def generate_contact_lines(n: int = 150, seed: int = 6) -> list[ContactLine]:
             url = _url(rng)
             parts.append(rng.choice(["- see", "or visit", "Læs mere på"]) + f" {url}")
             secrets.append(url)
+        if i % 4 == 1:
+            account = _account(rng)
+            parts.append(rng.choice(["- konto", "card", "IBAN:", "ring evt."]) + f" {account}")
+            secrets.append(account)
         text = " ".join(parts) + rng.choice([".", "!", ""]) + " " + rng.choice(TAILS)
         lines.append(ContactLine(text.strip(), tuple(secrets)))
     return lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from app.db import migrate
 from app.errors import InvalidInput
@@ -11,8 +12,17 @@ from app.runtime import Runtime
 from app.services.index import reindex
 from app.services.training import train
 from app.services.vacancies import count_labelled, ingest_csv
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def sample_sources(settings: Settings) -> list[tuple[Path, str]]:
+    """The shipped labelled files and the source each is ingested as."""
+    found = [(path, "sample") for path in settings.sample_paths]
+    if settings.titles_path is not None:
+        found.append((settings.titles_path, "title"))
+    return found
 
 
 def bootstrap(runtime: Runtime, say: Callable[[str], None] = log.info, *, show_progress: bool = False) -> None:
@@ -21,18 +31,19 @@ def bootstrap(runtime: Runtime, say: Callable[[str], None] = log.info, *, show_p
     say(f"database ready: {runtime.engine.url.render_as_string(hide_password=True)}")
     with runtime.sessions() as session:
         if count_labelled(session) == 0:
-            result = ingest_csv(
-                session,
-                settings.sample_path,
-                runtime.taxonomy,
-                source="sample",
-                clean_max_chars=settings.clean_max_chars,
-                extractor=runtime.extractor,
-                store_raw_text=settings.store_raw_text,
-            )
-            if result.rejected:
-                raise InvalidInput(f"sample data has invalid rows: {result.rejected[:5]}")
-            say(f"ingested sample: {result.added} vacancies from {settings.sample_path}")
+            for path, source in sample_sources(settings):
+                result = ingest_csv(
+                    session,
+                    path,
+                    runtime.taxonomy,
+                    source=source,
+                    clean_max_chars=settings.clean_max_chars,
+                    extractor=runtime.extractor,
+                    store_raw_text=settings.store_raw_text,
+                )
+                if result.rejected:
+                    raise InvalidInput(f"sample data {path} has invalid rows: {result.rejected[:5]}")
+                say(f"ingested {source}: {result.added} vacancies from {path}")
         else:
             say(f"{count_labelled(session)} labelled vacancies already in the database")
         if runtime.load_active_model() is None:

@@ -188,6 +188,25 @@ def test_bad_input_is_a_clear_422(client: TestClient, path: str, payload: dict, 
     assert body["field"] == field and body["detail"]
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/classify", '{"text": "carpenter \\ud800"}', "text"),
+        ("/v1/classify/batch", '{"items": [{"id": "\\udfff", "text": "carpenter"}]}', "items[0].id"),
+        ("/v1/search", '{"text": "carpenter", "filter": {"source": "\\ud800"}}', "filter.source"),
+        ("/v1/search", '{"text": "carpenter", "filter": {"labels": ["\\ud800"]}}', "filter.labels"),
+        ("/v1/feedback", '{"prediction_id": "p", "label": "Ledelse", "comment": "a\\ud83d"}', "comment"),
+    ],
+)
+def test_lone_surrogates_are_a_422_and_the_connection_lives_on(
+    client: TestClient, path: str, body: str, field: str
+) -> None:
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field and "surrogate" in response.json()["detail"]
+    assert client.post("/v1/classify", json={"text": CARPENTER}).status_code == 200
+
+
 def test_unknown_prediction_is_404_and_nothing_is_written(client: TestClient, runtime: Runtime) -> None:
     before = count(runtime, Feedback)
     response = client.post("/v1/feedback", json={"prediction_id": "does-not-exist", "label": "Ledelse"})

@@ -206,7 +206,36 @@ def test_unmatched_paths_share_one_route_label(bare_client: TestClient) -> None:
     assert not any("/nope" in dict(labels).get("route", "") for _, labels in found)
 
 
-# ---- request ids and the access log ----------------------------------------------------------
+def test_made_up_methods_share_one_method_label(bare_client: TestClient) -> None:
+    methods = [f"X{i:03d}" for i in range(20)]
+    for method in methods:
+        assert bare_client.request(method, "/v1/taxonomy").status_code < 500
+    found = samples(bare_client)
+    seen = {dict(labels).get("method") for name, labels in found if name == "jobclass_http_requests_total"}
+    assert seen <= {"GET", "POST", "OTHER"}
+    assert sum(
+        v
+        for (name, labels), v in found.items()
+        if dict(labels).get("method") == "OTHER" and name == "jobclass_http_requests_total"
+    ) == len(methods)
+
+
+# ---- request ids and the access log ----
+def test_migrating_keeps_the_json_log_handler(tmp_path: Path) -> None:
+    from app.db import migrate
+    from app.observability import JsonFormatter, configure_json_logging
+
+    root = logging.getLogger()
+    saved, level = list(root.handlers), root.level
+    try:
+        configure_json_logging()
+        migrate(f"sqlite:///{tmp_path / 'm.db'}")
+        assert [type(h.formatter) for h in root.handlers] == [JsonFormatter]
+    finally:
+        root.handlers[:] = saved
+        root.setLevel(level)
+
+
 def test_request_id_is_echoed_or_made(bare_client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
     client = bare_client
     with caplog.at_level(logging.INFO, logger="jobclass.access"):

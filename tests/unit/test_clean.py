@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from indexing.clean import (
@@ -126,6 +127,23 @@ def test_boilerplate_lines_are_dropped_and_the_job_stays() -> None:
     assert clean_text(raw) == "Nurse for the cardiology ward\nYou will observe patients and administer medication."
 
 
+def test_danish_jobnet_boilerplate_is_dropped_and_the_job_stays() -> None:
+    raw = (
+        "<h3>Tømrer til tagarbejde</h3><p><strong>Dine opgaver</strong></p><ul><li>Tagrenovering</li></ul>"
+        "<p>Vi forventer</p><ul><li>Svendebrev og B-kørekort</li></ul>"
+        "<p>Løn- og ansættelsesforhold</p><p>Løn efter gældende overenskomst mellem Dansk Byggeri og 3F.</p>"
+        "<p>Ansættelse sker i henhold til overenskomst mellem KL og FOA.</p><p>Vi indhenter børneattest.</p>"
+        "<p>Alle interesserede uanset alder, køn, race, religion eller etnisk tilhørsforhold opfordres til at søge.</p>"
+        "<p>Tiltrædelse: 1. februar 2027</p><p>Ansøgning</p><p>Samtaler afholdes løbende. Søg via linket.</p>"
+    )
+    assert (
+        clean_text(raw)
+        == "Tømrer til tagarbejde\nDine opgaver\n- Tagrenovering\nVi forventer\n- Svendebrev og B-kørekort"
+    )
+    kept = "Lønnen er god, og du får ansøgninger fra kunder til vurdering.\nKontakt med kunder hver dag."
+    assert clean_text(kept) == kept  # a line merely starting with those words stays
+
+
 def test_boilerplate_rules_are_conservative() -> None:
     # A sentence that mentions benefits or applying in the middle of a line is job content and stays.
     text = "The nurse will apply wound dressings; we offer training in wound care."
@@ -164,7 +182,37 @@ def test_synthetic_contact_lines_are_scrubbed_with_full_recall() -> None:
             if secret in cleaned or ("@" not in secret and len(digits) >= 7 and digits in digits_left):
                 missed.append((line.text, secret))
         assert "@" not in cleaned and "http" not in cleaned and "www." not in cleaned
+        assert "example" not in cleaned and "linkedin" not in cleaned and "%40" not in cleaned  # no part left
     assert missed == []  # recall 100% on the set
+
+
+JOB_TEXT = [
+    "Du kender ASP.NET, Node.js, Vue.js og C# og har arbejdet med Python 3.11 og PostgreSQL 15.",
+    "Løn 30.000 kr. om måneden, 37 timer, sæsonen 2024-2025, mødetid kl. 8.30, 24/7-vagter.",
+    "Arbejdssted: Vestergade 12, 8000 Aarhus C. CO2-udledning, ISO 9001 og EN 1090-certificering.",
+    "Krav: B-kørekort, 1-2 års erfaring, SOSU-assistent eller 3F-medlem; 40-årig virksomhed, A/S.",
+    "Vi ser frem til at høre fra dig. We look at every application within 5-10 days.",
+]
+
+
+@pytest.mark.parametrize("text", JOB_TEXT)
+def test_scrubbing_destroys_no_job_words(text: str) -> None:
+    assert scrub_personal_data(text) == text
+
+
+ADVERSARIAL = ["\u3316", "a", "a.", "1 ", "1-", "www.", "a(at)", "a [at] ", "@", "-", "x at ", "DK12 ", "4111 ", "a%40"]
+
+
+@settings(max_examples=25, deadline=None)
+@example("\u3316", 20_000, 4_000)  # the request that froze the server
+@example("a", 40_000, None)
+@given(st.sampled_from(ADVERSARIAL), st.integers(2_000, 40_000), st.sampled_from([None, 4_000]))
+def test_cleaning_time_is_bounded_on_adversarial_strings(unit: str, repeat: int, max_chars: int | None) -> None:
+    # 20,000 × "\u3316" took 72 s (NFKC × 6, then a quadratic e-mail scan); linear scans over a bounded
+    # budget take milliseconds. The bound is 50× that, far from noise and far below the old behaviour.
+    started = time.perf_counter()
+    clean_text(unit * repeat, max_chars=max_chars)
+    assert time.perf_counter() - started < 2.0
 
 
 def test_synthetic_contact_lines_are_deterministic() -> None:

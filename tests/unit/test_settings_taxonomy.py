@@ -50,6 +50,19 @@ def test_settings_fail_fast(tmp_path: Path) -> None:
         make_settings(tmp_path, head_variant="int4")
 
 
+@pytest.mark.parametrize("profile", ["production", "dev"])
+@pytest.mark.parametrize("token", ["", "   ", "short-token"])
+def test_empty_or_short_tokens_refuse_to_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, profile: str, token: str
+) -> None:
+    monkeypatch.setenv("JOBCLASS_ADMIN_TOKEN", token)  # `JOBCLASS_ADMIN_TOKEN=` left admin routes open
+    with pytest.raises(ValidationError, match="JOBCLASS_ADMIN_TOKEN is set but has"):
+        Settings(_env_file=None, state_dir=tmp_path, profile=profile)
+    with pytest.raises(ValidationError, match="JOBCLASS_API_TOKEN is set but has"):
+        make_settings(tmp_path, api_token=token)
+    assert make_settings(tmp_path, profile="production", admin_token="x" * 16).admin_token is not None
+
+
 def test_settings_read_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBCLASS_HEAD_VARIANT", "int8_pruned")
     monkeypatch.setenv("JOBCLASS_STATE_DIR", str(tmp_path))
