@@ -77,3 +77,23 @@ class LexicalEncoder:
 def _sorted(vector: Any) -> SparseVector:
     pairs = sorted(zip(vector.indices, vector.values, strict=True))
     return SparseVector(tuple(int(i) for i, _ in pairs), tuple(float(v) for _, v in pairs))
+
+
+def to_csr(*groups: Sequence[SparseVector]) -> list[Any]:
+    """Each group of vectors as a scipy CSR matrix, all over one compact term-column space (the 32-bit
+    term ids mapped to 0..T−1 in order of first appearance), for the offline maths in ``models.knn``."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    columns: dict[int, int] = {}
+    for group in groups:
+        for vector in group:
+            for term in vector.indices:
+                columns.setdefault(term, len(columns))
+    out = []
+    for group in groups:
+        rows = [r for r, v in enumerate(group) for _ in v.indices]
+        cols = [columns[t] for v in group for t in v.indices]
+        vals = [w for v in group for w in v.values]
+        out.append(sp.csr_matrix((np.asarray(vals, dtype=np.float64), (rows, cols)), shape=(len(group), len(columns))))
+    return out

@@ -41,8 +41,9 @@ DUPLICATE_TRUST = 0.95
 @dataclass(frozen=True)
 class Neighbour:
     label: str
-    score: float
+    score: float  # cosine similarity of the dense vectors
     labelled_at: float = 0.0  # when its label was last set (Unix time); the latest duplicate wins
+    rank_score: float | None = None  # the hybrid query's fused (RRF) score, when it came from one
 
 
 def neighbours_from_arrays(
@@ -88,13 +89,18 @@ class FusedClassifier:
         return torch.softmax(logits, dim=-1).numpy().astype(np.float64)
 
     def knn_proba(self, neighbours: Sequence[Sequence[Neighbour]]) -> np.ndarray:
+        """The vote over each row's neighbours, weighed by cosine or, with ``vote="rank"``, by the hybrid
+        query's fused score (rows without one fall back to cosine); the first ``k`` in that order vote."""
         width = max((len(n) for n in neighbours), default=0)
         labels = np.full((len(neighbours), width), -1, dtype=np.int64)
         scores = np.zeros((len(neighbours), width), dtype=np.float64)
         for i, row in enumerate(neighbours):
-            for j, nb in enumerate(row):
+            by_rank = self.params.vote == "rank" and all(nb.rank_score is not None for nb in row)
+            weighed = [(nb.rank_score if by_rank else nb.score, nb) for nb in row]
+            weighed.sort(key=lambda pair: -float(pair[0] or 0.0))  # stable: the store's order breaks ties
+            for j, (score, nb) in enumerate(weighed):
                 labels[i, j] = self.index.get(nb.label, -1)  # labels outside the head's set do not vote
-                scores[i, j] = nb.score
+                scores[i, j] = float(score or 0.0)
         return knn_vote(labels, scores, self.n_classes, k=self.params.k, temperature=self.params.knn_temperature)
 
     def lexical_proba(self, texts: Sequence[str] | None) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -9,8 +9,9 @@ are renormalised, so one empty signal never drags an answer towards the uniform 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,12 +33,13 @@ class FusionParams:
     temperature: float = 1.0
     abstain_threshold: float = 0.0
     beta: float = 0.0  # lexical weight (0 for models saved before the lexical signal existed)
+    vote: str = "cosine"  # the neighbours' vote weight: "cosine" similarity, or "rank" (the hybrid RRF score)
 
     @property
     def knn_weight(self) -> float:
         return max(0.0, 1.0 - self.alpha - self.beta)
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -119,28 +121,34 @@ def tune(
     p_lex: np.ndarray | None = None,
     lex_ok: np.ndarray | None = None,
     betas: Sequence[float] = BETAS,
+    extra_votes: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> TuningResult:
     """Grid-search α, β (with ``p_lex``), k and the vote temperature for accuracy + macro-F1 (ties:
     lower log loss), then fit the calibration temperature for log loss. The grid's corners are each
     signal alone (``α = 1``: the head; ``β = 1``: the lexical model; ``α = β = 0``: the vote), so on this
-    data the result is never worse than any of them."""
+    data the result is never worse than any of them. ``neighbour_labels``/``neighbour_scores`` are the
+    cosine-weighted vote's arrays; ``extra_votes`` adds other weightings of the same candidates (e.g.
+    ``{"rank": (labels, rrf_scores)}`` from a hybrid query), and the best one is kept as ``vote``."""
     best_key: tuple[float, float] | None = None
     best = FusionParams()
-    knn_cache: dict[tuple[int, float], np.ndarray] = {}
-    max_k = neighbour_labels.shape[1]
-    for k, t in itertools.product(ks, knn_temperatures):
-        if k > max_k and k != ks[0]:
-            continue
-        knn_cache[(k, t)] = knn_vote(neighbour_labels, neighbour_scores, n_classes, k=k, temperature=t)
+    knn_cache: dict[tuple[str, int, float], np.ndarray] = {}
+    votes = {"cosine": (neighbour_labels, neighbour_scores), **(extra_votes or {})}
+    for vote, (nb_labels, nb_scores) in votes.items():
+        max_k = nb_labels.shape[1]
+        for k, t in itertools.product(ks, knn_temperatures):
+            if k > max_k and k != ks[0]:
+                continue
+            knn_cache[(vote, k, t)] = knn_vote(nb_labels, nb_scores, n_classes, k=k, temperature=t)
     weights = [(a, 0.0) for a in alphas] if p_lex is None else _simplex(alphas, betas)
-    for (k, t), p_knn in knn_cache.items():
+    for (vote, k, t), p_knn in knn_cache.items():
         for alpha, beta in weights:
             p = blend(p_head, p_knn, alpha, p_lex, beta, lex_ok=lex_ok)
             pred = p.argmax(axis=1)
             key = (accuracy(y, pred) + macro_f1(y, pred, n_classes), -log_loss(p, y))
             if best_key is None or key > best_key:
-                best_key, best = key, FusionParams(alpha=alpha, k=k, knn_temperature=t, beta=beta)
-    p_best = fuse(p_head, knn_cache[(best.k, best.knn_temperature)], best, p_lex, lex_ok=lex_ok)
+                best_key, best = key, FusionParams(alpha=alpha, k=k, knn_temperature=t, beta=beta, vote=vote)
+    best_knn = knn_cache[(best.vote, best.k, best.knn_temperature)]
+    p_best = fuse(p_head, best_knn, best, p_lex, lex_ok=lex_ok)
     temperature = min(CALIBRATION_TEMPERATURES, key=lambda temp: log_loss(calibrate(p_best, temp), y))
     params = FusionParams(
         alpha=best.alpha,
@@ -149,14 +157,15 @@ def tune(
         temperature=temperature,
         abstain_threshold=abstain_threshold,
         beta=best.beta,
+        vote=best.vote,
     )
-    pred = fuse(p_head, knn_cache[(best.k, best.knn_temperature)], params, p_lex, lex_ok=lex_ok).argmax(axis=1)
+    pred = fuse(p_head, best_knn, params, p_lex, lex_ok=lex_ok).argmax(axis=1)
     return TuningResult(
         params=params,
         accuracy=accuracy(y, pred),
         macro_f1=macro_f1(y, pred, n_classes),
         head_accuracy=accuracy(y, p_head.argmax(axis=1)),
-        knn_accuracy=accuracy(y, knn_cache[(best.k, best.knn_temperature)].argmax(axis=1)),
+        knn_accuracy=accuracy(y, best_knn.argmax(axis=1)),
         lexical_accuracy=None if p_lex is None else accuracy(y, p_lex.argmax(axis=1)),
     )
 

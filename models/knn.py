@@ -72,6 +72,7 @@ def exact_neighbours(
 
 # ---- lexical and hybrid neighbours (what Qdrant's sparse and hybrid queries return) -------------------
 RRF_K = 2  # Qdrant's default ranking constant: score = Σ 1 / (rank + RRF_K), rank from 0
+CHUNK = 512
 
 
 def idf(document_frequency: np.ndarray, n_documents: int) -> np.ndarray:
@@ -92,12 +93,18 @@ def sparse_neighbours(
     corpus = sp.csr_matrix(corpus)
     df = np.bincount(corpus.indices, minlength=corpus.shape[1])
     weighted = sp.csr_matrix(queries).multiply(idf(df, corpus.shape[0])[None, :]).tocsr()
-    sims = np.asarray((weighted @ corpus.T).todense(), dtype=np.float64)
-    if exclude_self:
-        np.fill_diagonal(sims, -np.inf)
     k = min(k, corpus.shape[0] - (1 if exclude_self else 0))
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return order, np.take_along_axis(sims, order, axis=1)
+    corpus_t = corpus.T.tocsc()
+    idx = np.zeros((weighted.shape[0], k), dtype=np.int64)
+    scores = np.zeros((weighted.shape[0], k), dtype=np.float64)
+    for start in range(0, weighted.shape[0], CHUNK):  # a dense block of CHUNK × corpus scores at a time
+        sims = np.asarray((weighted[start : start + CHUNK] @ corpus_t).todense(), dtype=np.float64)
+        if exclude_self:
+            rows = np.arange(sims.shape[0])
+            sims[rows, start + rows] = -np.inf
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        idx[start : start + CHUNK], scores[start : start + CHUNK] = order, np.take_along_axis(sims, order, axis=1)
+    return idx, scores
 
 
 def rrf_fuse(
@@ -121,3 +128,32 @@ def rrf_fuse(
         for j, (point, score) in enumerate(best):
             out_idx[row, j], out_scores[row, j] = point, score
     return out_idx, out_scores
+
+
+def hybrid_votes(
+    queries_x: np.ndarray,
+    corpus_x: np.ndarray,
+    corpus_y: np.ndarray,
+    queries_sparse: Any,
+    corpus_sparse: Any,
+    k: int,
+    *,
+    exclude_self: bool = False,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The vote arrays a hybrid query gives: the top ``k`` of dense (cosine) and sparse (BM25) neighbours
+    fused by RRF, as Qdrant's ``prefetch`` + ``Fusion.RRF`` returns them, and then weighed two ways:
+    ``"cosine"`` (the candidates re-ordered by their cosine similarity) and ``"rank"`` (their RRF score).
+    Returns ``{weighting: (labels, scores)}``, best first, padded with label -1."""
+    d_idx, _ = exact_neighbours(queries_x, corpus_x, k, exclude_self=exclude_self)
+    s_idx, s_scores = sparse_neighbours(queries_sparse, corpus_sparse, k, exclude_self=exclude_self)
+    idx, rrf = rrf_fuse([d_idx, s_idx], d_idx.shape[1], valid=[np.ones(d_idx.shape, dtype=bool), s_scores > 0])
+    present = idx >= 0
+    safe = np.where(present, idx, 0)
+    cosine = np.where(present, np.einsum("nd,nkd->nk", queries_x, corpus_x[safe]), -np.inf)
+    order = np.argsort(-cosine, axis=1, kind="stable")
+    by_cos = np.take_along_axis(safe, order, axis=1)
+    cos_present = np.take_along_axis(present, order, axis=1)
+    labels_rank = np.where(present, corpus_y[safe], -1)
+    labels_cos = np.where(cos_present, corpus_y[by_cos], -1)
+    cos_scores = np.where(cos_present, np.take_along_axis(cosine, order, axis=1), 0.0)
+    return {"cosine": (labels_cos, cos_scores), "rank": (labels_rank, np.where(present, rrf, 0.0))}

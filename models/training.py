@@ -16,7 +16,7 @@ import numpy as np
 from models.classifier import FusedClassifier, neighbours_from_arrays
 from models.fusion import fuse, tune
 from models.head import HeadConfig, LinearHead
-from models.knn import exact_neighbours, knn_vote
+from models.knn import exact_neighbours, hybrid_votes, knn_vote
 from models.lexical import LexicalConfig, LexicalModel
 from models.metrics import summary
 
@@ -89,6 +89,52 @@ def neighbour_arrays(
     return corpus_y[idx], scores
 
 
+@dataclass(frozen=True)
+class TextInputs:
+    """What a row holds beside its embedding: its cleaned text (for the lexical model) and, for hybrid
+    retrieval, its BM25 vectors as the index stores them (``docs``) and queries with them (``queries``),
+    scipy CSR matrices over one shared term-column space."""
+
+    texts: list[str]
+    docs: Any = None
+    queries: Any = None
+
+    @property
+    def hybrid(self) -> bool:
+        return self.docs is not None and self.queries is not None
+
+    def take(self, idx: np.ndarray) -> TextInputs:
+        rows = np.asarray(idx, dtype=np.int64)
+        pick = lambda m: m[rows] if m is not None else None  # noqa: E731
+        return TextInputs([self.texts[int(i)] for i in rows], pick(self.docs), pick(self.queries))
+
+    @staticmethod
+    def concat(a: TextInputs, b: TextInputs) -> TextInputs:
+        import scipy.sparse as sp
+
+        stack = lambda m, n: sp.vstack([m, n]).tocsr() if m is not None and n is not None else None  # noqa: E731
+        return TextInputs(a.texts + b.texts, stack(a.docs, b.docs), stack(a.queries, b.queries))
+
+
+Votes = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def vote_arrays(
+    queries_x: np.ndarray,
+    corpus_x: np.ndarray,
+    corpus_y: np.ndarray,
+    queries: TextInputs | None = None,
+    corpus: TextInputs | None = None,
+    k: int = MAX_K,
+) -> Votes:
+    """The neighbour arrays the vote can use: ``{"cosine": …}`` from exact dense kNN, or, when both sides
+    carry BM25 vectors, the hybrid query's candidates weighed by cosine and by rank (``"rank"``)."""
+    if queries is not None and corpus is not None and queries.hybrid and corpus.hybrid:
+        votes = hybrid_votes(queries_x, corpus_x, corpus_y, queries.queries, corpus.docs, k)
+        return {name: (labels, scores) for name, (labels, scores) in votes.items()}
+    return {"cosine": neighbour_arrays(queries_x, corpus_x, corpus_y, k)}
+
+
 def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """A fold number per example, each class dealt round-robin over the folds in a shuffled order."""
     rng = np.random.default_rng(seed)
@@ -118,19 +164,41 @@ def cv_epochs(x: np.ndarray, y: np.ndarray, config: HeadConfig, folds: int, seed
 
 
 def out_of_fold(
-    x: np.ndarray, y: np.ndarray, n_classes: int, config: HeadConfig, epochs: int, folds: int, seed: int
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    config: HeadConfig,
+    epochs: int,
+    folds: int,
+    seed: int,
+    inputs: TextInputs | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Head probabilities and kNN neighbours for every training example from models that never saw it.
 
     Each fold's head is trained on the other folds for ``epochs`` epochs (the early-stopped count of
     the full fit) and its neighbours come from the other folds only, as a new vacancy's come from the
-    index. Returns ``(p_head, neighbour_labels, neighbour_scores)`` over all of ``x``.
+    index. Returns ``(p_head, neighbour_labels, neighbour_scores)`` over all of ``x``; with hybrid
+    ``inputs`` see :func:`out_of_fold_votes` for every weighting.
     """
+    p_head, votes = out_of_fold_votes(x, y, n_classes, config, epochs, folds, seed, inputs)
+    return p_head, *votes["cosine"]
+
+
+def out_of_fold_votes(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    config: HeadConfig,
+    epochs: int,
+    folds: int,
+    seed: int,
+    inputs: TextInputs | None = None,
+) -> tuple[np.ndarray, Votes]:
+    """:func:`out_of_fold`'s head probabilities and every vote weighting's neighbour arrays."""
     fold = stratified_folds(y, folds, seed)
     p_head = np.zeros((len(y), n_classes), dtype=np.float32)
     k = min(MAX_K, len(y) - int(np.bincount(fold).max()))
-    nb_labels = np.zeros((len(y), k), dtype=np.int64)
-    nb_scores = np.zeros((len(y), k), dtype=np.float32)
+    votes: Votes = {}
     fold_config = replace(config, max_epochs=max(1, epochs))
     for f in range(folds):
         inside, rest = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
@@ -138,8 +206,12 @@ def out_of_fold(
             continue
         head = LinearHead(fold_config).fit(x[rest], y[rest], prune=False)  # only its predictions are used
         p_head[inside] = head.predict_proba(x[inside])
-        nb_labels[inside], nb_scores[inside] = neighbour_arrays(x[inside], x[rest], y[rest], k)
-    return p_head, nb_labels, nb_scores
+        q_in, c_in = (inputs.take(inside), inputs.take(rest)) if inputs is not None else (None, None)
+        for name, (labels, scores) in vote_arrays(x[inside], x[rest], y[rest], q_in, c_in, k).items():
+            if name not in votes:
+                votes[name] = (np.full((len(y), k), -1, dtype=np.int64), np.zeros((len(y), k), dtype=np.float32))
+            votes[name][0][inside], votes[name][1][inside] = labels, scores
+    return p_head, votes
 
 
 def lexical_out_of_fold(
@@ -172,8 +244,8 @@ def train_classifier(
     refit: bool = True,
     head_config: HeadConfig | None = None,
     crossfit: int = CROSSFIT_FOLDS,
-    texts: Sequence[str] | None = None,
-    texts_val: Sequence[str] | None = None,
+    inputs: TextInputs | None = None,
+    inputs_val: TextInputs | None = None,
     lexical: LexicalConfig | None = None,
 ) -> tuple[FusedClassifier, TrainReport]:
     """Fit on ``x``/``y`` (class indices into ``labels``), tune the fusion, report validation metrics,
@@ -187,26 +259,28 @@ def train_classifier(
     not, and the validation split stays an unbiased score. ``crossfit=0`` early-stops the head and tunes
     the fusion on the validation split.
 
-    With ``texts`` (the cleaned texts of ``x``, and ``texts_val`` of ``x_val`` when given) the lexical
+    With ``inputs`` (the rows' cleaned texts, and ``inputs_val`` of ``x_val`` when given) the lexical
     model is the third signal: fitted, cross-fitted and tuned the same way, and refit with the head.
+    When they carry BM25 vectors, the vote's neighbours are those of the hybrid query (dense + sparse,
+    RRF), and tuning also chooses whether they weigh by cosine or by rank.
     """
     n_classes = len(labels)
-    t_tr: list[str] | None = None
-    t_va: list[str] | None = None
+    in_tr: TextInputs | None = None
+    in_va: TextInputs | None = None
     if x_val is None or y_val is None:
         tr, va = stratified_split(y, val_fraction, seed)
         x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
-        if texts is not None:
-            t_tr, t_va = [texts[int(i)] for i in tr], [texts[int(i)] for i in va]
+        if inputs is not None:
+            in_tr, in_va = inputs.take(tr), inputs.take(va)
     else:
         x_tr, y_tr, x_va, y_va = x, y, x_val, y_val
-        if texts is not None:
-            if texts_val is None:
-                raise ValueError("texts_val is needed with texts and x_val")
-            t_tr, t_va = list(texts), list(texts_val)
+        if inputs is not None:
+            if inputs_val is None:
+                raise ValueError("inputs_val is needed with inputs and x_val")
+            in_tr, in_va = inputs, inputs_val
     lex_config = lexical or LexicalConfig()
-    lex_model = LexicalModel(n_classes, lex_config).fit(t_tr, y_tr) if t_tr is not None else None
-    p_lex, lex_ok = lex_model.proba_and_mask(t_va) if lex_model is not None and t_va is not None else (None, None)
+    lex_model = LexicalModel(n_classes, lex_config).fit(in_tr.texts, y_tr) if in_tr is not None else None
+    p_lex, lex_ok = lex_model.proba_and_mask(in_va.texts) if lex_model and in_va is not None else (None, None)
     if len(y_va) == 0:
         raise ValueError("training needs at least two labelled examples of some class for validation")
     config = head_config or HeadConfig(dim=x.shape[1], n_classes=n_classes, seed=seed)
@@ -220,27 +294,21 @@ def train_classifier(
         head = LinearHead(config).fit(x_tr, y_tr, x_va, y_va)
         epochs_by = "validation"
     p_head = head.predict_proba(x_va)
-    nb_labels, nb_scores = neighbour_arrays(x_va, x_tr, y_tr)
+    votes_va = vote_arrays(x_va, x_tr, y_tr, in_va, in_tr)
     if crossfitting:
-        oof = out_of_fold(x_tr, y_tr, n_classes, config, head.best_epoch, crossfit, seed)
+        p_oof, votes_oof = out_of_fold_votes(x_tr, y_tr, n_classes, config, head.best_epoch, crossfit, seed, in_tr)
         oof_lex, oof_ok = (
-            lexical_out_of_fold(t_tr, y_tr, n_classes, lex_config, crossfit, seed) if t_tr is not None else (None, None)
+            lexical_out_of_fold(in_tr.texts, y_tr, n_classes, lex_config, crossfit, seed)
+            if in_tr is not None
+            else (None, None)
         )
-        tuned = tune(*oof, y_tr, n_classes, abstain_threshold=abstain_threshold, p_lex=oof_lex, lex_ok=oof_ok)
+        tuned = _tune(p_oof, votes_oof, y_tr, n_classes, abstain_threshold, oof_lex, oof_ok)
         tuning = {"on": f"out_of_fold_{crossfit}", "n": len(y_tr)}
     else:
-        tuned = tune(
-            p_head,
-            nb_labels,
-            nb_scores,
-            y_va,
-            n_classes,
-            abstain_threshold=abstain_threshold,
-            p_lex=p_lex,
-            lex_ok=lex_ok,
-        )
+        tuned = _tune(p_head, votes_va, y_va, n_classes, abstain_threshold, p_lex, lex_ok)
         tuning = {"on": "validation", "n": len(y_va)}
     params = tuned.params
+    nb_labels, nb_scores = votes_va[params.vote]
     p_knn = knn_vote(nb_labels, nb_scores, n_classes, k=params.k, temperature=params.knn_temperature)
     p_fused = fuse(p_head, p_knn, params, p_lex, lex_ok=lex_ok)
     validation = {"head": summary(p_head, y_va, labels), "knn": summary(p_knn, y_va, labels)}
@@ -257,12 +325,34 @@ def train_classifier(
     n_train = len(y_tr)
     if refit:
         classifier = refit_head(classifier, np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va]), best_epoch)
-        if t_tr is not None and t_va is not None:
-            all_texts, all_y = t_tr + t_va, np.concatenate([y_tr, y_va])
+        if in_tr is not None and in_va is not None:
+            all_texts, all_y = in_tr.texts + in_va.texts, np.concatenate([y_tr, y_va])
             classifier.lexical = LexicalModel(n_classes, lex_config).fit(all_texts, all_y)
         n_train += len(y_va)
     report = TrainReport(n_train=n_train, n_val=len(y_va), best_epoch=best_epoch, metrics=metrics)
     return classifier, report
+
+
+def _tune(
+    p_head: np.ndarray,
+    votes: Votes,
+    y: np.ndarray,
+    n_classes: int,
+    abstain_threshold: float,
+    p_lex: np.ndarray | None,
+    lex_ok: np.ndarray | None,
+) -> Any:
+    extra = {name: arrays for name, arrays in votes.items() if name != "cosine"}
+    return tune(
+        p_head,
+        *votes["cosine"],
+        y,
+        n_classes,
+        abstain_threshold=abstain_threshold,
+        p_lex=p_lex,
+        lex_ok=lex_ok,
+        extra_votes=extra,
+    )
 
 
 def refit_head(classifier: FusedClassifier, x: np.ndarray, y: np.ndarray, epochs: int) -> FusedClassifier:

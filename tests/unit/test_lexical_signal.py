@@ -61,8 +61,7 @@ def test_blend_leaves_out_a_missing_signal_and_renormalises() -> None:
 
 
 def test_params_saved_before_the_lexical_signal_fuse_as_before() -> None:
-    saved: dict[str, float] = {"alpha": 0.3, "knn_temperature": 0.05, "temperature": 1.0, "abstain_threshold": 0}
-    old = FusionParams(k=5, **saved)  # classifier.json as written before β existed
+    old = FusionParams(alpha=0.3, k=5, knn_temperature=0.05, temperature=1.0)  # classifier.json before β and vote
     p_head, p_knn = np.array([[0.9, 0.1]]), np.array([[0.2, 0.8]])
     assert old.beta == 0.0
     assert np.allclose(fuse(p_head, p_knn, old), 0.3 * p_head + 0.7 * p_knn)
@@ -135,3 +134,47 @@ def test_rrf_matches_qdrant_local_mode() -> None:
     idx, scores = rrf_fuse([d_idx, s_idx], 3, valid=[np.ones_like(d_idx, bool), s_scores > 0])
     assert [p.id for p in got] == idx[0].tolist()
     assert [p.score for p in got] == pytest.approx(scores[0].tolist())
+
+
+def test_hybrid_training_tunes_the_vote_and_saves_the_lexical_model(tmp_path: Path) -> None:
+    from indexing.sparse import LexicalEncoder, to_csr
+    from models.classifier import FusedClassifier, Neighbour
+    from models.training import TextInputs, train_classifier, vote_arrays
+
+    rng = np.random.default_rng(3)
+    words = [["tømrer", "tag", "byggeplads"], ["sygeplejerske", "patient", "afdeling"], ["udvikler", "python", "kode"]]
+    texts, y = [], []
+    for i in range(90):
+        c = i % 3
+        texts.append(" ".join(rng.choice(words[c], 2)) + f" opgave{i}")
+        y.append(c)
+    y_arr = np.array(y)
+    x = rng.normal(size=(90, 8)).astype(np.float32)  # the embedding knows nothing: the words carry it
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    enc = LexicalEncoder()
+    docs, queries = to_csr(enc.documents(texts), enc.queries(texts))
+    inputs = TextInputs(texts, docs, queries)
+    votes = vote_arrays(x[:10], x[10:], y_arr[10:], inputs.take(np.arange(10)), inputs.take(np.arange(10, 90)))
+    assert set(votes) == {"cosine", "rank"}
+    assert (votes["rank"][1][:, :-1] >= votes["rank"][1][:, 1:]).all()  # best first
+    assert (votes["cosine"][1][:, :-1] >= votes["cosine"][1][:, 1:]).all()
+    clf, report = train_classifier(x, y_arr, ["a", "b", "c"], seed=0, inputs=inputs)
+    assert report.metrics["validation"]["fused"]["accuracy"] >= report.metrics["validation"]["head"]["accuracy"]
+    assert "lexical" in report.metrics["validation"]
+    assert clf.params.beta + (1 - clf.params.alpha - clf.params.beta) > 0.5  # the words' signals carry it
+    clf.save(tmp_path)
+    loaded = FusedClassifier.load(tmp_path)
+    assert loaded.lexical is not None
+    nbs = [[Neighbour("a", 0.2, rank_score=1.0), Neighbour("b", 0.9, rank_score=0.3)]]
+    assert np.allclose(loaded.predict_proba(x[:1], nbs, texts[:1]), clf.predict_proba(x[:1], nbs, texts[:1]))
+
+
+def test_rank_vote_orders_neighbours_by_their_fused_score() -> None:
+    from models.classifier import FusedClassifier, Neighbour
+    from models.head import HeadConfig, LinearHead
+
+    head = LinearHead(HeadConfig(dim=2, n_classes=2))
+    row = [[Neighbour("a", 0.9, rank_score=0.3), Neighbour("b", 0.5, rank_score=1.0)]]
+    by_cos = FusedClassifier(["a", "b"], head, FusionParams(k=1, vote="cosine")).knn_proba(row)
+    by_rank = FusedClassifier(["a", "b"], head, FusionParams(k=1, vote="rank")).knn_proba(row)
+    assert by_cos[0].argmax() == 0 and by_rank[0].argmax() == 1
