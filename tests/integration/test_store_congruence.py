@@ -293,7 +293,7 @@ def test_sparse_vectors_are_stored_alike(stores: tuple[VectorStore, VectorStore]
     for p in points[:5]:
         got = [store.vectors_of(p.vacancy_id) for store in stores]
         assert all(g is not None for g in got)
-        assert p.sparse and all(g.sparse == p.sparse for g in got if g is not None)  # type: ignore[union-attr]
+        assert p.sparse and all(g.sparse == p.sparse for g in got if g is not None)
         np.testing.assert_allclose(got[0].dense, got[1].dense, atol=1e-6)  # type: ignore[union-attr]
     assert all(store.vectors_of("never-stored") is None for store in stores)
 
@@ -328,13 +328,13 @@ def test_hybrid_query_agrees(stores: tuple[VectorStore, VectorStore], flt: Searc
         assert ranks == sorted(ranks, reverse=True) and ranks[0] <= 1.0 + 1e-6  # at most 1/2 + 1/2
         stored = {h.vacancy_id: edge.vector_of(h.vacancy_id) for h in row}
         for hit in row:  # score is the cosine of the dense vectors
-            assert hit.score == pytest.approx(float(q @ stored[hit.vacancy_id]), abs=1e-5)  # type: ignore[operator]
+            assert hit.score == pytest.approx(float(q @ stored[hit.vacancy_id]), abs=1e-5)
             if flt is not None:
                 assert not flt.labels or hit.label in flt.labels
                 assert not flt.source or hit.source == flt.source
                 assert hit.vacancy_id not in set(flt.exclude_ids)
     # the stop-word row is the dense ranking alone: RRF scores 1/2, 1/3, …
-    np.testing.assert_allclose([h.rank_score for h in rows_e[-1]], [1 / (r + 2) for r in range(7)], rtol=1e-6)
+    np.testing.assert_allclose(np.array([h.rank_score or 0.0 for h in rows_e[-1]]), 1 / (np.arange(7) + 2), rtol=1e-6)
 
 
 def test_hybrid_exclude_ids_and_empty_batch(stores: tuple[VectorStore, VectorStore]) -> None:
@@ -372,7 +372,9 @@ def test_hybrid_query_is_what_hybrid_votes_simulates(stores: tuple[VectorStore, 
         rows = store.hybrid_search_many(dense, sparse, k)
         for i, row in enumerate(rows):
             assert [h.vacancy_id for h in row] == [points[j].vacancy_id for j in rank_ids[i] if j >= 0]
-            np.testing.assert_allclose([h.rank_score for h in row], rank_scores[i][rank_ids[i] >= 0], atol=1e-6)
+            np.testing.assert_allclose(
+                np.array([h.rank_score or 0.0 for h in row]), rank_scores[i][rank_ids[i] >= 0], atol=1e-6
+            )
             by_cosine = sorted(row, key=lambda h: -h.score)
             assert [h.vacancy_id for h in by_cosine] == [points[j].vacancy_id for j in cos_ids[i] if j >= 0]
             np.testing.assert_allclose([h.score for h in by_cosine], cos_scores[i][cos_ids[i] >= 0], atol=1e-5)
@@ -383,7 +385,7 @@ def test_old_layout_collection_asks_for_reindex(tmp_path: Path) -> None:
     for client in (QdrantClient(":memory:"), EdgeClient(str(tmp_path / "edge"))):
         client.create_collection(
             "vacancies_v1",
-            vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE),  # type: ignore[arg-type]
+            vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE),
             metadata={"embedding": {"model": "fake"}},
         )
         store = VectorStore(client)
