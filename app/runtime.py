@@ -25,7 +25,8 @@ from app.taxonomy import Taxonomy
 from indexing.cache import EmbeddingCache
 from indexing.embed import Encoder
 from indexing.extract import ExtractingEncoder, Extractor, ExtractorError, TextExtractor, parse_labels
-from indexing.store import StoreClient, VectorStore, connect
+from indexing.sparse import LexicalEncoder
+from indexing.store import NEEDS_REINDEX, StoreClient, VectorStore, connect
 from models.classifier import FusedClassifier
 from models.registry import ModelRegistry, RegistryError
 
@@ -56,6 +57,8 @@ class Runtime:
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
         self._encoder = self._batched(encoder) if encoder is not None else None
         self._encoder_lock = threading.Lock()
+        # BM25 sparse vectors for hybrid retrieval: documents (indexed texts) and queries (classify, search)
+        self.lexical = LexicalEncoder(settings.lexical_language)
         self._extractor = extractor  # GLiNER, loaded on first use when JOBCLASS_EXTRACTOR_MODEL is set
         self._extracting: ExtractingEncoder | None = None
         client = qdrant or connect(
@@ -160,13 +163,26 @@ class Runtime:
                 f"settings give {expected}: run `jobclass reindex` and `jobclass train` after changing them"
             )
 
+    def index_metadata(self, embedding: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What a new collection records: the embedding signature and the lexical (BM25) one."""
+        return {"embedding": embedding or self.settings.embedding_signature, "lexical": self.lexical.signature}
+
     def check_index_compatible(self) -> None:
-        found = self.store.collection_metadata().get("embedding")
+        meta = self.store.collection_metadata()
+        found = meta.get("embedding")
         expected = self.settings.embedding_signature
         if found is not None and found != expected:
             raise IncompatibleModelError(
                 f"the collection behind {self.store.alias!r} holds vectors of {found}, but the settings "
                 f"give {expected}: run `jobclass reindex`"
+            )
+        if meta and self.store.has_hybrid_layout() is False:
+            raise IncompatibleModelError(NEEDS_REINDEX.format(alias=self.store.alias))
+        lexical = meta.get("lexical")
+        if lexical is not None and lexical != self.lexical.signature:
+            raise IncompatibleModelError(
+                f"the collection behind {self.store.alias!r} holds lexical vectors of {lexical}, but the "
+                f"settings give {self.lexical.signature}: run `jobclass reindex`"
             )
 
     def close(self) -> None:

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     head_variant: Variant = "fp32"
     abstain_threshold: float = Field(0.25, ge=0.0, le=1.0)
     search_k: int = Field(30, ge=1, le=200)  # neighbours fetched per classify (the vote uses the tuned k)
+    # Hybrid retrieval: the Snowball stemmer of the BM25 lexical vectors stored beside the embeddings
+    # (Danish + English stop words); changing it needs `jobclass reindex`.
+    lexical_language: str = "danish"  # one of indexing.sparse.SNOWBALL
     validation_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     # folds of out-of-fold predictions the fusion is tuned on (0: tune on the hold-out alone)
     fusion_crossfit: int = Field(5, ge=0, le=20)
@@ -113,6 +116,16 @@ class Settings(BaseSettings):
                 f"{name} is set but has {length} characters: use at least {MIN_TOKEN_CHARS} "
                 f"(e.g. `openssl rand -hex 24`), or unset it"
             )
+        return value
+
+    @field_validator("lexical_language")
+    @classmethod
+    def _lexical_language(cls, value: str) -> str:
+        from indexing.sparse import SNOWBALL
+
+        value = value.strip().lower()
+        if value not in SNOWBALL:
+            raise ValueError(f"no Snowball stemmer for {value!r}; choose one of {', '.join(sorted(SNOWBALL))}")
         return value
 
     @field_validator("extractor_labels")

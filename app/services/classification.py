@@ -1,4 +1,5 @@
-"""Classify vacancies: clean → embed (one batched call) → neighbours → fused probabilities → stored."""
+"""Classify vacancies: clean → embed (one batched call) → neighbours (one batched hybrid query: dense +
+BM25 prefetches fused by RRF) → fused probabilities → stored."""
 
 from __future__ import annotations
 
@@ -109,12 +110,16 @@ def classify(
     k = max(classifier.params.k, SHOWN_NEIGHBOURS)
     hits: list[list[Hit]] | None
     try:
-        hits = runtime.store.search_many(vectors, k)
-    except StoreError as exc:  # index unavailable: the head answers alone
+        hits = runtime.store.hybrid_search_many(vectors, runtime.lexical.queries(texts), k)
+    except StoreError as exc:  # index unavailable (or of the old layout): the head answers alone
         log.warning("vector store unavailable, classifying with the head alone: %s", exc)
         hits = None
-    neighbours = None if hits is None else [[Neighbour(h.label, h.score, h.labelled_at) for h in row] for row in hits]
-    probs = classifier.predict_proba(vectors, neighbours)
+    neighbours = (
+        None
+        if hits is None
+        else [[Neighbour(h.label, h.score, h.labelled_at, h.rank_score) for h in row] for row in hits]
+    )
+    probs = classifier.predict_proba(vectors, neighbours, texts)
     threshold = runtime.settings.abstain_threshold
     top_k = max(1, min(top_k, classifier.n_classes))
     results = []
@@ -164,7 +169,10 @@ def store_predictions(session: Session, results: Sequence[Classification]) -> No
                 confidence=r.confidence,
                 abstained=r.abstained,
                 probabilities=[{"label": p.label, "probability": p.probability} for p in r.probabilities],
-                neighbours=[{"vacancy_id": h.vacancy_id, "label": h.label, "score": h.score} for h in r.neighbours],
+                neighbours=[
+                    {"vacancy_id": h.vacancy_id, "label": h.label, "score": h.score, "rank_score": h.rank_score}
+                    for h in r.neighbours
+                ],
                 model_version=r.model_version,
             )
         )
