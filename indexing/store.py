@@ -19,6 +19,10 @@ IDF). :meth:`VectorStore.hybrid_search_many` runs one Qdrant query per text: a d
 prefetch of ``k`` each, fused by reciprocal rank (``Fusion.RRF``), which is what
 ``models.knn.hybrid_votes`` simulates offline. A collection of the older layout (one unnamed vector)
 answers every query with a ``StoreError`` that says to run ``jobclass reindex``.
+
+Known difference: after points are deleted, the embedded engine keeps counting them in the IDF statistics
+of the sparse vectors until its segments are vacuumed, while local mode recomputes IDF at once; BM25 scores
+(and so a sparse ranking) can then differ slightly between the two until the next rebuild.
 """
 
 from __future__ import annotations
