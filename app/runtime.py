@@ -176,7 +176,7 @@ class Runtime:
                 f"the collection behind {self.store.alias!r} holds vectors of {found}, but the settings "
                 f"give {expected}: run `jobclass reindex`"
             )
-        if meta and self.store.has_hybrid_layout() is False:
+        if self.store.has_hybrid_layout() is False:
             raise IncompatibleModelError(NEEDS_REINDEX.format(alias=self.store.alias))
         lexical = meta.get("lexical")
         if lexical is not None and lexical != self.lexical.signature:
