@@ -26,7 +26,7 @@ from indexing.cache import EmbeddingCache
 from indexing.embed import Encoder
 from indexing.extract import ExtractingEncoder, Extractor, ExtractorError, TextExtractor, parse_labels
 from indexing.sparse import LexicalEncoder
-from indexing.store import StoreClient, VectorStore, connect
+from indexing.store import NEEDS_REINDEX, StoreClient, VectorStore, connect
 from models.classifier import FusedClassifier
 from models.registry import ModelRegistry, NoActiveModel
 
@@ -57,8 +57,9 @@ class Runtime:
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
         self._encoder = self._batched(encoder) if encoder is not None else None
         self._encoder_lock = threading.Lock()
+        # BM25 sparse vectors for hybrid retrieval: documents (indexed texts) and queries (classify, search)
+        self.lexical = LexicalEncoder(settings.lexical_language)
         self._extractor = extractor  # GLiNER, loaded on first use when JOBCLASS_EXTRACTOR_MODEL is set
-        self._lexical: LexicalEncoder | None = None
         self._extracting: ExtractingEncoder | None = None
         client = qdrant or connect(
             settings.qdrant_url,
@@ -88,11 +89,8 @@ class Runtime:
     # ---- lexical encoder (BM25 sparse vectors for the hybrid query and for training) -------------
     @property
     def lexical_encoder(self) -> LexicalEncoder:
-        if self._lexical is None:
-            with self._encoder_lock:
-                if self._lexical is None:
-                    self._lexical = LexicalEncoder(language=self.settings.lexical_language)
-        return self._lexical
+        """The BM25 encoder of the hybrid query (built with the runtime: a few milliseconds)."""
+        return self.lexical
 
     # ---- extractor (GLiNER): embed "title: …; skills: …; tasks: …" and scrub person names ----
     @property
@@ -174,13 +172,26 @@ class Runtime:
                 f"settings give {expected}: run `jobclass reindex` and `jobclass train` after changing them"
             )
 
+    def index_metadata(self, embedding: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What a new collection records: the embedding signature and the lexical (BM25) one."""
+        return {"embedding": embedding or self.settings.embedding_signature, "lexical": self.lexical.signature}
+
     def check_index_compatible(self) -> None:
-        found = self.store.collection_metadata().get("embedding")
+        meta = self.store.collection_metadata()
+        found = meta.get("embedding")
         expected = self.settings.embedding_signature
         if found is not None and found != expected:
             raise IncompatibleModelError(
                 f"the collection behind {self.store.alias!r} holds vectors of {found}, but the settings "
                 f"give {expected}: run `jobclass reindex`"
+            )
+        if self.store.has_hybrid_layout() is False:
+            raise IncompatibleModelError(NEEDS_REINDEX.format(alias=self.store.alias))
+        lexical = meta.get("lexical")
+        if lexical is not None and lexical != self.lexical.signature:
+            raise IncompatibleModelError(
+                f"the collection behind {self.store.alias!r} holds lexical vectors of {lexical}, but the "
+                f"settings give {self.lexical.signature}: run `jobclass reindex`"
             )
 
     def close(self) -> None:

@@ -78,7 +78,12 @@ class LabelProbability(BaseModel):
 class NeighbourPublic(BaseModel):
     vacancy_id: str
     label: str
-    score: float
+    score: float = Field(description="Cosine similarity of the embeddings (a near-duplicate is ≥ 0.999).")
+    rank_score: float | None = Field(
+        None,
+        description="The hybrid query's fused score: Σ 1/(rank + 2) over the dense and the BM25 ranking "
+        "(at most 1.0); neighbours are listed by it. None for predictions stored before hybrid retrieval.",
+    )
 
 
 class SpanPublic(BaseModel):
@@ -142,7 +147,12 @@ class SearchRequest(_In):
 class SearchHit(BaseModel):
     vacancy_id: str
     label: str
-    score: float
+    score: float = Field(description="Cosine similarity of the embeddings.")
+    rank_score: float | None = Field(
+        None,
+        description="The hybrid query's fused score: Σ 1/(rank + 2) over the dense and the BM25 ranking "
+        "(at most 1.0); hits are listed by it.",
+    )
     source: str
     snippet: str
     created_at: str | None = None

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     head_variant: Variant = "fp32"
     abstain_threshold: float = Field(0.25, ge=0.0, le=1.0)
     search_k: int = Field(30, ge=1, le=200)  # neighbours fetched per classify (the vote uses the tuned k)
+    # Hybrid retrieval: the Snowball stemmer of the BM25 lexical vectors stored beside the embeddings
+    # (Danish + English stop words); changing it needs `jobclass reindex`.
+    lexical_language: str = "danish"  # one of indexing.sparse.SNOWBALL
     validation_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     # folds of out-of-fold predictions the fusion is tuned on (0: tune on the hold-out alone)
     fusion_crossfit: int = Field(5, ge=0, le=20)
@@ -74,8 +77,6 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(256, ge=1)
     max_search_k: int = Field(100, ge=1, le=1000)
     clean_max_chars: int = Field(4_000, ge=100)  # text kept for embedding after cleaning
-    # The lexical signal's BM25 vectors (hybrid retrieval): Snowball stemmer language of the sparse vectors.
-    lexical_language: str = "danish"
 
     # Extraction (GLiNER): when a model is set, ingest and classify embed the compact
     # "title: …; skills: …; tasks: …" string and person names are scrubbed. Empty = off.
@@ -122,8 +123,12 @@ class Settings(BaseSettings):
     def _lexical_language(cls, value: str) -> str:
         from indexing.sparse import SNOWBALL
 
+        value = value.strip().lower()
         if value not in SNOWBALL:
-            raise ValueError(f"JOBCLASS_LEXICAL_LANGUAGE must be one of {', '.join(sorted(SNOWBALL))}")
+            raise ValueError(
+                f"JOBCLASS_LEXICAL_LANGUAGE: no Snowball stemmer for {value!r}; "
+                f"choose one of {', '.join(sorted(SNOWBALL))}"
+            )
         return value
 
     @field_validator("extractor_labels")

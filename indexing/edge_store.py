@@ -7,7 +7,7 @@ collections or aliases, so this module keeps one Edge shard per collection in a 
 rest with qdrant-client's own request and response models:
 
 - ``<root>/collections/<name>/`` is the shard; ``<root>/collections/<name>.json`` its vector size,
-  distance and metadata;
+  distance, named vectors and metadata;
 - ``<root>/aliases.json`` maps alias → collection; it is rewritten with an atomic rename, so
   ``update_collection_aliases`` (delete + create in one call) swaps an alias atomically, as on a server;
 - a collection dropped while a query still holds it is closed and removed when that query finishes;
@@ -41,6 +41,7 @@ import numpy as np
 import qdrant_edge as qe
 from qdrant_client.http import models
 
+from indexing.sparse import SparseVector
 from indexing.store import StoreError
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
@@ -54,6 +55,7 @@ _SCHEMAS: dict[str, qe.PayloadSchemaType] = {
     "text": qe.PayloadSchemaType.Text,
     "uuid": qe.PayloadSchemaType.Uuid,
 }
+_MODIFIERS: dict[models.Modifier, qe.Modifier] = {models.Modifier.IDF: qe.Modifier.Idf}
 _DISTANCES: dict[models.Distance, qe.Distance] = {
     models.Distance.COSINE: qe.Distance.Cosine,
     models.Distance.DOT: qe.Distance.Dot,
@@ -66,6 +68,8 @@ class EdgeCollectionConfig:
     metadata: dict[str, Any] | None
     size: int
     distance: str
+    dense: str = ""  # the dense vector's name ("" for an unnamed vector)
+    sparse: tuple[str, ...] = ()  # the sparse vectors' names
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,78 @@ def to_edge_filter(flt: models.Filter | None) -> qe.Filter | None:
     return qe.Filter(must=conds(flt.must), should=conds(flt.should), must_not=conds(flt.must_not))
 
 
+def _as_list(items: Any) -> list[Any]:
+    if items is None:
+        return []
+    return list(items) if isinstance(items, list) else [items]
+
+
+def _edge_vector(vector: Any) -> Any:
+    """A point's vector (a list, or a dict of named dense lists and ``models.SparseVector``) for the engine."""
+    if isinstance(vector, dict):
+        return {name: _edge_vector(v) for name, v in vector.items()}
+    if isinstance(vector, models.SparseVector):
+        return qe.SparseVector(list(vector.indices), list(vector.values))
+    return list(vector)
+
+
+def _client_vector(vector: Any, with_vectors: bool | list[str]) -> Any:
+    """The engine's vector (a list, or a dict of named ones) as qdrant-client returns it."""
+    if not isinstance(vector, dict):
+        return vector
+    names = with_vectors if isinstance(with_vectors, list) else list(vector)
+    return {
+        name: models.SparseVector(indices=list(v.indices), values=list(v.values))
+        if isinstance(v, qe.SparseVector)
+        else v
+        for name, v in vector.items()
+        if name in names
+    }
+
+
+def _edge_query(query: Any, using: str | None) -> Any:
+    if query is None:
+        return None
+    if isinstance(query, models.FusionQuery):
+        if query.fusion == models.Fusion.RRF:
+            return qe.Fusion.Rrf(k=2)  # Qdrant's default ranking constant (Σ 1 / (rank + 2))
+        if query.fusion == models.Fusion.DBSF:
+            return qe.Fusion.Dbsf()
+        raise NotImplementedError(f"fusion {query.fusion!r} is not supported by the edge backend")
+    if isinstance(query, models.NearestQuery):
+        query = query.nearest
+    if isinstance(query, models.SparseVector):
+        return qe.Query.Nearest(qe.SparseVector(list(query.indices), list(query.values)), using=using)
+    if isinstance(query, np.ndarray):
+        query = query.tolist()
+    if isinstance(query, list) and all(isinstance(x, int | float) for x in query):
+        return qe.Query.Nearest([float(x) for x in query], using=using)
+    raise NotImplementedError(f"query {type(query).__name__} is not supported by the edge backend")
+
+
+def _edge_params(params: models.SearchParams | None) -> Any:
+    if params is None:
+        return None
+    q = params.quantization
+    quantization = (
+        qe.QuantizationSearchParams(ignore=bool(q.ignore), rescore=q.rescore, oversampling=q.oversampling)
+        if q is not None
+        else None
+    )
+    return qe.SearchParams(hnsw_ef=params.hnsw_ef, exact=bool(params.exact), quantization=quantization)
+
+
+def _edge_prefetch(prefetch: models.Prefetch) -> Any:
+    return qe.Prefetch(
+        limit=prefetch.limit if prefetch.limit is not None else 10,
+        query=_edge_query(prefetch.query, prefetch.using),
+        prefetches=[_edge_prefetch(p) for p in _as_list(prefetch.prefetch)] or None,
+        params=_edge_params(prefetch.params),
+        filter=to_edge_filter(prefetch.filter),
+        score_threshold=prefetch.score_threshold,
+    )
+
+
 class EdgeClient:
     """The ``QdrantClient`` methods :class:`~indexing.store.VectorStore` calls, on Qdrant Edge shards.
 
@@ -230,7 +306,13 @@ class EdgeClient:
 
     def _open(self, name: str, meta: dict[str, Any]) -> _Collection:
         shard = qe.EdgeShard.load(str(self.root / "collections" / name))
-        config = EdgeCollectionConfig(meta.get("metadata"), int(meta["size"]), str(meta["distance"]))
+        config = EdgeCollectionConfig(
+            meta.get("metadata"),
+            int(meta["size"]),
+            str(meta["distance"]),
+            str(meta.get("dense", "")),
+            tuple(meta.get("sparse", ())),
+        )
         return _Collection(name, shard, config)
 
     # ---- collections and aliases -----------------------------------------------------------
@@ -277,29 +359,52 @@ class EdgeClient:
     def create_collection(
         self,
         collection_name: str,
-        vectors_config: models.VectorParams,
+        vectors_config: models.VectorParams | dict[str, models.VectorParams],
         *,
+        sparse_vectors_config: dict[str, models.SparseVectorParams] | None = None,
         metadata: dict[str, Any] | None = None,
         **_: Any,
     ) -> bool:
+        """One dense vector (unnamed, or one named entry of a dict) and any sparse vectors (named)."""
         if not _NAME.match(collection_name):
             raise ValueError(f"invalid collection name {collection_name!r}")
+        if isinstance(vectors_config, dict):
+            if len(vectors_config) != 1:
+                raise NotImplementedError("the edge backend keeps one dense vector per collection")
+            [(dense_name, params)] = vectors_config.items()
+        else:
+            dense_name, params = "", vectors_config
+        sparse_names = tuple(sparse_vectors_config or {})
         with self._mutex:
             if collection_name in self._collections:
                 raise ValueError(f"Collection {collection_name} already exists")
             folder = self.root / "collections" / collection_name
             shutil.rmtree(folder, ignore_errors=True)  # leftovers of a drop interrupted by a crash
+            dense = qe.EdgeVectorParams(size=params.size, distance=_DISTANCES[params.distance])
             config = qe.EdgeConfig(
-                vectors=qe.EdgeVectorParams(size=vectors_config.size, distance=_DISTANCES[vectors_config.distance]),
+                vectors={dense_name: dense} if dense_name else dense,
+                sparse_vectors={
+                    name: qe.EdgeSparseVectorParams(modifier=_MODIFIERS.get(sp.modifier) if sp.modifier else None)
+                    for name, sp in (sparse_vectors_config or {}).items()
+                }
+                or None,
                 hnsw_config=self.hnsw,
                 quantization_config=self.quantization,
             )
             shard = qe.EdgeShard.create(str(folder), config)
-            distance = str(vectors_config.distance.value)
-            meta = {"size": vectors_config.size, "distance": distance, "metadata": metadata}
+            distance = str(params.distance.value)
+            meta = {
+                "size": params.size,
+                "distance": distance,
+                "dense": dense_name,
+                "sparse": list(sparse_names),
+                "metadata": metadata,
+            }
             self._write_json(folder.with_suffix(".json"), meta)
             self._collections[collection_name] = _Collection(
-                collection_name, shard, EdgeCollectionConfig(metadata, vectors_config.size, distance)
+                collection_name,
+                shard,
+                EdgeCollectionConfig(metadata, params.size, distance, dense_name, sparse_names),
             )
         return True
 
@@ -373,17 +478,38 @@ class EdgeClient:
     def upsert(
         self, collection_name: str, points: Sequence[models.PointStruct], wait: bool = True, **_: Any
     ) -> models.UpdateResult:
-        edge_points = [qe.Point(_edge_id(p.id), p.vector, p.payload or {}) for p in points]  # type: ignore[arg-type]
+        edge_points = [qe.Point(_edge_id(p.id), _edge_vector(p.vector), p.payload or {}) for p in points]
         self._upsert_points(collection_name, edge_points)
         return models.UpdateResult(operation_id=0, status=models.UpdateStatus.COMPLETED)
 
     @_translated
     def upsert_arrays(
-        self, collection_name: str, ids: Sequence[str | int], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+        self,
+        collection_name: str,
+        ids: Sequence[str | int],
+        vectors: np.ndarray,
+        payloads: Sequence[dict[str, Any]],
+        sparse: Sequence[SparseVector] | None = None,
     ) -> int:
-        """Bulk upsert without building qdrant-client models (what ``VectorStore.upsert`` uses here)."""
+        """Bulk upsert without building qdrant-client models (what ``VectorStore.upsert`` uses here): the
+        rows of ``vectors`` as the collection's dense vector, ``sparse`` as its (first) sparse vector."""
+        with self._mutex:
+            coll = self._collections.get(self._resolve(collection_name))
+            config = coll.config if coll is not None else None
+        dense_name = config.dense if config is not None else ""
+        sparse_name = config.sparse[0] if config is not None and config.sparse else None
         rows = vectors.astype(np.float32, copy=False).tolist()
-        edge_points = [qe.Point(_edge_id(i), v, p) for i, v, p in zip(ids, rows, payloads, strict=True)]
+        if sparse is not None and sparse_name is None:
+            raise ValueError(f"collection {collection_name} has no sparse vector for the lexical vectors")
+        edge_vectors: list[Any]
+        if dense_name or sparse_name:
+            edge_vectors = [{dense_name: row} if dense_name else row for row in rows]
+            if sparse is not None and sparse_name is not None:
+                for named, sv in zip(edge_vectors, sparse, strict=True):
+                    named[sparse_name] = qe.SparseVector(list(sv.indices), list(sv.values))
+        else:
+            edge_vectors = rows
+        edge_points = [qe.Point(_edge_id(i), v, p) for i, v, p in zip(ids, edge_vectors, payloads, strict=True)]
         self._upsert_points(collection_name, edge_points)
         return len(edge_points)
 
@@ -411,7 +537,12 @@ class EdgeClient:
         return models.UpdateResult(operation_id=0, status=models.UpdateStatus.COMPLETED)
 
     def retrieve(
-        self, collection_name: str, ids: Sequence[Any], with_payload: bool = True, with_vectors: bool = False, **_: Any
+        self,
+        collection_name: str,
+        ids: Sequence[Any],
+        with_payload: bool = True,
+        with_vectors: bool | list[str] = False,
+        **_: Any,
     ) -> list[models.Record]:
         coll = self._acquire(collection_name)
         try:
@@ -424,7 +555,7 @@ class EdgeClient:
             models.Record(
                 id=_client_id(r.id),
                 payload=r.payload if with_payload else None,
-                vector=r.vector if with_vectors else None,
+                vector=_client_vector(r.vector, with_vectors) if with_vectors else None,
             )
             for r in records
         ]
@@ -432,30 +563,20 @@ class EdgeClient:
     def query_batch_points(
         self, collection_name: str, requests: Sequence[models.QueryRequest], **_: Any
     ) -> list[models.QueryResponse]:
-        batch = []
-        for r in requests:
-            params = None
-            if r.params is not None:
-                q = r.params.quantization
-                quantization = (
-                    qe.QuantizationSearchParams(ignore=bool(q.ignore), rescore=q.rescore, oversampling=q.oversampling)
-                    if q is not None
-                    else None
-                )
-                params = qe.SearchParams(
-                    hnsw_ef=r.params.hnsw_ef, exact=bool(r.params.exact), quantization=quantization
-                )
-            batch.append(
-                qe.QueryRequest(
-                    limit=r.limit if r.limit is not None else 10,
-                    query=qe.Query.Nearest(list(r.query)),  # type: ignore[arg-type]
-                    filter=to_edge_filter(r.filter),
-                    with_payload=bool(r.with_payload),
-                    with_vector=bool(r.with_vector),
-                    score_threshold=r.score_threshold,
-                    params=params,
-                )
+        """Nearest (dense or sparse, by ``using``) and fusion (RRF, DBSF) queries over prefetches."""
+        batch = [
+            qe.QueryRequest(
+                limit=r.limit if r.limit is not None else 10,
+                query=_edge_query(r.query, r.using),
+                prefetches=[_edge_prefetch(p) for p in _as_list(r.prefetch)] or None,
+                filter=to_edge_filter(r.filter),
+                with_payload=bool(r.with_payload),
+                with_vector=r.with_vector if isinstance(r.with_vector, list) else bool(r.with_vector),
+                score_threshold=r.score_threshold,
+                params=_edge_params(r.params),
             )
+            for r in requests
+        ]
         coll = self._acquire(collection_name)
         try:
             results = coll.shard.query_batch(qe.QueryBatchRequest(batch))
@@ -469,7 +590,7 @@ class EdgeClient:
                         version=p.version,
                         score=p.score,
                         payload=p.payload,
-                        vector=p.vector,
+                        vector=_client_vector(p.vector, True) if p.vector is not None else None,
                     )
                     for p in row
                 ]

@@ -12,6 +12,17 @@ Two backends implement :class:`StoreClient`, the client methods ``VectorStore`` 
 ``tests/integration/test_store_congruence.py`` checks that they answer alike. Whatever a backend raises
 when the store is unreachable or refuses (HTTP/gRPC/connection errors, edge engine errors) leaves
 ``VectorStore`` as one :class:`StoreError`; any other exception is a bug and propagates unchanged.
+
+Every point carries two named vectors: ``"dense"`` (the embedding, cosine) and ``"lexical"`` (the BM25
+sparse vector of its stored text, ``indexing.sparse.LexicalEncoder.documents``; the collection applies
+IDF). :meth:`VectorStore.hybrid_search_many` runs one Qdrant query per text: a dense and a sparse
+prefetch of ``k`` each, fused by reciprocal rank (``Fusion.RRF``), which is what
+``models.knn.hybrid_votes`` simulates offline. A collection of the older layout (one unnamed vector)
+answers every query with a ``StoreError`` that says to run ``jobclass reindex``.
+
+Known difference: after points are deleted, the embedded engine keeps counting them in the IDF statistics
+of the sparse vectors until its segments are vacuumed, while local mode recomputes IDF at once; BM25 scores
+(and so a sparse ranking) can then differ slightly between the two until the next rebuild.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ import re
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, runtime_checkable
 
@@ -31,9 +42,19 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ApiException
 
+from indexing.sparse import SparseVector
+
 Backend = Literal["local", "edge"]
 
 _POINT_NAMESPACE = uuid.UUID("6c1f1d3e-8f0b-4b7e-9a53-0b7d2a3f4c11")
+
+DENSE = "dense"  # the embedding (cosine)
+LEXICAL = "lexical"  # the BM25 sparse vector of the stored text (IDF applied by the collection)
+LAYOUT = "dense+lexical"  # ``metadata["layout"]`` of a collection with both named vectors
+NEEDS_REINDEX = (
+    "the collection behind {alias!r} has the old layout (one unnamed vector, no lexical vectors): "
+    "run `jobclass reindex` to rebuild it with dense + lexical vectors"
+)
 
 
 class StoreError(RuntimeError):
@@ -62,7 +83,12 @@ class StoreClient(Protocol):
     def get_aliases(self) -> models.CollectionsAliasesResponse: ...
     def get_collections(self) -> models.CollectionsResponse: ...
     def create_collection(
-        self, collection_name: str, vectors_config: models.VectorParams, *, metadata: dict[str, Any] | None = None
+        self,
+        collection_name: str,
+        vectors_config: dict[str, models.VectorParams],
+        *,
+        sparse_vectors_config: dict[str, models.SparseVectorParams] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> bool: ...
     def create_payload_index(
         self, collection_name: str, field_name: str, field_schema: models.PayloadSchemaType
@@ -78,7 +104,11 @@ class StoreClient(Protocol):
         self, collection_name: str, points_selector: models.PointIdsList, wait: bool = True
     ) -> models.UpdateResult: ...
     def retrieve(
-        self, collection_name: str, ids: Sequence[str], with_payload: bool = True, with_vectors: bool = False
+        self,
+        collection_name: str,
+        ids: Sequence[str],
+        with_payload: bool = True,
+        with_vectors: bool | list[str] = False,
     ) -> list[models.Record]: ...
     def query_batch_points(
         self, collection_name: str, requests: Sequence[models.QueryRequest]
@@ -88,10 +118,16 @@ class StoreClient(Protocol):
 
 @runtime_checkable
 class ArrayUpsert(Protocol):
-    """A backend that takes points as arrays (ids, a float32 matrix, payloads) without per-point models."""
+    """A backend that takes points as arrays (ids, a float32 matrix, payloads, sparse vectors) without
+    per-point models."""
 
     def upsert_arrays(
-        self, collection_name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+        self,
+        collection_name: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        payloads: Sequence[dict[str, Any]],
+        sparse: Sequence[SparseVector] | None = None,
     ) -> int: ...
 
 
@@ -129,6 +165,7 @@ class VacancyPoint:
     text: str = ""
     text_hash: str = ""
     labelled_at: datetime | None = None  # when the label was last set; naive values are UTC
+    sparse: SparseVector | None = None  # BM25 of ``text`` (LexicalEncoder.documents); None: no lexical terms
 
     def payload(self) -> dict[str, Any]:
         labelled = self.labelled_at or self.created_at
@@ -155,6 +192,18 @@ class Hit:
     created_at: str | None = None
     text_hash: str = ""
     labelled_at: float = 0.0
+    rank_score: float | None = None  # the hybrid query's fused (RRF) score; None for a dense-only search
+
+
+@dataclass(frozen=True)
+class StoredVectors:
+    """A stored point's named vectors: its embedding and its BM25 document vector."""
+
+    dense: np.ndarray
+    sparse: SparseVector
+
+
+EMPTY_SPARSE = SparseVector((), ())
 
 
 @dataclass(frozen=True)
@@ -216,6 +265,7 @@ class VectorStore:
         self.client = client
         self.alias = alias
         self.building: str | None = None  # a collection being rebuilt: single writes go there too
+        self._hybrid: set[str] = set()  # collections known to have the dense + lexical layout
 
     # ---- collections and aliases -------------------------------------------------------
     def _aliases(self) -> dict[str, str]:
@@ -240,14 +290,17 @@ class VectorStore:
 
     @_store_boundary
     def create_version(self, dim: int, metadata: dict[str, Any] | None = None) -> str:
-        """Create the next versioned collection (not yet behind the alias)."""
+        """Create the next versioned collection (not yet behind the alias) with the named vectors
+        ``"dense"`` (``dim``, cosine) and ``"lexical"`` (sparse, IDF); ``metadata["layout"]`` records it."""
         versions = self._versions()
         name = f"{self.alias}_v{(versions[-1][0] + 1) if versions else 1}"
         self.client.create_collection(
             name,
-            vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
-            metadata=metadata,
+            vectors_config={DENSE: models.VectorParams(size=dim, distance=models.Distance.COSINE)},
+            sparse_vectors_config={LEXICAL: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+            metadata={**(metadata or {}), "layout": LAYOUT},
         )
+        self._hybrid.add(name)
         for key, schema in (
             ("label", models.PayloadSchemaType.KEYWORD),
             ("source", models.PayloadSchemaType.KEYWORD),
@@ -298,21 +351,22 @@ class VectorStore:
             targets = [collection]
         else:
             building = self.building
-            targets = [self._require_active(), *([building] if building else [])]
+            targets = [self._require_hybrid(), *([building] if building else [])]
         points = list(points)
         if not points:
             return 0
         ids = [point_id(p.vacancy_id) for p in points]
         payloads = [p.payload() for p in points]
         vectors = np.stack([p.vector for p in points]).astype(np.float32)
+        sparse = [p.sparse or EMPTY_SPARSE for p in points]
         client = self.client
         if isinstance(client, ArrayUpsert):  # the embedded engine: no per-point pydantic models
             for target in targets:
-                client.upsert_arrays(target, ids, vectors, payloads)
+                client.upsert_arrays(target, ids, vectors, payloads, sparse)
             return len(points)
         batch = [
-            models.PointStruct(id=i, vector=v, payload=pl)
-            for i, v, pl in zip(ids, vectors.tolist(), payloads, strict=True)
+            models.PointStruct(id=i, vector={DENSE: v, LEXICAL: _qdrant_sparse(sv)}, payload=pl)
+            for i, v, sv, pl in zip(ids, vectors.tolist(), sparse, payloads, strict=True)
         ]
         for target in targets:
             client.upsert(target, points=batch, wait=True)
@@ -328,27 +382,95 @@ class VectorStore:
 
     @_store_boundary
     def vector_of(self, vacancy_id: str) -> np.ndarray | None:
-        records = self.client.retrieve(self._require_active(), ids=[point_id(vacancy_id)], with_vectors=True)
-        if not records or records[0].vector is None:
+        stored = self.vectors_of(vacancy_id)
+        return stored.dense if stored is not None else None
+
+    @_store_boundary
+    def vectors_of(self, vacancy_id: str) -> StoredVectors | None:
+        """The stored point's dense and sparse vectors (None when it is not stored)."""
+        target = self._require_hybrid()
+        records = self.client.retrieve(target, ids=[point_id(vacancy_id)], with_payload=False, with_vectors=True)
+        if not records or not isinstance(records[0].vector, dict) or DENSE not in records[0].vector:
             return None
-        return np.asarray(records[0].vector, dtype=np.float32)
+        named = records[0].vector
+        lexical = named.get(LEXICAL)
+        sparse = (
+            SparseVector(tuple(int(i) for i in lexical.indices), tuple(float(v) for v in lexical.values))
+            if isinstance(lexical, models.SparseVector)
+            else EMPTY_SPARSE
+        )
+        return StoredVectors(np.asarray(named[DENSE], dtype=np.float32), sparse)
 
     def search(self, vector: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
         return self.search_many(vector[None, :], k, flt)[0]
 
     @_store_boundary
     def search_many(self, vectors: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[list[Hit]]:
+        """Dense-only nearest neighbours (cosine), best first."""
         if len(vectors) == 0:
             return []
+        target = self._require_hybrid()
         query_filter = flt.to_qdrant() if flt else None
         requests = [
-            models.QueryRequest(query=v.astype(np.float32).tolist(), limit=k, filter=query_filter, with_payload=True)
+            models.QueryRequest(
+                query=v.astype(np.float32).tolist(), using=DENSE, limit=k, filter=query_filter, with_payload=True
+            )
             for v in vectors
         ]
-        responses = self.client.query_batch_points(self._require_active(), requests=requests)
+        responses = self.client.query_batch_points(target, requests=requests)
         # Equal scores in a stable order (by vacancy id): every backend, and every rebuild of a collection,
         # lists the same neighbours the same way.
         return [sorted((_hit(p) for p in r.points), key=lambda h: (-h.score, h.vacancy_id)) for r in responses]
+
+    @_store_boundary
+    def hybrid_search_many(
+        self,
+        dense: np.ndarray,
+        sparse: Sequence[SparseVector],
+        k: int,
+        flt: SearchFilter | None = None,
+        exclude_ids: Sequence[str] = (),
+    ) -> list[list[Hit]]:
+        """One hybrid query per text, batched: a dense prefetch (``k``) and a sparse prefetch (``k``; left out
+        when the text has no lexical term), both under the filter, fused by RRF (``Σ 1/(rank + 2)``).
+
+        Each hit carries ``rank_score`` (the fused score) and ``score`` (the cosine of the L2-normalised
+        query and the returned dense vector). The fusion is asked for every candidate (up to ``2k``) and
+        the top ``k`` kept here in one order on every backend — fused score, then cosine, then vacancy
+        id — which is the order ``models.knn.rrf_fuse`` gives (a point of the dense list before a
+        sparse-only one of equal score). Ties at a prefetch's own cut are Qdrant's to break."""
+        if len(dense) == 0:
+            return []
+        if len(sparse) != len(dense):
+            raise ValueError(f"{len(dense)} dense but {len(sparse)} sparse query vectors")
+        target = self._require_hybrid()
+        if exclude_ids:
+            flt = replace(flt or SearchFilter(), exclude_ids=[*(flt.exclude_ids if flt else ()), *exclude_ids])
+        query_filter = flt.to_qdrant() if flt else None
+        queries = np.asarray(dense, dtype=np.float32)
+        norms = np.linalg.norm(queries, axis=1, keepdims=True)
+        unit = queries / np.where(norms > 0, norms, 1.0)
+        requests = []
+        for v, sv in zip(queries, sparse, strict=True):
+            prefetch = [models.Prefetch(query=v.tolist(), using=DENSE, limit=k, filter=query_filter)]
+            if sv:
+                prefetch.append(models.Prefetch(query=_qdrant_sparse(sv), using=LEXICAL, limit=k, filter=query_filter))
+            requests.append(
+                models.QueryRequest(
+                    prefetch=prefetch,
+                    query=models.FusionQuery(fusion=models.Fusion.RRF),
+                    limit=k * len(prefetch),
+                    with_payload=True,
+                    with_vector=[DENSE],
+                )
+            )
+        responses = self.client.query_batch_points(target, requests=requests)
+        rows = []
+        for u, response in zip(unit, responses, strict=True):
+            hits = [_hybrid_hit(p, u) for p in response.points]
+            hits.sort(key=lambda h: (-round(h.rank_score or 0.0, 6), -round(h.score, 6), h.vacancy_id))
+            rows.append(hits[:k])
+        return rows
 
     @_store_boundary
     def drop(self, collection: str) -> None:
@@ -361,6 +483,40 @@ class VectorStore:
         if self.active_collection() is None:
             raise StoreError(f"no collection behind alias {self.alias!r}: run `jobclass reindex`")
         return self.alias
+
+    def _require_hybrid(self) -> str:
+        """The alias, once its collection is known to have the dense + lexical layout (else a StoreError
+        that says to reindex: an old collection is never queried with vector names it lacks)."""
+        name = self.active_collection()
+        if name is None:
+            raise StoreError(f"no collection behind alias {self.alias!r}: run `jobclass reindex`")
+        if name not in self._hybrid:
+            if (self.client.get_collection(name).config.metadata or {}).get("layout") != LAYOUT:
+                raise StoreError(NEEDS_REINDEX.format(alias=self.alias))
+            self._hybrid.add(name)
+        return self.alias
+
+    @_store_boundary
+    def has_hybrid_layout(self) -> bool | None:
+        """Whether the live collection has the dense + lexical layout (None: there is no collection)."""
+        if self.active_collection() is None:
+            return None
+        try:
+            self._require_hybrid()
+        except StoreError:
+            return False
+        return True
+
+
+def _qdrant_sparse(vector: SparseVector) -> models.SparseVector:
+    return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
+
+
+def _hybrid_hit(point: models.ScoredPoint, unit_query: np.ndarray) -> Hit:
+    named = point.vector if isinstance(point.vector, dict) else {}
+    dense = named.get(DENSE)
+    cosine = float(np.dot(unit_query, np.asarray(dense, dtype=np.float32))) if dense is not None else 0.0
+    return replace(_hit(point), score=cosine, rank_score=float(point.score))
 
 
 def _hit(point: models.ScoredPoint) -> Hit:

@@ -29,7 +29,8 @@ def to_public(result: Classification) -> dict[str, object]:
         "abstained": result.abstained,
         "probabilities": [LabelProbability(**vars(p)) for p in result.probabilities],
         "neighbours": [
-            NeighbourPublic(vacancy_id=h.vacancy_id, label=h.label, score=h.score) for h in result.neighbours
+            NeighbourPublic(vacancy_id=h.vacancy_id, label=h.label, score=h.score, rank_score=h.rank_score)
+            for h in result.neighbours
         ],
         "model_version": result.model_version,
         "index_used": result.index_used,

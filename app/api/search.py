@@ -19,6 +19,7 @@ def _hits(hits: list[Hit]) -> SearchResponse:
                 vacancy_id=h.vacancy_id,
                 label=h.label,
                 score=h.score,
+                rank_score=h.rank_score,
                 source=h.source,
                 snippet=h.snippet,
                 created_at=h.created_at,

@@ -1,4 +1,5 @@
-"""Classify vacancies: clean → embed (one batched call) → neighbours → fused probabilities → stored."""
+"""Classify vacancies: clean → embed (one batched call) → neighbours (one batched hybrid query: dense +
+BM25 prefetches fused by RRF) → fused probabilities → stored."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from indexing.extract import ExtractingEncoder, Extraction
 from indexing.language import UNDETERMINED, detect_language
 from indexing.store import Hit, StoreError
 from models.classifier import Neighbour
+from models.training import MAX_K
 
 log = logging.getLogger(__name__)
 SHOWN_NEIGHBOURS = 5
@@ -108,14 +110,19 @@ def classify(
     else:
         vectors = encoder.encode(texts)
     kept = stored_texts(runtime, items, texts)
-    k = max(classifier.params.k, SHOWN_NEIGHBOURS)
+    # as many hybrid candidates as training drew (models.training.MAX_K): the vote re-orders them itself
+    k = max(MAX_K, classifier.params.k, SHOWN_NEIGHBOURS)
     hits: list[list[Hit]] | None
     try:
-        hits = runtime.store.search_many(vectors, k)
-    except StoreError as exc:  # index unavailable: the head answers alone
+        hits = runtime.store.hybrid_search_many(vectors, runtime.lexical.queries(texts), k)
+    except StoreError as exc:  # index unavailable (or of the old layout): the head answers alone
         log.warning("vector store unavailable, classifying with the head alone: %s", exc)
         hits = None
-    neighbours = None if hits is None else [[Neighbour(h.label, h.score, h.labelled_at) for h in row] for row in hits]
+    neighbours = (
+        None
+        if hits is None
+        else [[Neighbour(h.label, h.score, h.labelled_at, h.rank_score) for h in row] for row in hits]
+    )
     probs = classifier.predict_proba(vectors, neighbours, texts)  # texts: the lexical signal
     threshold = runtime.settings.abstain_threshold
     top_k = max(1, min(top_k, classifier.n_classes))
@@ -167,7 +174,10 @@ def store_predictions(session: Session, results: Sequence[Classification]) -> No
                 confidence=r.confidence,
                 abstained=r.abstained,
                 probabilities=[{"label": p.label, "probability": p.probability} for p in r.probabilities],
-                neighbours=[{"vacancy_id": h.vacancy_id, "label": h.label, "score": h.score} for h in r.neighbours],
+                neighbours=[
+                    {"vacancy_id": h.vacancy_id, "label": h.label, "score": h.score, "rank_score": h.rank_score}
+                    for h in r.neighbours
+                ],
                 model_version=r.model_version,
                 language=r.language,
             )

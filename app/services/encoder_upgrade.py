@@ -490,7 +490,7 @@ def _new_collection(runtime: Runtime, dim: int, signature: dict[str, str]) -> It
     """A new collection (the caller holds the index lock); deleted again if the block fails before
     the alias points at it, so the old collection keeps serving."""
     store = runtime.store
-    collection = store.create_version(dim, {"embedding": signature})
+    collection = store.create_version(dim, runtime.index_metadata(signature))
     try:
         yield collection
     except BaseException:

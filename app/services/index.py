@@ -19,6 +19,7 @@ from app.services.jobs import Job
 from app.services.vacancies import labelled_vacancies
 from indexing.cache import encode_cached
 from indexing.embed import Encoder
+from indexing.sparse import SparseVector
 from indexing.store import VacancyPoint
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,11 @@ class ReindexResult:
         return self.count / self.seconds if self.seconds > 0 else 0.0
 
 
-def to_points(vacancies: Sequence[Vacancy], vectors: np.ndarray) -> list[VacancyPoint]:
+def to_points(
+    vacancies: Sequence[Vacancy], vectors: np.ndarray, sparse: Sequence[SparseVector] | None = None
+) -> list[VacancyPoint]:
+    """Index points: the embedding and, when given, the BM25 document vector of each stored text."""
+    lexical = sparse if sparse is not None else [None] * len(vacancies)
     return [
         VacancyPoint(
             vacancy_id=v.id,
@@ -50,8 +55,9 @@ def to_points(vacancies: Sequence[Vacancy], vectors: np.ndarray) -> list[Vacancy
             text=v.text,
             text_hash=v.text_hash,
             labelled_at=v.updated_at,
+            sparse=sv,
         )
-        for v, vec in zip(vacancies, vectors, strict=True)
+        for v, vec, sv in zip(vacancies, vectors, lexical, strict=True)
     ]
 
 
@@ -68,7 +74,7 @@ def reindex(runtime: Runtime, session: Session, progress: Progress | None = None
         start = time.perf_counter()
         started_at = utcnow()
         encoder = runtime.encoder
-        name = store.create_version(encoder.dim, {"embedding": runtime.settings.embedding_signature})
+        name = store.create_version(encoder.dim, runtime.index_metadata())
         store.building = name
         try:
             vacancies = labelled_vacancies(session)
@@ -100,14 +106,15 @@ def write_vacancies(
     encoder: Encoder | None = None,
 ) -> None:
     """Upsert ``vacancies`` into ``collection`` in batches of ``index_batch_size``, with their ``vectors``
-    (or else embedded by ``encoder``, by default the runtime's)."""
+    (or else embedded by ``encoder``, by default the runtime's) and the BM25 vectors of their texts."""
     if not vacancies:
         return
     if vectors is None:
         vectors = encode_cached(encoder or runtime.encoder, [v.text for v in vacancies], runtime.cache)
     batch = runtime.settings.index_batch_size
     for offset in range(0, len(vacancies), batch):
-        points = to_points(vacancies[offset : offset + batch], vectors[offset : offset + batch])
+        part = vacancies[offset : offset + batch]
+        points = to_points(part, vectors[offset : offset + batch], runtime.lexical.documents([v.text for v in part]))
         runtime.store.upsert(points, collection=collection)
 
 
@@ -120,7 +127,7 @@ def labelled_since(session: Session, since: datetime) -> list[Vacancy]:
 
 def index_vacancy(runtime: Runtime, vacancy: Vacancy) -> None:
     vector = runtime.encoder.encode([vacancy.text])
-    runtime.store.upsert(to_points([vacancy], vector))
+    runtime.store.upsert(to_points([vacancy], vector, runtime.lexical.documents([vacancy.text])))
 
 
 def start_reindex(runtime: Runtime) -> Job:

@@ -21,6 +21,7 @@ class StoredNeighbour:
     vacancy_id: str
     label: str
     score: float
+    rank_score: float | None = None  # rows stored before hybrid retrieval have none
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,15 @@ def _view(row: Prediction, feedback: list[Feedback], taxonomy: Taxonomy) -> Pred
             LabelProbability(p["label"], taxonomy.display_name(p["label"]), float(p["probability"]))
             for p in row.probabilities
         ],
-        neighbours=[StoredNeighbour(n["vacancy_id"], n["label"], float(n["score"])) for n in row.neighbours],
+        neighbours=[
+            StoredNeighbour(
+                n["vacancy_id"],
+                n["label"],
+                float(n["score"]),
+                float(n["rank_score"]) if n.get("rank_score") is not None else None,
+            )
+            for n in row.neighbours
+        ],
         model_version=row.model_version,
         language=row.language,
         reviewed_label=latest.label if latest else None,

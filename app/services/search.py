@@ -1,4 +1,4 @@
-"""Similar-vacancy search over the labelled index."""
+"""Similar-vacancy search over the labelled index: one hybrid query (dense + BM25 prefetches, RRF)."""
 
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ def search_text(runtime: Runtime, text: str, k: int, flt: SearchFilter | None = 
         unknown = [lab for lab in flt.labels if lab not in runtime.taxonomy]
         if unknown:
             raise InvalidInput(f"unknown label(s) in filter: {unknown}", field="filter.labels")
-    vector = runtime.encoder.encode([cleaned])[0]
+    vectors = runtime.encoder.encode([cleaned])
     try:
-        return runtime.store.search(vector, k, flt)
+        return runtime.store.hybrid_search_many(vectors, runtime.lexical.queries([cleaned]), k, flt)[0]
     except StoreError as exc:
         raise Unavailable(f"vector store unavailable: {type(exc).__name__}: {exc}") from exc
 
@@ -46,15 +46,19 @@ def _check_filter(flt: SearchFilter) -> SearchFilter:
 
 
 def similar_to(runtime: Runtime, session: Session, vacancy_id: str, k: int) -> list[Hit]:
-    """Nearest vacancies to a stored one, excluding itself and exact duplicates of its text."""
+    """Nearest vacancies to a stored one by the hybrid query of its own stored vectors (its embedding and
+    its BM25 vector, as a query), excluding itself and exact duplicates of its text."""
     vacancy = session.get(Vacancy, vacancy_id) if "\x00" not in vacancy_id else None  # no id holds a NUL
     if vacancy is None:
         raise NotFound(f"no vacancy with id {vacancy_id!r}", field="vacancy_id")
     try:
-        vector = runtime.store.vector_of(vacancy_id)
-        if vector is None:
+        stored = runtime.store.vectors_of(vacancy_id)
+        if stored is not None:
+            vector, sparse = stored.dense, stored.sparse
+        else:  # not indexed (yet): embed its text
             vector = runtime.encoder.encode([vacancy.text])[0]
-        hits = runtime.store.search(vector, k + 10, SearchFilter(exclude_ids=[vacancy_id]))
+            [sparse] = runtime.lexical.documents([vacancy.text])
+        [hits] = runtime.store.hybrid_search_many(vector[None, :], [sparse], k + 10, exclude_ids=[vacancy_id])
     except StoreError as exc:
         raise Unavailable(f"vector store unavailable: {type(exc).__name__}: {exc}") from exc
     return [h for h in hits if h.text_hash != vacancy.text_hash][:k]

@@ -93,6 +93,7 @@ def test_feedback_is_stored_indexed_and_found_by_search(client: TestClient, runt
         "vacancy_id": fb["vacancy_id"],
         "label": fb["label"],
         "score": pytest.approx(1.0),
+        "rank_score": pytest.approx(1.0),  # first in the dense and in the BM25 ranking: 1/2 + 1/2
     }
 
 

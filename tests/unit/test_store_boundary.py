@@ -16,6 +16,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException
 
 from app.main import create_app
 from app.runtime import Runtime
+from indexing.sparse import SparseVector
 from indexing.store import StoreError, VectorStore
 from tests.factories import seed
 
@@ -49,6 +50,8 @@ def test_backend_errors_become_store_error(exc: BaseException) -> None:
         store.active_collection()
     with pytest.raises(StoreError):
         store.search_many(np.ones((1, 4), dtype=np.float32), 3)
+    with pytest.raises(StoreError):
+        store.hybrid_search_many(np.ones((1, 4), dtype=np.float32), [SparseVector((1,), (1.0,))], 3)
 
 
 @pytest.mark.parametrize("exc", [ValueError("a bug"), RuntimeError("a bug"), TypeError("a bug")])
@@ -75,7 +78,7 @@ def _raise(exc: BaseException) -> Any:
 def test_store_error_degrades_classify_to_the_head(
     client: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runtime.store, "search_many", _raise(StoreError("down")))
+    monkeypatch.setattr(runtime.store, "hybrid_search_many", _raise(StoreError("down")))
     monkeypatch.setattr(runtime.store, "upsert", _raise(StoreError("down")))
     body = client.post("/v1/classify", json={"text": CARPENTER}).json()
     assert body["index_used"] is False and body["neighbours"] == []
@@ -88,7 +91,43 @@ def test_store_error_degrades_classify_to_the_head(
 def test_a_bug_in_the_store_is_a_500_not_a_head_only_answer(
     client: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch, exc: BaseException
 ) -> None:
-    monkeypatch.setattr(runtime.store, "search_many", _raise(exc))
+    monkeypatch.setattr(runtime.store, "hybrid_search_many", _raise(exc))
     response = client.post("/v1/classify", json={"text": CARPENTER})
     assert response.status_code == 500 and response.json()["detail"] == "internal error"
     assert client.post("/v1/search", json={"text": CARPENTER}).status_code == 500
+
+
+def test_an_old_layout_collection_asks_for_reindex_and_is_never_a_500(
+    client: TestClient, runtime: Runtime, tmp_path: Path
+) -> None:
+    """A collection built before named vectors (one unnamed vector): start-up says `jobclass reindex`,
+    classify answers from the head, search and similar answer 503 with the same advice; a reindex fixes it."""
+    from qdrant_client import models
+
+    from app.errors import IncompatibleModelError
+    from app.services.index import reindex
+
+    old = "vacancies_old"
+    runtime.store.client.create_collection(
+        old,
+        vectors_config=models.VectorParams(size=runtime.encoder.dim, distance=models.Distance.COSINE),  # type: ignore[arg-type]
+        metadata={"embedding": runtime.settings.embedding_signature},
+    )
+    runtime.store.swap_alias(old)
+    with pytest.raises(IncompatibleModelError, match="jobclass reindex"):
+        runtime.check_index_compatible()
+    body = client.post("/v1/classify", json={"text": CARPENTER}).json()
+    assert body["index_used"] is False and body["neighbours"] == [] and body["label"]
+    search = client.post("/v1/search", json={"text": CARPENTER})
+    assert search.status_code == 503 and "jobclass reindex" in search.text
+    similar = client.get("/v1/vacancies/anything/similar")
+    assert similar.status_code in (404, 503)
+    with runtime.sessions() as session:
+        reindex(runtime, session)
+    runtime.check_index_compatible()
+    body = client.post("/v1/classify", json={"text": CARPENTER}).json()
+    assert body["index_used"] is True and all(n["rank_score"] > 0 for n in body["neighbours"])
+    hits = client.post("/v1/search", json={"text": CARPENTER, "k": 5}).json()["hits"]
+    ranks = [h["rank_score"] for h in hits]
+    assert len(hits) == 5 and ranks == sorted(ranks, reverse=True)
+    assert all(-1.0 <= h["score"] <= 1.0 + 1e-6 for h in hits)
