@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from models.compress import (
 )
 from models.fusion import FusionParams
 from models.head import HeadConfig, LinearHead
-from models.registry import ModelRegistry, RegistryError
+from models.registry import ModelDamaged, ModelRegistry, NoActiveModel, RegistryError
 from models.training import cv_epochs, stratified_folds, stratified_split, train_classifier
 
 
@@ -236,3 +237,29 @@ def test_a_fit_does_not_depend_on_what_ran_before_and_leaves_the_global_rng_alon
     torch.manual_seed(3)
     LinearHead(config).fit(x, y)
     assert torch.equal(torch.rand(1), expected)
+
+
+def test_registry_skips_tmp_folders_and_names_the_damaged_file(tmp_path: Path) -> None:
+    x, y = blobs()
+    clf, _ = train_classifier(x, y, ["a", "b", "c", "d"], seed=0)
+    registry = ModelRegistry(tmp_path)
+    with pytest.raises(NoActiveModel):
+        registry.load()
+    first = registry.save(clf, {"embedder": "e"})
+    second = registry.save(clf, {"embedder": "e"})
+    registry.activate(second)
+    shutil.copytree(tmp_path / second, tmp_path / f".tmp-{registry.new_version_id()}")  # a crashed save
+    assert [m["version"] for m in registry.versions()] == [second, first]
+    head = tmp_path / second / "head.safetensors"
+    head.write_bytes(head.read_bytes()[:100])
+    with pytest.raises(ModelDamaged) as info:
+        registry.load()
+    assert str(head) in str(info.value) and f"jobclass models activate {first}" in str(info.value)
+    (tmp_path / "ACTIVE").write_bytes(b"\xff\x00")
+    with pytest.raises(ModelDamaged, match="marker"):
+        registry.load()
+    assert registry.active_version() is None  # lenient: a parent, a listing mark
+    registry.activate(first)
+    registry.discard(second)
+    assert [m["version"] for m in registry.versions()] == [first]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted(["ACTIVE", first])
