@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
+
+if TYPE_CHECKING:
+    from models.registry import ModelRegistry
 
 from app.cli import common
 from app.errors import NotFound
@@ -41,9 +46,9 @@ def models_activate(version: str) -> None:
     start; `POST /v1/admin/models/VERSION/activate` switches a running one at once."""
     from app.services.training import activate
 
-    _require_version(version)  # before the runtime: a missing version is one line even while a server runs
     runtime = common.runtime()
     try:
+        _require_version(runtime.registry, version)
         with runtime.sessions() as session:
             done = activate(runtime, session, version)
     finally:
@@ -51,13 +56,13 @@ def models_activate(version: str) -> None:
     typer.echo(f"active model: {done.active} (was {done.previous})")
 
 
-def _require_version(version: str) -> None:
+def _require_version(registry: ModelRegistry, version: str) -> None:
     """``NotFound`` (exit 2) unless the registry holds ``version``: an invalid name, or one too long for a
     file name, is missing too."""
-    from models.registry import ModelRegistry, RegistryError
+    from models.registry import RegistryError
 
     try:
-        ModelRegistry(get_settings().model_dir).metadata(version)
+        registry.metadata(version)
     except (RegistryError, OSError) as exc:
         shown = version if len(version) <= 60 else version[:60] + "…"
         raise NotFound(f"unknown model version {shown!r}: `jobclass models list` shows the versions") from exc
