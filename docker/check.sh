@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if docker compose version >/dev/null 2>&1; then
   # a placeholder token: the file requires one, `config` only interpolates it
-  JOBCLASS_ADMIN_TOKEN="${JOBCLASS_ADMIN_TOKEN:-config-check}" docker compose -f docker/compose.yaml config -q
+  JOBCLASS_ADMIN_TOKEN="${JOBCLASS_ADMIN_TOKEN:-config-check-token-0123}" docker compose -f docker/compose.yaml config -q
   echo "docker/check.sh: docker compose config: ok"
 else
   echo "docker/check.sh: Docker Compose v2 is not available; checking the YAML with tests/unit/test_compose.py"

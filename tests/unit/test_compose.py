@@ -99,7 +99,7 @@ def test_the_api_environment_passes_the_settings_validation(
     api_env = compose["services"]["api"]["environment"]
     with pytest.raises(KeyError, match="JOBCLASS_ADMIN_TOKEN"):  # production needs a token: compose says so
         {k: interpolate(str(v), {}) for k, v in api_env.items()}
-    resolved = {k: interpolate(str(v), {"JOBCLASS_ADMIN_TOKEN": "t0ken"}) for k, v in api_env.items()}
+    resolved = {k: interpolate(str(v), {"JOBCLASS_ADMIN_TOKEN": "t0ken-of-24-characters!"}) for k, v in api_env.items()}
     for key in [k for k in os.environ if k.startswith("JOBCLASS_")]:
         monkeypatch.delenv(key)
     for key, value in resolved.items():
