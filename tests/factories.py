@@ -47,3 +47,12 @@ def wait_for_job(
         if body["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
             return body
         time.sleep(0.02)
+
+
+def one_error_line(result: Any) -> str:
+    """The CLI's one ``error: …`` line (and no traceback) from a CliRunner result."""
+    output = result.output.strip()
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, output
+    return lines[0]

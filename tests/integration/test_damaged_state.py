@@ -38,7 +38,7 @@ from app.services.training import retrain, train
 from app.settings import get_settings
 from models.registry import ModelRegistry
 from tests.conftest import make_settings, memory_qdrant
-from tests.factories import seed
+from tests.factories import one_error_line, seed
 from tests.fakes import FakeEncoder
 
 runner = CliRunner()
@@ -98,14 +98,6 @@ def cli_env(state: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     get_settings.cache_clear()
     yield state
     get_settings.cache_clear()
-
-
-def one_error_line(result: Any) -> str:
-    output = result.output.strip()
-    assert "Traceback" not in output, output
-    lines = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, output
-    return lines[0]
 
 
 def assert_suggests_a_good_version(state: Path, message: str) -> None:

@@ -20,6 +20,7 @@ from app.db import migrate
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.settings import Settings, get_settings
 from indexing.store import StoreLockedError, connect
+from tests.factories import one_error_line
 
 runner = CliRunner()
 
@@ -33,14 +34,6 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     get_settings.cache_clear()
     yield tmp_path
     get_settings.cache_clear()
-
-
-def one_error_line(result: Any) -> str:
-    output = result.output.strip()
-    assert "Traceback" not in output, output
-    lines = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, output
-    return lines[0]
 
 
 def test_help_lists_every_command_with_a_description() -> None:
