@@ -15,12 +15,14 @@ from sqlalchemy import (
     Engine,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Text,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
@@ -110,6 +112,42 @@ class ModelVersion(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     parent: Mapped[str | None] = mapped_column(String(64))
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+JOB_ACTIVE_STATUSES = ("queued", "running")
+
+
+class JobRow(Base):
+    """A background job (reindex, retrain, encoder upgrade or rollback): written when it is submitted, as
+    it progresses and when it ends, so its status survives restarts and every API worker reads the same.
+    The partial unique index lets one job of a kind be queued or running at a time, across processes."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # queued | running | succeeded | failed | interrupted
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # the owner is alive
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int | None] = mapped_column(Integer)
+    result: Mapped[Any | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    owner_host: Mapped[str] = mapped_column(String(255))
+    owner_pid: Mapped[int] = mapped_column(Integer)
+    owner_id: Mapped[str] = mapped_column(String(32))  # the JobRegistry instance that runs it
+
+    __table_args__ = (
+        Index(
+            "uq_jobs_active_kind",
+            "kind",
+            unique=True,
+            sqlite_where=text("status IN ('queued', 'running')"),
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+    )
 
 
 # ---- engine and sessions -------------------------------------------------------------------

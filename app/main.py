@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI, status
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import admin, catalog, classify, feedback, health, predictions, search, web
@@ -129,6 +130,13 @@ def _start(rt: Runtime) -> None:
         log.warning("vector store unreachable at start-up (%s): the index is checked when it is back", exc)
     if not rt.has_model:
         log.warning("no active model: classify answers 503 until `jobclass train` has run")
+    try:  # jobs a dead process left queued or running are reported as interrupted, not as running forever
+        interrupted = rt.jobs.recover()
+    except SQLAlchemyError as exc:  # the database is down or not migrated: the next read of the jobs checks
+        log.warning("could not check for interrupted jobs at start-up (%s)", type(exc).__name__)
+    else:
+        if interrupted:
+            log.warning("%d job(s) left by a stopped process marked interrupted", interrupted)
     _ = rt.encoder  # load the embedding model now, not on the first request
 
 

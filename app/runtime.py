@@ -73,7 +73,9 @@ class Runtime:
         self._model: LoadedModel | None = None
         self.index_lock = threading.Lock()  # one index rebuild at a time
         self.model_lock = threading.Lock()  # one switch of the active model at a time
-        self.jobs = JobRegistry()  # reindex / retrain started through the API
+        # reindex / retrain / encoder jobs started through the API, recorded in the database (the session
+        # factory is looked up per use: tests bind ``sessions`` to one rolled-back connection)
+        self.jobs = JobRegistry(lambda: self.sessions())
 
     # ---- encoder (loaded on first use: CLI commands that never embed stay fast) ------------
     @property

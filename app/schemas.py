@@ -303,7 +303,9 @@ class JobProgress(BaseModel):
 class JobPublic(BaseModel):
     id: str
     kind: Literal["reindex", "retrain", "upgrade-encoder", "rollback-encoder"]
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: Literal["queued", "running", "succeeded", "failed", "interrupted"] = Field(
+        description="interrupted: the process that ran it stopped first (the reason is in error)."
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -44,7 +44,7 @@ def wait_for_job(
     deadline = time.monotonic() + timeout
     while True:
         body: dict[str, Any] = client.get(location, headers=headers).json()
-        if body["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
+        if body["status"] in ("succeeded", "failed", "interrupted") or time.monotonic() > deadline:
             return body
         time.sleep(0.02)
 

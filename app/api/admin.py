@@ -4,6 +4,7 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Path, Response, status
+from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -22,15 +23,13 @@ from app.schemas import (
     UpgradeEncoderRequest,
 )
 from app.services.encoder_upgrade import (
-    RollbackResult,
-    UpgradeResult,
     sentence_transformers_finetune,
     start_rollback_encoder,
     start_upgrade_encoder,
 )
-from app.services.index import ReindexResult, start_reindex
+from app.services.index import start_reindex
 from app.services.jobs import Job
-from app.services.training import RetrainResult, activate, start_retrain
+from app.services.training import activate, start_retrain
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 
@@ -51,18 +50,23 @@ DatabaseDep = Depends(require_database)
 JobResult = ReindexPublic | RetrainPublic | UpgradeEncoderPublic | RollbackEncoderPublic
 
 
-_PUBLIC: dict[type, type[JobResult]] = {
-    ReindexResult: ReindexPublic,
-    RetrainResult: RetrainPublic,
-    UpgradeResult: UpgradeEncoderPublic,
-    RollbackResult: RollbackEncoderPublic,
+_PUBLIC: dict[str, type[JobResult]] = {
+    "reindex": ReindexPublic,
+    "retrain": RetrainPublic,
+    "upgrade-encoder": UpgradeEncoderPublic,
+    "rollback-encoder": RollbackEncoderPublic,
 }
 
 
-def _result(value: object) -> JobResult | None:
-    """A finished job's result as its public schema (read from the result's attributes)."""
-    public = _PUBLIC.get(type(value))
-    return public.model_validate(value, from_attributes=True) if public is not None else None
+def _result(job: Job) -> JobResult | None:
+    """A finished job's result (JSON, as recorded in the database) as the public schema of its kind."""
+    public = _PUBLIC.get(job.kind)
+    if public is None or not isinstance(job.result, dict):
+        return None
+    try:
+        return public.model_validate(job.result)
+    except ValidationError:  # a result recorded by another version of the service: still show the job
+        return None
 
 
 def _job_route(path: str, summary: str) -> Callable[[Callable[..., JobPublic]], Callable[..., JobPublic]]:
@@ -87,7 +91,7 @@ def job_public(job: Job) -> JobPublic:
             "finished_at": job.finished_at,
             "seconds": job.seconds,
             "progress": JobProgress(done=job.done, total=job.total, rate=job.rate),
-            "result": _result(job.result),
+            "result": _result(job),
             "error": job.error,
         }
     )

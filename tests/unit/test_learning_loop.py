@@ -1,17 +1,12 @@
-"""Pieces of the learning loop that need no database: the stable hold-out split, the near-duplicate
-override and the in-process job registry."""
+"""Pieces of the learning loop that need no database: the stable hold-out split and the near-duplicate
+override (the job registry, recorded in the database, is tested in tests/integration/test_jobs.py)."""
 
 from __future__ import annotations
 
-import threading
-import time
-from typing import Any
 
 import numpy as np
 import pytest
 
-from app.errors import Conflict, InvalidInput, NotFound
-from app.services.jobs import JobRegistry
 from models.classifier import DUPLICATE_SCORE, DUPLICATE_TRUST, FusedClassifier, Neighbour
 from models.fusion import FusionParams
 from models.head import HeadConfig, LinearHead
@@ -69,65 +64,3 @@ def test_the_latest_labelled_duplicate_wins() -> None:
     assert clf.duplicate_label([older, newer]) == "c"
     assert clf.duplicate_label([Neighbour("b", 1.0), Neighbour("c", 1.0)]) == "b"  # a tie: the closest
     assert clf.duplicate_label([Neighbour("b", 0.99)]) is None
-
-
-# ---- job registry -------------------------------------------------------------------------------
-def test_a_job_reports_progress_and_its_result() -> None:
-    jobs = JobRegistry()
-    step = threading.Event()
-
-    def work(progress: Any) -> str:
-        progress(2, 4)
-        step.wait(5)
-        progress(4, 4)
-        return "done"
-
-    job = jobs.submit("reindex", work)
-    assert job.status == "queued" and job.result is None
-    deadline = time.monotonic() + 5
-    while jobs.get(job.id).done < 2 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    running = jobs.get(job.id)
-    assert running.status == "running" and (running.done, running.total) == (2, 4) and running.started_at
-    step.set()
-    finished = jobs.wait(job.id, 5)
-    assert finished.status == "succeeded" and finished.result == "done" and finished.error is None
-    assert (finished.done, finished.total) == (4, 4) and finished.rate is not None and finished.rate > 0
-    assert finished.finished_at is not None and finished.seconds is not None
-
-
-def test_one_job_of_a_kind_at_a_time() -> None:
-    jobs = JobRegistry()
-    release = threading.Event()
-    first = jobs.submit("reindex", lambda progress: release.wait(5))
-    with pytest.raises(Conflict, match=first.id):
-        jobs.submit("reindex", lambda progress: None)
-    other = jobs.submit("retrain", lambda progress: None)  # another kind may run meanwhile
-    assert jobs.wait(other.id, 5).status == "succeeded"
-    release.set()
-    jobs.wait(first.id, 5)
-    again = jobs.submit("reindex", lambda progress: None)
-    assert jobs.wait(again.id, 5).status == "succeeded"
-    assert jobs.list()[0].id == again.id
-
-
-def test_failures_are_reported_not_raised() -> None:
-    jobs = JobRegistry()
-
-    def invalid(progress: Any) -> None:
-        raise InvalidInput("no labelled vacancies")
-
-    def crash(progress: Any) -> None:
-        raise ZeroDivisionError("boom")
-
-    assert jobs.wait(jobs.submit("retrain", invalid).id, 5).error == "no labelled vacancies"
-    crashed = jobs.wait(jobs.submit("retrain", crash).id, 5)
-    assert crashed.status == "failed" and crashed.error == "ZeroDivisionError: boom"
-    with pytest.raises(NotFound):
-        jobs.get("nope")
-
-
-def test_old_finished_jobs_are_forgotten() -> None:
-    jobs = JobRegistry(keep=3)
-    ids = [jobs.wait(jobs.submit("reindex", lambda progress: None).id, 5).id for _ in range(5)]
-    assert {j.id for j in jobs.list()} == set(ids[-3:])
