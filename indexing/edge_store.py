@@ -28,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import tarfile
 import tempfile
 import threading
 import uuid
@@ -90,7 +91,8 @@ class _Collection:
     users: int = 0
     dropped: bool = False
     optimizing: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)  # one optimize at a time
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one optimize (or snapshot) at a time
+    writes: threading.Lock = field(default_factory=threading.Lock)  # updates wait while a snapshot is taken
 
 
 class EdgeError(StoreError):
@@ -458,7 +460,8 @@ class EdgeClient:
         key = field_schema.value if isinstance(field_schema, models.PayloadSchemaType) else str(field_schema)
         coll = self._acquire(collection_name)
         try:
-            coll.shard.update(qe.UpdateOperation.create_field_index(field_name, _SCHEMAS[key]))
+            with coll.writes:
+                coll.shard.update(qe.UpdateOperation.create_field_index(field_name, _SCHEMAS[key]))
         finally:
             self._release(coll)
         return models.UpdateResult(operation_id=0, status=models.UpdateStatus.COMPLETED)
@@ -518,7 +521,8 @@ class EdgeClient:
         coll = self._acquire(collection_name)
         try:
             if edge_points:
-                coll.shard.update(qe.UpdateOperation.upsert_points(edge_points))
+                with coll.writes:
+                    coll.shard.update(qe.UpdateOperation.upsert_points(edge_points))
         finally:
             self._release(coll)
         if edge_points:
@@ -531,7 +535,8 @@ class EdgeClient:
         ids: list[int | uuid.UUID | str] = [_edge_id(i) for i in points_selector.points]
         coll = self._acquire(collection_name)
         try:
-            coll.shard.update(qe.UpdateOperation.delete_points(ids))
+            with coll.writes:
+                coll.shard.update(qe.UpdateOperation.delete_points(ids))
         finally:
             self._release(coll)
         return models.UpdateResult(operation_id=0, status=models.UpdateStatus.COMPLETED)
@@ -597,6 +602,41 @@ class EdgeClient:
             )
             for row in results
         ]
+
+    # ---- snapshots -----------------------------------------------------------------------------
+    @_translated
+    def snapshot_collection(self, collection_name: str, out: Path | str) -> dict[str, Any]:
+        """Write a snapshot of a collection (or an alias's) to the file ``out``: a tar of its flushed shard
+        folder, the format ``qdrant_edge.EdgeShard.unpack_snapshot`` reads. Updates of the collection wait
+        meanwhile, an optimize runs before or after. Returns what :meth:`restore_collection` needs beside
+        the file: the collection's name and configuration (vector size, distance, names, metadata)."""
+        coll = self._acquire(collection_name)
+        try:
+            with coll.lock, coll.writes:
+                coll.shard.flush()
+                folder = self.root / "collections" / coll.name
+                with tarfile.open(out, "w") as tar:
+                    tar.add(folder, arcname=".")
+                meta = json.loads((self.root / "collections" / f"{coll.name}.json").read_text())
+            return {"name": coll.name, "config": meta}
+        finally:
+            self._release(coll)
+
+    @_translated
+    def restore_collection(self, collection_name: str, snapshot: Path | str, config: dict[str, Any]) -> bool:
+        """Create collection ``collection_name`` from a file of :meth:`snapshot_collection` and its ``config``
+        (the collection must not exist)."""
+        if not _NAME.match(collection_name):
+            raise ValueError(f"invalid collection name {collection_name!r}")
+        with self._mutex:
+            if collection_name in self._collections:
+                raise ValueError(f"Collection {collection_name} already exists")
+            folder = self.root / "collections" / collection_name
+            shutil.rmtree(folder, ignore_errors=True)
+            qe.EdgeShard.unpack_snapshot(str(snapshot), str(folder))
+            self._write_json(folder.with_suffix(".json"), config)
+            self._collections[collection_name] = self._open(collection_name, config)
+        return True
 
     # ---- index maintenance -----------------------------------------------------------------
     @_translated

@@ -289,11 +289,16 @@ class VectorStore:
         return sorted(found)
 
     @_store_boundary
+    def next_version_name(self) -> str:
+        """The next versioned collection name behind the alias (``vacancies_v4`` after ``vacancies_v3``)."""
+        versions = self._versions()
+        return f"{self.alias}_v{(versions[-1][0] + 1) if versions else 1}"
+
+    @_store_boundary
     def create_version(self, dim: int, metadata: dict[str, Any] | None = None) -> str:
         """Create the next versioned collection (not yet behind the alias) with the named vectors
         ``"dense"`` (``dim``, cosine) and ``"lexical"`` (sparse, IDF); ``metadata["layout"]`` records it."""
-        versions = self._versions()
-        name = f"{self.alias}_v{(versions[-1][0] + 1) if versions else 1}"
+        name = self.next_version_name()
         self.client.create_collection(
             name,
             vectors_config={DENSE: models.VectorParams(size=dim, distance=models.Distance.COSINE)},

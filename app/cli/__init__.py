@@ -1,7 +1,7 @@
 """The ``jobclass`` command line: one entry point for setup, data, models, the server and the benchmarks.
 
 The root group (``common.ErrorPolicy``) applies the one error policy to every command; the commands live
-in thin modules by theme (``service``, ``models``, ``encoders``, ``reports``, ``bench``) and import the
+in thin modules by theme (``service``, ``backup``, ``models``, ``encoders``, ``reports``, ``bench``) and import the
 heavy libraries inside their bodies, so ``jobclass --help`` stays fast.
 """
 
@@ -11,7 +11,7 @@ import logging
 
 import typer
 
-from app.cli import bench, common, encoders, models, reports, service
+from app.cli import backup, bench, common, encoders, models, reports, service
 
 cli = typer.Typer(
     help="Classify job vacancies and find similar ones.",
@@ -19,7 +19,7 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
     cls=common.ErrorPolicy,  # every error: one line `error: …`, exit 2 (fixable input) or 1
 )
-for module in (encoders, service, bench, reports, models):
+for module in (encoders, service, backup, bench, reports, models):
     module.register(cli)
 
 

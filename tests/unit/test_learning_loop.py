@@ -3,7 +3,6 @@ override (the job registry, recorded in the database, is tested in tests/integra
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
