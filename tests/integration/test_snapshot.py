@@ -126,6 +126,23 @@ def installation(state: Path, engine: Engine, backend: str) -> Runtime:
     return runtime
 
 
+def check_manifest(snap: Path, source: Engine, model: str) -> None:
+    manifest = read_manifest(snap)
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["jobclass_version"]
+    assert manifest["database"]["dialect"] == source.dialect.name and manifest["database"]["revision"]
+    assert manifest["model"]["active"] == model and manifest["encoder"]["embedding"]["model"] == "fake-encoder"
+    assert manifest["index"]["collection"].startswith("vacancies_v") and manifest["index"]["points"] == 38
+    assert set(manifest["database"]["rows"]) >= {"vacancies", "predictions", "feedback", JobRow.__tablename__}
+    assert f"models/{model}/metadata.json" in manifest["files"]
+    database_files = {name for name in manifest["files"] if name.startswith("database/")}
+    if source.dialect.name == "sqlite":
+        assert database_files == {"database/jobclass.db"}
+    else:  # one file per table, in primary-key order
+        assert "database/alembic_version.jsonl" in database_files and "database/vacancies.jsonl" in database_files
+        ids = [json.loads(line)["id"] for line in (snap / "database" / "vacancies.jsonl").open()]
+        assert ids == sorted(ids)
+
+
 @pytest.mark.parametrize(("backend", "archive"), [("edge", False), ("local", True)])
 def test_a_restore_onto_an_empty_state_answers_identically(
     backend: str, archive: bool, source: Engine, restore_url: str, tmp_path: Path
@@ -139,6 +156,8 @@ def test_a_restore_onto_an_empty_state_answers_identically(
         runtime.close()
     assert done.index == ("edge" if backend == "edge" else "rebuild") and done.model is not None
     assert done.rows["feedback"] == 2 and done.rows["predictions"] == 2 and done.rows["vacancies"] == 38
+    if not archive:
+        check_manifest(out, source, done.model)
 
     target = make_settings(
         tmp_path / "b", database_url=restore_url, qdrant_path=str(tmp_path / "b" / "index"), qdrant_backend=backend
@@ -165,29 +184,6 @@ def test_a_restore_onto_an_empty_state_answers_identically(
             assert session.scalar(select(Prediction).where(Prediction.id == result.prediction_id)) is not None
     finally:
         again.close()
-
-
-def test_the_manifest_describes_the_snapshot(source: Engine, tmp_path: Path) -> None:
-    runtime = installation(tmp_path / "a", source, "edge")
-    try:
-        take_snapshot(runtime, tmp_path / "snap")
-        model = runtime.model.version
-    finally:
-        runtime.close()
-    manifest = read_manifest(tmp_path / "snap")
-    assert manifest["format_version"] == FORMAT_VERSION and manifest["jobclass_version"]
-    assert manifest["database"]["dialect"] == source.dialect.name and manifest["database"]["revision"]
-    assert manifest["model"]["active"] == model and manifest["encoder"]["embedding"]["model"] == "fake-encoder"
-    assert manifest["index"]["collection"].startswith("vacancies_v") and manifest["index"]["points"] == 38
-    assert set(manifest["database"]["rows"]) >= {"vacancies", "predictions", "feedback", JobRow.__tablename__}
-    assert f"models/{model}/metadata.json" in manifest["files"]
-    database_files = {name for name in manifest["files"] if name.startswith("database/")}
-    if source.dialect.name == "sqlite":
-        assert database_files == {"database/jobclass.db"}
-    else:  # one file per table, in primary-key order
-        assert "database/alembic_version.jsonl" in database_files and "database/vacancies.jsonl" in database_files
-        ids = [json.loads(line)["id"] for line in (tmp_path / "snap" / "database" / "vacancies.jsonl").open()]
-        assert ids == sorted(ids)
 
 
 # ---- the CLI: one line and exit 2 for what the user can fix --------------------------------------
@@ -246,19 +242,23 @@ def test_cli_snapshot_and_restore(cli_state: Path, tmp_path: Path, monkeypatch: 
     assert not [p.name for p in (tmp_path / "empty").iterdir() if p.name.startswith(".")]  # no staging left
 
 
-def _folder_snapshot(cli_state: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "s"
-    assert CliRunner().invoke(cli, ["snapshot", "--no-index", str(out)]).exit_code == 0
-    return out
+def answers_of(settings: Settings) -> list[Any]:
+    runtime = open_runtime(settings)
+    try:
+        return answers(runtime)
+    finally:
+        runtime.close()
 
 
-def test_cli_restore_checks_checksums_and_the_format(cli_state: Path, tmp_path: Path) -> None:
+def test_restore_checks_the_snapshot_and_a_failure_changes_nothing(cli_state: Path, tmp_path: Path) -> None:
+    """A damaged file, an unknown format or a missing manifest: one line, exit 2, before anything changes.
+    An error while the new state is built (an index archive damaged although its checksum fits) changes
+    nothing either: the old database, models and index still serve, no staging folder is left."""
     runner = CliRunner()
-    snap = _folder_snapshot(cli_state, tmp_path)
-    manifest = json.loads((snap / "manifest.json").read_text())
-    assert manifest["index"]["kind"] == "rebuild"
+    snap = tmp_path / "s"
+    assert runner.invoke(cli, ["snapshot", str(snap)]).exit_code == 0
     target = ["restore", "--force", str(snap)]
-
+    manifest = json.loads((snap / "manifest.json").read_text())
     model_file = next(name for name in manifest["files"] if name.endswith("metadata.json"))
     original = (snap / model_file).read_bytes()
     (snap / model_file).write_bytes(original + b" ")
@@ -269,34 +269,18 @@ def test_cli_restore_checks_checksums_and_the_format(cli_state: Path, tmp_path: 
     (snap / "manifest.json").write_text(json.dumps(manifest | {"format_version": 99}))
     newer = runner.invoke(cli, target)
     assert newer.exit_code == 2 and "format version 99 is not supported" in one_error_line(newer)
-
-    (snap / "manifest.json").unlink()
-    missing = runner.invoke(cli, target)
-    assert missing.exit_code == 2 and "not a jobclass snapshot" in one_error_line(missing)
+    (snap / "manifest.json").write_text(json.dumps(manifest | {"format": "something else"}))
+    other = runner.invoke(cli, target)
+    assert other.exit_code == 2 and "not a jobclass snapshot manifest" in one_error_line(other)
 
     (tmp_path / "junk.tar").write_bytes(b"not a tar")
     junk = runner.invoke(cli, ["restore", str(tmp_path / "junk.tar")])
     assert junk.exit_code == 2 and "not a readable snapshot archive" in one_error_line(junk)
-
-
-def answers_of(settings: Settings) -> list[Any]:
-    runtime = open_runtime(settings)
-    try:
-        return answers(runtime)
-    finally:
-        runtime.close()
-
-
-def test_a_failed_restore_leaves_the_target_as_it_was(cli_state: Path, tmp_path: Path) -> None:
-    """An error while the new state is built (here: an index archive that is damaged although its checksum
-    fits) changes nothing: the old database, models and index still serve, no staging folder is left."""
-    runner = CliRunner()
-    snap = tmp_path / "s"
-    assert runner.invoke(cli, ["snapshot", str(snap)]).exit_code == 0
+    nothing = runner.invoke(cli, ["restore", str(tmp_path)])
+    assert nothing.exit_code == 2 and "not a jobclass snapshot: no manifest.json" in one_error_line(nothing)
     before = answers_of(get_settings())
     active = (cli_state / "models" / "ACTIVE").read_text()
     (snap / INDEX_FILE).write_bytes(b"not a shard archive")
-    manifest = json.loads((snap / "manifest.json").read_text())
     manifest["files"][INDEX_FILE]["sha256"] = hashlib.sha256(b"not a shard archive").hexdigest()
     (snap / "manifest.json").write_text(json.dumps(manifest))
     failed = runner.invoke(cli, ["restore", "--force", str(snap)])
