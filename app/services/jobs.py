@@ -24,6 +24,7 @@ running row is taken for dead when
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import json
 import logging
@@ -301,7 +302,7 @@ class JobRegistry:
         while not stop.wait(self.heartbeat_interval):
             self._write(job_id, only_active=True, heartbeat_at=utcnow())
 
-    def _interrupt(self, job_ids: list[str], reason: str) -> None:
+    def _interrupt(self, job_ids: builtins.list[str], reason: str) -> None:
         with self._lock, self._sessions() as session:
             session.execute(
                 update(JobRow)
@@ -315,7 +316,7 @@ class JobRegistry:
         pid = os.getpid()
         live = {r.id for r in list(_LIVE)}
         stale = utcnow() - timedelta(seconds=self.stale_after)
-        dead: dict[str, list[str]] = {}
+        dead: dict[str, builtins.list[str]] = {}
         with self._lock, self._sessions() as session:
             rows = session.scalars(select(JobRow).where(JobRow.status.in_(JOB_ACTIVE_STATUSES))).all()
         for row in rows:

@@ -231,23 +231,24 @@ def take_snapshot(runtime: Runtime, out: Path, *, include_index: bool = True) ->
         models = runtime.settings.model_dir
         if models.is_dir():
             shutil.copytree(models, work / "models", ignore=shutil.ignore_patterns(".tmp-*"))
-        index = (
+        index: dict[str, Any] = (
             _snapshot_index(runtime, work)
             if include_index
             else {"kind": "rebuild", "alias": runtime.store.alias, "collection": None, "points": None}
         )
-        files = {
+        files: dict[str, dict[str, Any]] = {
             str(p.relative_to(work)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
             for p in sorted(work.rglob("*"))
             if p.is_file()
         }
+        active = ModelRegistry(models).active_version()
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "created_at": utcnow().isoformat(),
             "jobclass_version": jobclass_version(),
             "database": {"dialect": dialect, "revision": revision, "rows": rows},
-            "model": {"active": ModelRegistry(models).active_version()},
+            "model": {"active": active},
             "encoder": {
                 "active": EncoderRegistry.under(models).active_version(),
                 "embedding": runtime.settings.embedding_signature,
@@ -273,8 +274,8 @@ def take_snapshot(runtime: Runtime, out: Path, *, include_index: bool = True) ->
         out,
         dialect,
         rows,
-        manifest["model"]["active"],
-        index["kind"],
+        active,
+        str(index["kind"]),
         index.get("points"),
         size,
         seconds=time.perf_counter() - start,
