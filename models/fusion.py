@@ -1,6 +1,10 @@
 """Fuse the head's probabilities, the kNN vote and the lexical model; tune the blend on held-out data.
 
-``p = α·p_head + β·p_lex + (1−α−β)·p_knn``, then temperature-calibrated: ``p ∝ p^(1/T)``. Below the
+``p = α·cal(p_head, T_head) + β·cal(p_lex, T_lex) + (1−α−β)·p_knn``, then temperature-calibrated:
+``p ∝ p^(1/T)``. Each probabilistic signal is first calibrated on its own (``cal(p, T) ∝ p^(1/T)``, T
+fitted for log loss on the tuning rows): a TF-IDF logistic regression is far less confident than the
+embedding head at the same accuracy, so without it a blend weight would say little about how much a
+signal counts. Below the
 abstain threshold the answer is "uncertain". A signal that has nothing to say for a row (no neighbours:
 the index is down; no known n-gram: the lexical model) is left out of that row and the other weights
 are renormalised, so one empty signal never drags an answer towards the uniform distribution.
@@ -23,6 +27,8 @@ BETAS: tuple[float, ...] = ALPHAS  # the lexical weight; α + β ≤ 1
 KS: tuple[int, ...] = (3, 5, 10, 20, 30)
 KNN_TEMPERATURES: tuple[float, ...] = (0.02, 0.05, 0.1, 0.3)
 CALIBRATION_TEMPERATURES: tuple[float, ...] = (0.25, 0.35, 0.5, 0.7, 0.85, 1.0, 1.25, 1.5, 2.0, 3.0)
+# A TF-IDF logistic regression over many classes can be very under-confident: its grid reaches lower.
+SIGNAL_TEMPERATURES: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, *CALIBRATION_TEMPERATURES)
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,8 @@ class FusionParams:
     abstain_threshold: float = 0.0
     beta: float = 0.0  # lexical weight (0 for models saved before the lexical signal existed)
     vote: str = "cosine"  # the neighbours' vote weight: "cosine" similarity, or "rank" (the hybrid RRF score)
+    head_temperature: float = 1.0  # each signal's own calibration before the blend (1.0 for older models)
+    lexical_temperature: float = 1.0
 
     @property
     def knn_weight(self) -> float:
@@ -93,8 +101,24 @@ def fuse(
     knn_ok: np.ndarray | None = None,
     lex_ok: np.ndarray | None = None,
 ) -> np.ndarray:
+    p_head = calibrate(p_head, params.head_temperature)
+    p_lex = None if p_lex is None else calibrate(p_lex, params.lexical_temperature)
     p = blend(p_head, p_knn, params.alpha, p_lex, params.beta, knn_ok=knn_ok, lex_ok=lex_ok)
     return calibrate(p, params.temperature)
+
+
+def fit_temperature(
+    probs: np.ndarray,
+    y: np.ndarray,
+    rows: np.ndarray | None = None,
+    grid: Sequence[float] = CALIBRATION_TEMPERATURES,
+) -> float:
+    """The temperature of ``grid`` with the lowest log loss on ``rows`` (all rows by default)."""
+    if rows is not None:
+        probs, y = probs[rows], y[rows]
+    if len(y) == 0:
+        return 1.0
+    return min(grid, key=lambda temp: log_loss(calibrate(probs, temp), y))
 
 
 @dataclass(frozen=True)
@@ -129,6 +153,11 @@ def tune(
     data the result is never worse than any of them. ``neighbour_labels``/``neighbour_scores`` are the
     cosine-weighted vote's arrays; ``extra_votes`` adds other weightings of the same candidates (e.g.
     ``{"rank": (labels, rrf_scores)}`` from a hybrid query), and the best one is kept as ``vote``."""
+    head_temperature = fit_temperature(p_head, y, grid=SIGNAL_TEMPERATURES)
+    lexical_temperature = 1.0 if p_lex is None else fit_temperature(p_lex, y, lex_ok, SIGNAL_TEMPERATURES)
+    p_head_raw, p_lex_raw = p_head, p_lex
+    p_head = calibrate(p_head, head_temperature)
+    p_lex = None if p_lex is None else calibrate(p_lex, lexical_temperature)
     best_key: tuple[float, float] | None = None
     best = FusionParams()
     knn_cache: dict[tuple[str, int, float], np.ndarray] = {}
@@ -148,8 +177,8 @@ def tune(
             if best_key is None or key > best_key:
                 best_key, best = key, FusionParams(alpha=alpha, k=k, knn_temperature=t, beta=beta, vote=vote)
     best_knn = knn_cache[(best.vote, best.k, best.knn_temperature)]
-    p_best = fuse(p_head, best_knn, best, p_lex, lex_ok=lex_ok)
-    temperature = min(CALIBRATION_TEMPERATURES, key=lambda temp: log_loss(calibrate(p_best, temp), y))
+    p_best = blend(p_head, best_knn, best.alpha, p_lex, best.beta, lex_ok=lex_ok)
+    temperature = fit_temperature(p_best, y)
     params = FusionParams(
         alpha=best.alpha,
         k=best.k,
@@ -158,7 +187,10 @@ def tune(
         abstain_threshold=abstain_threshold,
         beta=best.beta,
         vote=best.vote,
+        head_temperature=head_temperature,
+        lexical_temperature=lexical_temperature,
     )
+    p_head, p_lex = p_head_raw, p_lex_raw
     pred = fuse(p_head, best_knn, params, p_lex, lex_ok=lex_ok).argmax(axis=1)
     return TuningResult(
         params=params,

@@ -446,12 +446,29 @@ def _memory_md(mem: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _signals_md(sig: dict[str, Any]) -> list[str]:
+    served, before = sig["served"], sig["two_signal"]
+    return [
+        "## Cost of the lexical signal and hybrid retrieval",
+        "",
+        "| path (one ad per request) | p50 ms | p99 ms |",
+        "|---|---:|---:|",
+        f"| served: hybrid query, head + lexical + vote | {served['p50_ms']:.1f} | {served['p99_ms']:.1f} |",
+        f"| two-signal: dense query, head + vote | {before['p50_ms']:.1f} | {before['p99_ms']:.1f} |",
+        "",
+        f"p50 ratio served / two-signal: **{sig['p50_ratio']:.2f}×** ({sig['rounds']} requests each, "
+        f"a {sig['words']}-word ad). {sig['what']}.",
+        "",
+    ]
+
+
 PERF_SECTIONS_MD = {
     "embedding": _embedding_md,
     "service": _service_md,
     "microbatch": _microbatch_md,
     "knn": _knn_md,
     "memory": _memory_md,
+    "signals": _signals_md,
 }
 
 

@@ -13,7 +13,10 @@ Sections (``--only`` picks some):
 - ``knn``: upsert rate and query latency (p50/p99, with and without a payload filter) at 10k/100k/1M
   synthetic clustered 384-d vectors: qdrant-client local mode, exact numpy, the embedded Qdrant engine
   (HNSW), and at 100k recall@10 of scalar int8 and binary quantization vs none;
-- ``memory``: RSS of a serving process (embedding model loaded) with 100k vectors indexed.
+- ``memory``: RSS of a serving process (embedding model loaded) with 100k vectors indexed;
+- ``signals``: one ~60-word ad classified the way the service serves it (hybrid dense + BM25 query, head,
+  lexical model, vote) vs the two-signal path it replaced (dense query, head + vote), in adjacent pairs:
+  the p50 ratio is what the lexical signal and hybrid retrieval cost per request.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import numpy as np
 from app.settings import DATA_DIR, PROJECT_ROOT
 
 Echo = Callable[[str], None]
-SECTIONS = ("embedding", "service", "microbatch", "knn", "memory")
+SECTIONS = ("embedding", "service", "microbatch", "knn", "memory", "signals")
 DIM = 384
 N_LABELS = 20
 
@@ -58,6 +61,7 @@ class PerfConfig:
     clients: int = 16
     requests_per_client: int = 2
     service_rounds: int = 6
+    signal_rounds: int = 200  # single-ad classifications per path (served vs two-signal), interleaved
     train_per_label: int = 6
     sections: tuple[str, ...] = SECTIONS
     seed: int = 20240601
@@ -345,6 +349,58 @@ def bench_service(cfg: PerfConfig, svc: _Service, echo: Echo) -> dict[str, Any]:
         "what": "POST /v1/classify/batch (clean, embed, kNN on the edge index, fusion, 256 prediction rows "
         "in SQLite, JSON) vs the same embedder's encode + the head on the cleaned texts; rounds in adjacent "
         "pairs, order alternating; overhead = median of the per-round ratios",
+    }
+
+
+def bench_signals(cfg: PerfConfig, svc: _Service, echo: Echo) -> dict[str, Any]:
+    """One ~60-word ad, classified ``signal_rounds`` times each way in adjacent pairs (order alternating):
+    the served path (``app.services.classification.classify``: clean, embed, BM25 query vector, one hybrid
+    query, head + lexical + vote) vs the two-signal path before the lexical signal (clean, embed, a dense
+    query, head + vote with the same k and temperatures). Nothing is stored on either side."""
+    from dataclasses import replace
+
+    from app.services.classification import ClassifyItem, classify, clean_items
+    from models.classifier import FusedClassifier, Neighbour
+    from models.training import MAX_K
+
+    runtime = svc.runtime
+    served = runtime.model.classifier
+    dense_only = FusedClassifier(served.labels, served.head, replace(served.params, beta=0.0), served.variant)
+    item = ClassifyItem(sample_texts(1, 60)[0], "0")
+
+    def hybrid() -> float:
+        t0 = time.perf_counter()
+        classify(runtime, None, [item])
+        return time.perf_counter() - t0
+
+    def dense() -> float:
+        t0 = time.perf_counter()
+        vectors = svc.encoder.encode(clean_items(runtime, [item]))
+        hits = runtime.store.search_many(vectors, max(MAX_K, served.params.k))
+        neighbours = [[Neighbour(h.label, h.score, h.labelled_at) for h in row] for row in hits]
+        dense_only.predict_proba(vectors, neighbours)
+        return time.perf_counter() - t0
+
+    hybrid(), dense()  # warm-up
+    served_s, before_s = [], []
+    for r in range(cfg.signal_rounds):
+        if r % 2 == 0:
+            served_s.append(hybrid())
+            before_s.append(dense())
+        else:
+            before_s.append(dense())
+            served_s.append(hybrid())
+    p_served, p_before = percentiles(served_s), percentiles(before_s)
+    ratio = p_served["p50_ms"] / p_before["p50_ms"]
+    echo(f"  signals: served p50 {p_served['p50_ms']:.1f} ms vs two-signal {p_before['p50_ms']:.1f} ms ({ratio:.2f}x)")
+    return {
+        "rounds": cfg.signal_rounds,
+        "words": len(item.text.split()),
+        "served": p_served,
+        "two_signal": p_before,
+        "p50_ratio": ratio,
+        "what": "one ad per request: served (hybrid dense + BM25 query, head + lexical + vote) vs the two-signal "
+        "path it replaced (dense query, head + vote); adjacent pairs, order alternating",
     }
 
 
@@ -737,7 +793,7 @@ def run_perf(cfg: PerfConfig, echo: Echo = print) -> dict[str, Any]:
         t0 = time.perf_counter()
         result["embedding"] = bench_embedding(cfg, echo)
         timings["embedding"] = time.perf_counter() - t0
-    if "service" in cfg.sections or "microbatch" in cfg.sections:
+    if {"service", "microbatch", "signals"} & set(cfg.sections):
         t0 = time.perf_counter()
         svc = _build_service(cfg, echo)
         try:
@@ -745,9 +801,11 @@ def run_perf(cfg: PerfConfig, echo: Echo = print) -> dict[str, Any]:
                 result["service"] = bench_service(cfg, svc, echo)
             if "microbatch" in cfg.sections:
                 result["microbatch"] = bench_microbatch(cfg, svc, echo)
+            if "signals" in cfg.sections:
+                result["signals"] = bench_signals(cfg, svc, echo)
         finally:
             svc.close()
-        timings["service+microbatch"] = time.perf_counter() - t0
+        timings["service+microbatch+signals"] = time.perf_counter() - t0
     if "knn" in cfg.sections:
         t0 = time.perf_counter()
         result["knn"] = bench_knn(cfg, echo)

@@ -32,7 +32,8 @@ def test_perf_bench_runs_every_section_on_a_tiny_slice(tmp_path: Path) -> None:
         requests_per_client=2,
         service_rounds=3,
         train_per_label=2,
-        sections=("embedding", "service", "microbatch", "knn"),
+        signal_rounds=4,
+        sections=("embedding", "service", "microbatch", "knn", "signals"),
     )
     result = run_perf(cfg, echo=lambda _: None)
 
@@ -48,6 +49,10 @@ def test_perf_bench_runs_every_section_on_a_tiny_slice(tmp_path: Path) -> None:
         assert runs["with"]["model_calls"] >= 1 and runs["with"]["n"] == mb["requests"] == 4
         assert runs["speedup"] > 0
 
+    sig = result["signals"]
+    assert sig["rounds"] == 4 and sig["served"]["n"] == sig["two_signal"]["n"] == 4
+    assert sig["p50_ratio"] == pytest.approx(sig["served"]["p50_ms"] / sig["two_signal"]["p50_ms"])
+
     knn = result["knn"]["sizes"]["400"]
     assert knn["numpy_exact"]["recall_at_10"] == 1.0
     for row in knn.values():
@@ -56,6 +61,7 @@ def test_perf_bench_runs_every_section_on_a_tiny_slice(tmp_path: Path) -> None:
 
     report = markdown(result)
     assert "## Service overhead" in report and "| knn_search |" in report and "## Micro-batching" in report
+    assert "## Cost of the lexical signal and hybrid retrieval" in report
     write_outputs(result, tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text())["service"]["rounds"] == 3
     assert (tmp_path / "report.md").read_text() == report

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.fusion import FusionParams, calibrate, fuse, tune
+from models.fusion import SIGNAL_TEMPERATURES, FusionParams, calibrate, fit_temperature, fuse, tune
 from models.head import HeadConfig
 from models.knn import exact_neighbours, knn_vote
 from models.training import out_of_fold, stratified_folds, train_classifier
@@ -108,3 +108,29 @@ def test_cross_fitted_tuning_reports_on_the_untouched_validation_split() -> None
     assert report.metrics["head_epochs"]["by"] == "cross_validation_5"
     assert plain_report.metrics["head_epochs"]["by"] == "validation"
     assert report.best_epoch == report.metrics["head_epochs"]["epochs"] >= 1
+
+
+def test_each_signal_is_calibrated_before_the_blend() -> None:
+    rng = np.random.default_rng(2)
+    n, c = 400, 10
+    y = rng.integers(0, c, n)
+    # a lexical model right 90% of the time but barely above uniform; a confident head right 60%
+    lex_pred = np.where(rng.random(n) < 0.9, y, (y + 1) % c)
+    p_lex = np.full((n, c), 0.098)
+    p_lex[np.arange(n), lex_pred] = 0.118
+    p_lex /= p_lex.sum(axis=1, keepdims=True)
+    head_pred = np.where(rng.random(n) < 0.6, y, (y + 2) % c)
+    p_head = np.full((n, c), 0.01)
+    p_head[np.arange(n), head_pred] = 0.91
+    assert fit_temperature(p_lex, y, grid=SIGNAL_TEMPERATURES) < 0.25  # sharpened
+    assert fit_temperature(p_head, y, grid=SIGNAL_TEMPERATURES) > 1.0  # softened
+    nb_labels = rng.integers(0, c, (n, 30))
+    nb_scores = np.sort(rng.uniform(0.3, 0.9, (n, 30)), axis=1)[:, ::-1]
+    result = tune(p_head, nb_labels, nb_scores, y, c, p_lex=p_lex)
+    assert result.params.lexical_temperature < 0.25 and result.params.head_temperature > 1.0
+    assert result.lexical_accuracy is not None and result.accuracy >= result.lexical_accuracy
+    # the stored temperatures are applied when the model serves: fuse() reproduces the tuned answers
+    p_knn = knn_vote(nb_labels, nb_scores, c, k=result.params.k, temperature=result.params.knn_temperature)
+    served = fuse(p_head, p_knn, result.params, p_lex)
+    assert np.allclose(served.sum(axis=1), 1.0)
+    assert (served.argmax(axis=1) == y).mean() == pytest.approx(result.accuracy)
