@@ -68,7 +68,7 @@ def file_format(path: Path, given: str | None = None, *, what: str = "input") ->
     if given is not None:
         if given not in FORMATS:
             raise InvalidInput(f"--format must be one of {', '.join(FORMATS)}, not {given!r}")
-        return given  # type: ignore[return-value]
+        return given
     found = EXTENSIONS.get(path.suffix.lower())
     if found is None:
         known = ", ".join(EXTENSIONS)
@@ -268,7 +268,7 @@ def write_rows(path: Path, fmt: Format, rows: Sequence[dict[str, Any]], columns:
             handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
-def _atomic(write: Callable[[Path], None], target: Path) -> None:
+def _atomic(write: Callable[[Path], object], target: Path) -> None:
     """``write`` a temporary sibling of ``target``, flush it to disk and rename it into place."""
     tmp = target.with_name(f".{target.name}.tmp")
     write(tmp)
@@ -402,8 +402,9 @@ def _prepare(options: BulkOptions, model_version: str) -> Checkpoint:
 
 
 # ---- the run -------------------------------------------------------------------------------------
-def check_row(row: InputRow, runtime: Runtime, seen: set[int]) -> str | None:
-    """Why a record cannot be classified, or None (then its id is remembered as seen)."""
+def check_row(row: InputRow, runtime: Runtime, seen: set[int] | None) -> str | None:
+    """Why a record cannot be classified, or None (then its id is remembered in ``seen``; None: no
+    duplicate check)."""
     if row.problem:
         return row.problem
     if row.id is None or not row.id.strip():
@@ -419,6 +420,8 @@ def check_row(row: InputRow, runtime: Runtime, seen: set[int]) -> str | None:
         return f"text is {len(row.text)} characters; the limit is {limit}"
     if not clean_text(row.text, max_chars=runtime.settings.clean_max_chars):
         return "text is empty after cleaning (no words left)"
+    if seen is None:
+        return None
     h = id_hash(row.id)
     if h in seen:
         return "duplicate id (an earlier row has it)"

@@ -24,7 +24,7 @@ from sqlalchemy.orm import sessionmaker
 from typer.testing import CliRunner
 
 from app.cli import cli, common
-from app.db import Prediction, migrate
+from app.db import Prediction
 from app.errors import InvalidInput
 from app.runtime import Runtime
 from app.services import bulk
@@ -39,9 +39,8 @@ from app.services.bulk import (
     read_output,
 )
 from app.services.classification import ClassifyItem, classify
-from tests.conftest import make_settings
-from tests.factories import one_error_line, seed
-from tests.fakes import FakeEncoder
+from tests.bulk_child import make_state, open_state
+from tests.factories import one_error_line
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
@@ -69,23 +68,9 @@ def write_input(path: Path, rows: list[tuple[Any, Any]], fmt: Format | None = No
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A state folder (SQLite file, index folder, models) with a trained model (fake encoder), made once:
-    training takes seconds. Tests open it (one at a time: the index folder has one owner) or copy it."""
-    state = tmp_path_factory.mktemp("bulk") / "state"
-    settings = make_settings(state, qdrant_path=str(state / "index"))
-    migrate(settings.db_url)
-    rt = Runtime(settings, encoder=FakeEncoder())
-    try:
-        seed(rt, state.parent)
-    finally:
-        rt.close()
-    return state
-
-
-def open_state(state: Path, **kw: Any) -> Runtime:
-    rt = Runtime(make_settings(state, qdrant_path=str(state / "index")), encoder=FakeEncoder(), **kw)
-    rt.load_active_model()
-    return rt
+    """Seeded once (training takes seconds); tests open it one at a time (the index folder has one
+    owner) or copy it."""
+    return make_state(tmp_path_factory.mktemp("bulk") / "state")
 
 
 @pytest.fixture
@@ -292,7 +277,7 @@ def test_store_writes_one_prediction_per_row_even_when_a_part_is_written_again(
     summary = classify_file(runtime, opts)
     assert (summary.resumed_from, summary.written) == (5, 12)
     new = {i: e for i, e in stored() if i not in before}
-    assert sorted(new.values()) == [i for i, _ in rows]  # each row stored exactly once
+    assert sorted(str(e) for e in new.values()) == [i for i, _ in rows]  # each row stored exactly once
     assert {r["prediction_id"]: r["id"] for r in read_output(out)} == new
     with runtime.sessions() as session:
         row = session.get(Prediction, next(iter(new)))
