@@ -216,7 +216,8 @@ def _read(options: BulkOptions) -> Any:
         return ray.data.read_parquet(path, columns=cols, num_cpus=IO_CPUS)
     if options.input_format == "csv":
         convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in cols}, include_columns=cols)
-        return ray.data.read_csv(path, convert_options=convert, num_cpus=IO_CPUS)
+        parse = pacsv.ParseOptions(newlines_in_values=True)  # an ad's text has line breaks
+        return ray.data.read_csv(path, convert_options=convert, parse_options=parse, num_cpus=IO_CPUS)
     return ray.data.read_json(path, lines=True, num_cpus=IO_CPUS)
 
 

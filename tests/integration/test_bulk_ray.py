@@ -48,7 +48,7 @@ def test_classify_file_on_ray_matches_the_local_path(local_ray: None, state: Pat
     from app.services.bulk_ray import classify_file_on_ray
 
     words = ["carpenter timber roofing", "python developer cloud", "nurse hospital ward"]
-    rows = [(f"r{i:02d}", f"{words[i % 3]} {i}") for i in range(30)]
+    rows = [(f"r{i:02d}", f"{words[i % 3]}\non two lines {i}") for i in range(30)]  # quoted line breaks
     src = tmp_path / "in.csv"
     with src.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
