@@ -137,6 +137,11 @@ def runtime(settings: Settings | None = None) -> Runtime:
     return Runtime(resolve_encoder_settings(settings or get_settings()))
 
 
+def resolved_settings() -> Settings:
+    """The settings a runtime would serve with (an active fine-tuned encoder applied), without building one."""
+    return resolve_encoder_settings(get_settings())
+
+
 def offline_runtime() -> Runtime:
     """A runtime for read-only reports: they never touch the vector index, so it is left closed (an
     in-memory client) and the command runs while a server owns the embedded index."""

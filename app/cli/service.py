@@ -105,15 +105,34 @@ def train() -> None:
         typer.echo(f"  validation {name:5s}: accuracy {acc:.3f}  macro-F1 {f1:.3f}")
 
 
-def reindex() -> None:
+def reindex(
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (embed in a Ray actor pool).")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (with --engine ray); default: a local Ray.")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Ray actors embedding (--engine ray).")] = 2,
+) -> None:
     """Re-embed every labelled vacancy into a new collection and swap the alias to it."""
+    from app.services.index import BulkEmbed
     from app.services.index import reindex as run
 
+    if engine not in ("local", "ray"):
+        raise InvalidInput(f"--engine must be local or ray, not {engine!r}")
+    if address is not None and engine != "ray":
+        raise InvalidInput("--address needs --engine ray")
     runtime = common.runtime()
+    embed: BulkEmbed | None = None
+    if engine == "ray":
+        from app.services.bulk_ray import embed_on_ray, encoder_factory
+
+        settings = runtime.settings
+        embed = embed_on_ray(
+            encoder_factory(settings), address=address, workers=workers, batch_size=settings.embedding_batch_size * 8
+        )
     bar, progress = common.progress_bar("reindex")
     try:
         with runtime.sessions() as session:
-            result = run(runtime, session, progress)
+            result = run(runtime, session, progress, embed=embed)
     finally:
         bar.close()
         runtime.close()

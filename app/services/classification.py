@@ -160,10 +160,12 @@ def classify(
     return results
 
 
-def store_predictions(session: Session, results: Sequence[Classification]) -> None:
+def store_predictions(session: Session, results: Sequence[Classification], *, ids: Sequence[str] | None = None) -> None:
+    """One prediction row per result, committed together; ``ids`` (one per result) instead of fresh
+    ones: a bulk run derives them from its input lines, so a part written again is not stored twice."""
     rows = []
-    for r in results:
-        r.prediction_id = new_id()
+    for n, r in enumerate(results):
+        r.prediction_id = ids[n] if ids is not None else new_id()
         rows.append(
             Prediction(
                 id=r.prediction_id,

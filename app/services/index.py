@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,6 +24,7 @@ from indexing.store import VacancyPoint
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
+BulkEmbed = Callable[[Sequence[str]], Iterable[tuple[np.ndarray, np.ndarray]]]  # texts → (positions, vectors)
 CATCH_UP_SLACK = timedelta(seconds=5)  # clock skew between writers: re-reading a few extra rows is harmless
 
 
@@ -61,12 +62,17 @@ def to_points(
     ]
 
 
-def reindex(runtime: Runtime, session: Session, progress: Progress | None = None) -> ReindexResult:
+def reindex(
+    runtime: Runtime, session: Session, progress: Progress | None = None, *, embed: BulkEmbed | None = None
+) -> ReindexResult:
     """Embed every labelled vacancy into a new collection, then swap the alias to it atomically.
 
     Searches keep using the old collection until the swap. Corrections that arrive meanwhile are not
     lost: single-point writes go to both collections while the build runs, and vacancies labelled
-    after the build started are read again and rewritten just before the swap."""
+    after the build started are read again and rewritten just before the swap.
+
+    ``embed``: embeds the texts elsewhere (``jobclass reindex --engine ray``: an actor pool), yielding
+    (positions, vectors) in any order; this process upserts them."""
     if not runtime.index_lock.acquire(blocking=False):
         raise Conflict("a reindex is already running")
     store = runtime.store
@@ -80,7 +86,16 @@ def reindex(runtime: Runtime, session: Session, progress: Progress | None = None
             vacancies = labelled_vacancies(session)
             total = len(vacancies)
             batch = runtime.settings.index_batch_size
-            for offset in range(0, total, batch):
+            if embed is not None:
+                done = 0
+                for positions, vectors in embed([v.text for v in vacancies]):
+                    write_vacancies(runtime, [vacancies[int(i)] for i in positions], name, vectors=vectors)
+                    done += len(positions)
+                    if progress:
+                        progress(done, total)
+                if done != total:
+                    raise RuntimeError(f"the bulk embedder returned {done} vectors for {total} vacancies")
+            for offset in range(0, total if embed is None else 0, batch):
                 write_vacancies(runtime, vacancies[offset : offset + batch], name)
                 if progress:
                     progress(min(offset + batch, total), total)
