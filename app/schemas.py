@@ -104,9 +104,16 @@ class ExtractionPublic(BaseModel):
 
 class ClassificationPublic(BaseModel):
     prediction_id: str | None = Field(description="Id to send feedback for; null when the prediction was not stored.")
-    label: str | None = Field(description="The predicted label; null when the model abstains.")
+    label: str | None = Field(
+        description="The predicted label; null when the model abstains. In a hierarchical taxonomy it may be a "
+        "parent: the deepest node whose rolled-up probability reaches JOBCLASS_HIERARCHY_THRESHOLD."
+    )
     confidence: float
     abstained: bool
+    level: int | None = Field(
+        None, description="Depth of `label` in the taxonomy (0 = a root; always 0 when flat); null when abstained."
+    )
+    path: list[str] = Field(default_factory=list, description="Root → `label` in the taxonomy; empty when abstained.")
     probabilities: list[LabelProbability]
     neighbours: list[NeighbourPublic]
     model_version: str
@@ -346,6 +353,8 @@ class ModelsResponse(BaseModel):
 class TaxonomyLabel(BaseModel):
     label: str
     display_name: str
+    parent: str | None = Field(None, description="The parent label in a hierarchical taxonomy; null for a root.")
+    leaf: bool = Field(True, description="Whether vacancies can be labelled (and corrected) with it: no children.")
 
 
 class TaxonomyPublic(BaseModel):

@@ -54,6 +54,8 @@ def submit_feedback(
 ) -> FeedbackResult:
     if label not in runtime.taxonomy:
         raise InvalidInput(f"unknown label {label!r}: it is not in the taxonomy (GET /v1/taxonomy)", field="label")
+    if (why := runtime.taxonomy.not_a_leaf(label)) is not None:
+        raise InvalidInput(why, field="label")
     if "\x00" in prediction_id:  # no stored id holds a NUL byte (Postgres text cannot)
         raise NotFound(f"no prediction with id {prediction_id!r}", field="prediction_id")
     if comment is not None:
