@@ -190,8 +190,17 @@ class FeedbackPublic(BaseModel):
     comment: str | None
     created_at: datetime
     indexed: bool = Field(description="Whether the corrected vacancy is already in the kNN index.")
+    retracted_at: datetime | None = Field(None, description="When the correction was retracted; null while it stands.")
 
-    _utc = field_validator("created_at")(_assume_utc)
+    _utc = field_validator("created_at", "retracted_at")(_assume_utc)
+
+
+class FeedbackRetracted(FeedbackPublic):
+    indexed: bool = Field(description="Whether the kNN index already forgot the correction (else the next reindex).")
+    vacancy_label: str | None = Field(
+        description="The corrected vacancy's label now: the latest correction of the prediction that still stands, "
+        "or null (it left the index and the training set)."
+    )
 
 
 # ---- predictions (the review queue) ----------------------------------------------------------
@@ -210,7 +219,10 @@ class PredictionPublic(BaseModel):
     language: str | None = Field(None, description="The detected language; null for predictions made before it was.")
     reviewed_label: str | None = Field(description="The latest feedback label; null while unreviewed.")
     reviewed_at: datetime | None
-    feedback_count: int
+    feedback_count: int = Field(description="Corrections that stand (retracted ones are not counted).")
+    reviewed_feedback_id: int | None = Field(
+        None, description="Id of the latest correction that stands (`DELETE /v1/feedback/{id}` retracts it)."
+    )
 
     _utc = field_validator("created_at", "reviewed_at")(_assume_utc)
 
