@@ -84,7 +84,8 @@ class Prediction(Base):
 
 
 class Feedback(Base):
-    """A user's correction of a prediction. History is kept: the latest row wins."""
+    """A user's correction of a prediction. History is kept: the latest row that is not retracted wins.
+    A retracted row stays (``retracted_at`` set): the audit trail, never a hard delete."""
 
     __tablename__ = "feedback"
 
@@ -94,6 +95,8 @@ class Feedback(Base):
     label: Mapped[str] = mapped_column(String(200))
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # when the correction was withdrawn (0006); null while it stands
+    retracted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     prediction: Mapped[Prediction] = relationship(back_populates="feedback")
     vacancy: Mapped[Vacancy] = relationship()

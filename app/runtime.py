@@ -146,12 +146,12 @@ class Runtime:
             classifier, meta = self.registry.load(variant=self.settings.head_variant)
         except NoActiveModel:
             return None
-        self._check_compatible(meta)
+        self._check_compatible(meta, classifier)
         self._model = LoadedModel(classifier, meta["version"], meta)
         return self._model
 
     def set_model(self, classifier: FusedClassifier, version: str, metadata: dict[str, Any]) -> None:
-        self._check_compatible(metadata)
+        self._check_compatible(metadata, classifier)
         variant = self.settings.head_variant
         if classifier.variant != variant:
             classifier = classifier.with_variant(variant)
@@ -166,12 +166,18 @@ class Runtime:
             self._encoder = self._batched(encoder)
         self.set_model(classifier, version, metadata)
 
-    def _check_compatible(self, meta: dict[str, Any]) -> None:
+    def _check_compatible(self, meta: dict[str, Any], classifier: FusedClassifier | None = None) -> None:
         expected = self.settings.embedding_signature
         if meta.get("embedding") != expected:
             raise IncompatibleModelError(
                 f"model {meta.get('version')} was trained on embeddings {meta.get('embedding')}, but the "
                 f"settings give {expected}: run `jobclass reindex` and `jobclass train` after changing them"
+            )
+        # A hierarchical taxonomy rolls the model's probabilities up its tree: the classes must be its leaves.
+        if classifier is not None and self.taxonomy.is_hierarchical and classifier.labels != list(self.taxonomy.leaves):
+            raise IncompatibleModelError(
+                f"model {meta.get('version')} was trained on other labels than the leaves of the hierarchical "
+                f"taxonomy {self.settings.taxonomy_path.name}: run `jobclass train`"
             )
 
     def index_metadata(self, embedding: dict[str, Any] | None = None) -> dict[str, Any]:

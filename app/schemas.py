@@ -104,9 +104,16 @@ class ExtractionPublic(BaseModel):
 
 class ClassificationPublic(BaseModel):
     prediction_id: str | None = Field(description="Id to send feedback for; null when the prediction was not stored.")
-    label: str | None = Field(description="The predicted label; null when the model abstains.")
+    label: str | None = Field(
+        description="The predicted label; null when the model abstains. In a hierarchical taxonomy it may be a "
+        "parent: the deepest node whose rolled-up probability reaches JOBCLASS_HIERARCHY_THRESHOLD."
+    )
     confidence: float
     abstained: bool
+    level: int | None = Field(
+        None, description="Depth of `label` in the taxonomy (0 = a root; always 0 when flat); null when abstained."
+    )
+    path: list[str] = Field(default_factory=list, description="Root → `label` in the taxonomy; empty when abstained.")
     probabilities: list[LabelProbability]
     neighbours: list[NeighbourPublic]
     model_version: str
@@ -183,8 +190,17 @@ class FeedbackPublic(BaseModel):
     comment: str | None
     created_at: datetime
     indexed: bool = Field(description="Whether the corrected vacancy is already in the kNN index.")
+    retracted_at: datetime | None = Field(None, description="When the correction was retracted; null while it stands.")
 
-    _utc = field_validator("created_at")(_assume_utc)
+    _utc = field_validator("created_at", "retracted_at")(_assume_utc)
+
+
+class FeedbackRetracted(FeedbackPublic):
+    indexed: bool = Field(description="Whether the kNN index already forgot the correction (else the next reindex).")
+    vacancy_label: str | None = Field(
+        description="The corrected vacancy's label now: the latest correction of the prediction that still stands, "
+        "or null (it left the index and the training set)."
+    )
 
 
 # ---- predictions (the review queue) ----------------------------------------------------------
@@ -203,7 +219,10 @@ class PredictionPublic(BaseModel):
     language: str | None = Field(None, description="The detected language; null for predictions made before it was.")
     reviewed_label: str | None = Field(description="The latest feedback label; null while unreviewed.")
     reviewed_at: datetime | None
-    feedback_count: int
+    feedback_count: int = Field(description="Corrections that stand (retracted ones are not counted).")
+    reviewed_feedback_id: int | None = Field(
+        None, description="Id of the latest correction that stands (`DELETE /v1/feedback/{id}` retracts it)."
+    )
 
     _utc = field_validator("created_at", "reviewed_at")(_assume_utc)
 
@@ -348,6 +367,8 @@ class ModelsResponse(BaseModel):
 class TaxonomyLabel(BaseModel):
     label: str
     display_name: str
+    parent: str | None = Field(None, description="The parent label in a hierarchical taxonomy; null for a root.")
+    leaf: bool = Field(True, description="Whether vacancies can be labelled (and corrected) with it: no children.")
 
 
 class TaxonomyPublic(BaseModel):

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # Classification
     head_variant: Variant = "fp32"
     abstain_threshold: float = Field(0.25, ge=0.0, le=1.0)
+    # A hierarchical taxonomy (a `parent` column): answers descend the tree while the rolled-up probability
+    # reaches this, so an unsure leaf falls back to its parent; unset: the abstain threshold.
+    hierarchy_threshold: float | None = Field(None, ge=0.0, le=1.0)
     search_k: int = Field(30, ge=1, le=200)  # neighbours fetched per classify (the vote uses the tuned k)
     # Hybrid retrieval: the Snowball stemmer of the BM25 lexical vectors stored beside the embeddings
     # (Danish + English stop words); changing it needs `jobclass reindex`.
@@ -143,11 +146,22 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if not self.taxonomy_path.is_file():
             raise ValueError(f"taxonomy file not found: {self.taxonomy_path} (JOBCLASS_TAXONOMY_PATH)")
+        from app.taxonomy import Taxonomy
+
+        try:  # fail fast: a malformed file (or a parent that is no label, a cycle) stops start-up
+            Taxonomy.from_csv(self.taxonomy_path)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{exc} (JOBCLASS_TAXONOMY_PATH)") from exc
         if self.profile == "production" and self.admin_token is None:
             raise ValueError("the production profile needs JOBCLASS_ADMIN_TOKEN")
         if self.database_url and not self.database_url.startswith(("sqlite", "postgresql")):
             raise ValueError("JOBCLASS_DATABASE_URL must be a sqlite:// or postgresql+psycopg:// URL")
         return self
+
+    @property
+    def answer_threshold(self) -> float:
+        """The threshold of a hierarchical answer at every level (``models.hierarchy``)."""
+        return self.abstain_threshold if self.hierarchy_threshold is None else self.hierarchy_threshold
 
     @property
     def db_url(self) -> str:

@@ -378,12 +378,18 @@ class VectorStore:
         return len(points)
 
     @_store_boundary
-    def delete(self, vacancy_ids: Sequence[str]) -> None:
-        self.client.delete(
-            self._require_active(),
-            points_selector=models.PointIdsList(points=[point_id(v) for v in vacancy_ids]),
-            wait=True,
-        )
+    def delete(self, vacancy_ids: Sequence[str], *, collection: str | None = None) -> None:
+        """Delete from ``collection``, or else from the live collection and any collection being built."""
+        if collection is not None:
+            targets = [collection]
+        else:
+            building = self.building
+            targets = [self._require_active(), *([building] if building else [])]
+        if not vacancy_ids:
+            return
+        selector = models.PointIdsList(points=[point_id(v) for v in vacancy_ids])
+        for target in targets:
+            self.client.delete(target, points_selector=selector, wait=True)
 
     @_store_boundary
     def vector_of(self, vacancy_id: str) -> np.ndarray | None:

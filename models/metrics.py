@@ -1,4 +1,5 @@
-"""Classification metrics: accuracy, macro-F1, per-class scores, confusion matrix, calibration."""
+"""Classification metrics: accuracy, macro-F1, per-class scores, confusion matrix, calibration, and the
+hierarchy-aware ones (accuracy per level, the lowest-common-ancestor score)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from models.hierarchy import Hierarchy
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -84,6 +87,37 @@ def summary(probs: np.ndarray, y_true: np.ndarray, labels: Sequence[str]) -> dic
             label: float(f1) for label, f1, n in zip(labels, scores["f1"], scores["support"], strict=True) if n > 0
         },
     }
+
+
+def level_accuracy(
+    hierarchy: Hierarchy, y_true: Sequence[str], y_pred: Sequence[str | None]
+) -> dict[int, dict[str, float]]:
+    """Per level (0 = the roots): the share of rows whose prediction has the true label's node at that level,
+    over the rows whose true label reaches it. A prediction shallower than the level (an answer at a parent,
+    or none) is wrong there."""
+    out: dict[int, dict[str, float]] = {}
+    for level in range(hierarchy.n_levels):
+        hits = n = 0
+        for true, pred in zip(y_true, y_pred, strict=True):
+            node = hierarchy.ancestor_at(true, level)
+            if node is None:
+                continue
+            n += 1
+            hits += pred is not None and hierarchy.ancestor_at(pred, level) == node
+        if n:
+            out[level] = {"accuracy": hits / n, "n": float(n)}
+    return out
+
+
+def lca_score(hierarchy: Hierarchy, y_true: Sequence[str], y_pred: Sequence[str | None]) -> float:
+    """Mean over rows of |path(LCA(pred, true))| / |path(true)| (paths counted in nodes from the root): 1 for
+    the exact label, partial credit for an answer in the right branch (a correct parent included), 0 for a
+    different root or no answer."""
+    scores = []
+    for true, pred in zip(y_true, y_pred, strict=True):
+        common = hierarchy.lca(true, pred) if pred is not None else None
+        scores.append(0.0 if common is None else len(hierarchy.path(common)) / len(hierarchy.path(true)))
+    return float(np.mean(scores)) if scores else 0.0
 
 
 def confusion_figure(cm: np.ndarray, labels: Sequence[str], title: str = "") -> Any:

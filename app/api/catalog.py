@@ -56,6 +56,11 @@ def list_models(runtime: RuntimeDep) -> ModelsResponse:
 @router.get("/taxonomy", response_model=TaxonomyPublic)
 def taxonomy(runtime: RuntimeDep) -> TaxonomyPublic:
     t = runtime.taxonomy
+    tree = t.hierarchy
     return TaxonomyPublic(
-        digest=t.digest, labels=[TaxonomyLabel(label=x, display_name=t.display_name(x)) for x in t.labels]
+        digest=t.digest,
+        labels=[
+            TaxonomyLabel(label=x, display_name=t.display_name(x), parent=tree.parent[x], leaf=not tree.children[x])
+            for x in t.labels
+        ],
     )

@@ -27,6 +27,8 @@ def to_public(result: Classification) -> dict[str, object]:
         "label": result.label,
         "confidence": result.confidence,
         "abstained": result.abstained,
+        "level": result.level,
+        "path": result.path,
         "probabilities": [LabelProbability(**vars(p)) for p in result.probabilities],
         "neighbours": [
             NeighbourPublic(vacancy_id=h.vacancy_id, label=h.label, score=h.score, rank_score=h.rank_score)

@@ -3,8 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from app.deps import ApiTokenDep, MetricsDep, RuntimeDep, SessionDep
-from app.schemas import FeedbackCreate, FeedbackPublic
-from app.services.feedback import submit_feedback
+from app.schemas import FeedbackCreate, FeedbackPublic, FeedbackRetracted
+from app.services.feedback import retract_feedback, submit_feedback
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
 
@@ -24,4 +24,23 @@ def create_feedback(
         comment=row.comment,
         created_at=row.created_at,
         indexed=result.indexed,
+    )
+
+
+@router.delete("/{feedback_id}", response_model=FeedbackRetracted, dependencies=[ApiTokenDep])
+def delete_feedback(feedback_id: int, runtime: RuntimeDep, session: SessionDep) -> FeedbackRetracted:
+    """Retract a correction: the row is kept (``retracted_at``), the index and the next retrain forget it.
+    404 for an unknown id, 409 when it was already retracted."""
+    result = retract_feedback(runtime, session, feedback_id)
+    row = result.feedback
+    return FeedbackRetracted(
+        id=row.id,
+        prediction_id=row.prediction_id,
+        vacancy_id=row.vacancy_id,
+        label=row.label,
+        comment=row.comment,
+        created_at=row.created_at,
+        retracted_at=row.retracted_at,
+        indexed=result.indexed,
+        vacancy_label=result.label,
     )

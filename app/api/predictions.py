@@ -43,6 +43,7 @@ def predictions(
                 reviewed_label=v.reviewed_label,
                 reviewed_at=v.reviewed_at,
                 feedback_count=v.feedback_count,
+                reviewed_feedback_id=v.reviewed_feedback_id,
             )
             for v in views
         ]

@@ -4,6 +4,10 @@ Methods: ``tfidf_lr`` (the classic baseline), ``head``, ``knn`` (the vote over t
 neighbours), ``lexical`` (the served lexical model alone), ``fused`` (exactly what the service serves:
 the three signals trained, cross-fitted and tuned by ``models.training.train_classifier`` with the
 service's lexical settings, neighbours from the hybrid query), and the fusion with each compressed head.
+With a ``label_fine`` column (the level below ``label``) also ``head_hier`` and ``fused_hier``: the same
+served classifier trained on the fine labels with ``label`` as their parent, its probabilities rolled up
+to the coarse level (``models.hierarchy``), scored against the flat rows; the ``fine`` section adds the
+accuracy per level, the lowest-common-ancestor score and the service's answers that fall back to the parent.
 All are fit on the training split, tuned on the
 validation split (carved out of training when none is given), refit on train + validation, and scored
 on the test split. The embedded texts go through the production cleaning; embeddings are cached on
@@ -36,14 +40,22 @@ from indexing.sparse import LexicalEncoder, to_csr
 from indexing.store import VacancyPoint, VectorStore, connect
 from models.classifier import FusedClassifier, Neighbour
 from models.compress import VARIANTS
-from models.metrics import confusion_matrix, coverage_at, expected_calibration_error, log_loss, macro_f1, summary
+from models.hierarchy import Hierarchy
+from models.metrics import (
+    confusion_matrix,
+    coverage_at,
+    expected_calibration_error,
+    lca_score,
+    level_accuracy,
+    log_loss,
+    macro_f1,
+    summary,
+)
 from models.training import (
     CROSSFIT_FOLDS,
     TextInputs,
     TrainReport,
     corpus_neighbours,
-    neighbour_arrays,
-    refit_head,
     stratified_split,
     train_classifier,
 )
@@ -64,6 +76,11 @@ class BenchConfig:
     latency_queries: int = LATENCY_QUERIES
     timing: bool = True
     lexical_language: str = "danish"  # the service's JOBCLASS_LEXICAL_LANGUAGE default
+    hierarchy_threshold: float | None = None  # JOBCLASS_HIERARCHY_THRESHOLD; None: the abstain threshold
+
+    @property
+    def answer_threshold(self) -> float:
+        return self.abstain_threshold if self.hierarchy_threshold is None else self.hierarchy_threshold
 
 
 @dataclass
@@ -74,6 +91,7 @@ class Fitted:
     classifier: FusedClassifier | None = None
     corpus: np.ndarray | None = None
     corpus_labels: list[str] = field(default_factory=list)
+    inputs: list[TextInputs] = field(default_factory=list)  # train, val, test texts with their BM25 vectors
 
 
 def load_bench_encoder(settings: Settings) -> tuple[Encoder, EmbeddingCache]:
@@ -241,7 +259,7 @@ def fit_all(
     clf = _fit_served(tr, va, inputs, labels, cfg, out, say)
     x_all = np.concatenate([x_tr, x_va])
     _test_probs(clf, x_all, np.concatenate([y_tr, y_va]), inputs, x_te, out)
-    out.classifier, out.corpus = clf, x_all
+    out.classifier, out.corpus, out.inputs = clf, x_all, inputs
     return out
 
 
@@ -371,6 +389,13 @@ def run_bench(
     for name, probs in fitted.probs.items():
         methods[name] = score(probs, y_te, labels, cfg.abstain_threshold if name.startswith("fused") else None)
         methods[name].update(fitted.extra.get(name, {}))
+    fine: dict[str, Any] | None = None
+    if train.fine is not None and val.fine is not None and test.fine is not None:
+        arrays = (x_tr, x_va, x_te)
+        hier_probs, fine = hierarchical_level(train, val, test, arrays, fitted.inputs, labels, cfg, say)
+        for name, probs in hier_probs.items():
+            methods[name] = score(probs, y_te, labels, cfg.abstain_threshold if name.startswith("fused") else None)
+        fine["flat_comparison"] = hier_minus_flat(methods)
     result: dict[str, Any] = {
         **_result_header(train, val, test, labels, encoder, cfg),
         "methods": methods,
@@ -378,8 +403,8 @@ def run_bench(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpu_count": cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
     }
-    if train.fine is not None and val.fine is not None and test.fine is not None:
-        result["fine"] = fine_level(train, val, test, x_tr, x_va, x_te, cfg)
+    if fine is not None:
+        result["fine"] = fine
     if cfg.timing:
         assert fitted.classifier is not None and fitted.corpus is not None
         all_labels = [*train.labels, *val.labels]
@@ -390,38 +415,99 @@ def run_bench(
     return result
 
 
-def fine_level(
+def fine_hierarchy(fine: Sequence[str], coarse: Sequence[str], coarse_labels: Sequence[str]) -> Hierarchy:
+    """The two-level tree of the rows' (fine, coarse) pairs: each fine label's parent is its coarse label.
+    A fine label under two coarse ones, or named like a coarse one, is a ``ValueError`` naming it."""
+    parent: dict[str, str] = {}
+    for f, c in zip(fine, coarse, strict=True):
+        if parent.setdefault(f, c) != c:
+            raise ValueError(f"label_fine {f!r} sits under two labels ({parent[f]!r} and {c!r}): not a hierarchy")
+    clash = sorted(set(parent) & set(coarse_labels))
+    if clash:
+        raise ValueError(f"label_fine values that are also labels: {', '.join(map(repr, clash[:5]))}")
+    return Hierarchy([*coarse_labels, *sorted(parent)], parent)
+
+
+def hierarchical_level(
     train: Split,
     val: Split,
     test: Split,
-    x_tr: np.ndarray,
-    x_va: np.ndarray,
-    x_te: np.ndarray,
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
+    inputs: list[TextInputs],
+    coarse_labels: list[str],
     cfg: BenchConfig,
-) -> dict[str, Any]:
-    """Train on the fine labels (e.g. ISCO sub-major groups) and map predictions up to the coarse level."""
+    say: Say = log.info,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The served classifier trained on the fine labels (as ``_fit_served``: cross-fitted and tuned on
+    train, refit on train + val), its test probabilities rolled up to the coarse labels (``head_hier``,
+    ``fused_hier``, columns in ``coarse_labels`` order), and the hierarchy-aware scores of its answers."""
     assert train.fine is not None and val.fine is not None and test.fine is not None
+    x_tr, x_va, x_te = arrays
+    tree = fine_hierarchy(train.fine + val.fine, train.labels + val.labels, coarse_labels)
     fine_labels = sorted(set(train.fine) | set(val.fine))
     index = {lab: i for i, lab in enumerate(fine_labels)}
     y_tr, y_va, y_te = (indices(s.fine or [], index) for s in (train, val, test))
-    clf, report = fit_classifier(x_tr, y_tr, x_va, y_va, fine_labels, cfg)
+    t0 = time.perf_counter()
+    clf, report = train_classifier(
+        x_tr,
+        y_tr,
+        fine_labels,
+        x_val=x_va,
+        y_val=y_va,
+        seed=cfg.seed,
+        abstain_threshold=cfg.abstain_threshold,
+        refit=True,
+        crossfit=CROSSFIT_FOLDS,
+        inputs=inputs[0],
+        inputs_val=inputs[1],
+    )
+    say(f"  fine level ({len(fine_labels)} classes) fitted in {time.perf_counter() - t0:.1f}s: {clf.params}")
     x_all, y_all = np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va])
-    clf = refit_head(clf, x_all, y_all, report.best_epoch)
-    nb_l, nb_s = neighbour_arrays(x_te, x_all, y_all)
-    pred = clf.predict_proba(x_te, neighbours(fine_labels, nb_l, nb_s)).argmax(1)
-    to_coarse: dict[str, str] = {}
-    for fine, coarse in zip(train.fine + val.fine, train.labels + val.labels, strict=True):
-        to_coarse.setdefault(fine, coarse)
-    coarse_pred = [to_coarse[fine_labels[p]] for p in pred]
-    known = y_te >= 0
-    return {
+    nbs = corpus_neighbours(fine_labels, x_te, x_all, y_all, inputs[2], TextInputs.concat(inputs[0], inputs[1]))
+    p_fine = {"head": clf.head_proba(x_te), "fused": clf.predict_proba(x_te, nbs, inputs[2].texts)}
+    columns = [tree.index[c] for c in coarse_labels]
+    rolled = {f"{name}_hier": tree.rollup(p, fine_labels)[:, columns] for name, p in p_fine.items()}
+
+    fused = p_fine["fused"]
+    pred = fused.argmax(1)
+    known = y_te >= 0  # a fine test label never seen in training counts as wrong, and is left out of the tree scores
+    true = [f for f, k in zip(test.fine, known, strict=True) if k]
+    leaf = [fine_labels[int(p)] for p, k in zip(pred, known, strict=True) if k]
+    answers = [a for a, k in zip(tree.answers(fused, fine_labels, cfg.answer_threshold), known, strict=True) if k]
+    answered = [a.label for a in answers]
+    on_path = [a.label is not None and a.label in tree.path(t) for a, t in zip(answers, true, strict=True)]
+    n = max(len(answers), 1)
+    return rolled, {
         "n_fine_classes": len(fine_labels),
+        "n_unknown_fine": int((~known).sum()),
+        "fine_epochs": report.best_epoch,
         "fused_fine_accuracy": float(np.mean(np.where(known, pred == y_te, False))),
         "fused_fine_macro_f1": macro_f1(y_te[known], pred[known], len(fine_labels)),
+        # the most probable fine label, mapped to its parent (fused_hier: the coarse label with the most mass)
         "fused_coarse_from_fine_accuracy": float(
-            np.mean([p == t for p, t in zip(coarse_pred, test.labels, strict=True)])
+            np.mean([tree.path(fine_labels[int(p)])[0] == c for p, c in zip(pred, test.labels, strict=True)])
         ),
+        "level_accuracy": {str(k): v["accuracy"] for k, v in level_accuracy(tree, true, leaf).items()},
+        "lca_score": lca_score(tree, true, leaf),
+        "answers": {  # the service's rule (JOBCLASS_HIERARCHY_THRESHOLD): descend while the mass reaches it
+            "threshold": cfg.answer_threshold,
+            "share_fine": sum(a.level == 1 for a in answers) / n,
+            "share_coarse": sum(a.level == 0 for a in answers) / n,
+            "share_abstained": sum(a.label is None for a in answers) / n,
+            "accuracy_answered": sum(on_path) / max(1, sum(a is not None for a in answered)),
+            "lca_score": lca_score(tree, true, answered),
+        },
     }
+
+
+def hier_minus_flat(methods: dict[str, Any]) -> dict[str, float]:
+    """Points (accuracy, macro-F1) by which the rolled-up rows beat (or lose to) flat coarse training."""
+    out: dict[str, float] = {}
+    for flat_name in ("head", "fused"):
+        name, flat = f"{flat_name}_hier", methods[flat_name]
+        out[f"{name}_minus_flat"] = 100 * (methods[name]["accuracy"] - flat["accuracy"])
+        out[f"{name}_minus_flat_f1"] = 100 * (methods[name]["macro_f1"] - flat["macro_f1"])
+    return out
 
 
 def run_cv(

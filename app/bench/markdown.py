@@ -24,6 +24,7 @@ METHOD_ORDER = (
     "fused_pruned",
     "fused_int8_pruned",
 )
+HIER_METHODS = ("head_hier", "fused_hier")  # with label_fine: trained on it, rolled up to label
 FT_METHODS = (
     "fused_holdout",
     "ft_head",
@@ -38,7 +39,7 @@ FT_METHODS = (
 # ---- jobclass bench: report.md ----------------------------------------------------------------
 def _methods_table(m: dict[str, Any]) -> list[str]:
     lines = ["| method | accuracy | macro-F1 | ECE | head bytes | head µs/item |", "|---|---|---|---|---|---|"]
-    for name in METHOD_ORDER:
+    for name in (*METHOD_ORDER, *HIER_METHODS):
         if name not in m:
             continue
         s = m[name]
@@ -58,12 +59,28 @@ def _abstain_lines(fused: dict[str, Any]) -> list[str]:
 
 
 def _fine_lines(f: dict[str, Any], fused: dict[str, Any]) -> list[str]:
-    return [
+    lines = [
         "",
         f"Fine labels ({f['n_fine_classes']} classes): fused fine accuracy {f['fused_fine_accuracy']:.4f}, "
-        f"macro-F1 {f['fused_fine_macro_f1']:.4f}; coarse accuracy from fine predictions "
+        f"macro-F1 {f['fused_fine_macro_f1']:.4f}; coarse accuracy of the most probable fine label's parent "
         f"{f['fused_coarse_from_fine_accuracy']:.4f} (vs {fused['accuracy']:.4f} trained on coarse labels).",
     ]
+    if "flat_comparison" in f:
+        d, a = f["flat_comparison"], f["answers"]
+        levels = ", ".join(f"level {k} {v:.4f}" for k, v in sorted(f["level_accuracy"].items()))
+        lines += [
+            "",
+            "Hierarchical (trained on the fine labels, `label` their parent, probabilities rolled up): "
+            f"fused_hier − fused {d['fused_hier_minus_flat']:+.2f} points accuracy, "
+            f"{d['fused_hier_minus_flat_f1']:+.2f} macro-F1; head_hier − head {d['head_hier_minus_flat']:+.2f} / "
+            f"{d['head_hier_minus_flat_f1']:+.2f}. Accuracy per level of the most probable fine label: {levels}; "
+            f"LCA score {f['lca_score']:.4f}.",
+            f"Answers at threshold {a['threshold']} (descend while the rolled-up probability reaches it): "
+            f"{100 * a['share_fine']:.1f}% fine, {100 * a['share_coarse']:.1f}% coarse (the parent), "
+            f"{100 * a['share_abstained']:.1f}% none; {a['accuracy_answered']:.4f} of the answers on the true path; "
+            f"LCA score {a['lca_score']:.4f}.",
+        ]
+    return lines
 
 
 def _timing_lines(t: dict[str, Any]) -> list[str]:
@@ -83,7 +100,7 @@ def _cv_lines(cv: dict[str, Any]) -> list[str]:
         "| method | accuracy | macro-F1 |",
         "|---|---|---|",
     ]
-    for name in METHOD_ORDER:
+    for name in (*METHOD_ORDER, *HIER_METHODS):
         if name in cv["methods"]:
             s = cv["methods"][name]
             lines.append(

@@ -11,7 +11,7 @@ import logging
 
 import typer
 
-from app.cli import backup, bench, bulk, common, encoders, models, reports, service
+from app.cli import backup, bench, bulk, common, encoders, feedback, models, reports, service
 
 cli = typer.Typer(
     help="Classify job vacancies and find similar ones.",
@@ -19,7 +19,7 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
     cls=common.ErrorPolicy,  # every error: one line `error: …`, exit 2 (fixable input) or 1
 )
-for module in (encoders, service, bulk, backup, bench, reports, models):
+for module in (encoders, service, bulk, backup, bench, reports, models, feedback):
     module.register(cli)
 
 

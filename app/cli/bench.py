@@ -43,14 +43,15 @@ def _finetune_rows(
 
 def _write_bench(result: dict[str, Any], out: Path) -> None:
     """metrics.json, report.md (with the fine-tuned rows when present) and the summary lines."""
-    from app.bench.markdown import FT_METHODS, METHOD_ORDER, finetune_markdown, write_outputs
+    from app.bench.markdown import FT_METHODS, HIER_METHODS, METHOD_ORDER, finetune_markdown, write_outputs
 
     write_outputs(result, out)
     if "finetune" in result:
         with (out / "report.md").open("a") as report:
             report.write(finetune_markdown(result))
     m = result["methods"]
-    for method in (*METHOD_ORDER, *(FT_METHODS if "finetune" in result else ())):
+    hier = tuple(name for name in HIER_METHODS if name in m)
+    for method in (*METHOD_ORDER, *hier, *(FT_METHODS if "finetune" in result else ())):
         typer.echo(f"  {method:18s} accuracy {m[method]['accuracy']:.4f}  macro-F1 {m[method]['macro_f1']:.4f}")
     typer.echo(f"wrote {out}/metrics.json, report.md, confusion_fused.png")
 
@@ -134,6 +135,7 @@ def bench(
         abstain_threshold=settings.abstain_threshold,
         timing=timing,
         lexical_language=settings.lexical_language,
+        hierarchy_threshold=settings.hierarchy_threshold,
     )
     ft = None
     if finetune:
@@ -207,7 +209,10 @@ def _bench_dataset(
     from app.services.dataset import Split
 
     cfg = BenchConfig(
-        name=folder.name, abstain_threshold=settings.abstain_threshold, lexical_language=settings.lexical_language
+        name=folder.name,
+        abstain_threshold=settings.abstain_threshold,
+        lexical_language=settings.lexical_language,
+        hierarchy_threshold=settings.hierarchy_threshold,
     )
     train_split = common.read_split(folder / "train.csv", settings)
     test_split = common.read_split(folder / "val.csv", settings)

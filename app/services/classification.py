@@ -1,5 +1,12 @@
 """Classify vacancies: clean → embed (one batched call) → neighbours (one batched hybrid query: dense +
-BM25 prefetches fused by RRF) → fused probabilities → stored."""
+BM25 prefetches fused by RRF) → fused probabilities → stored.
+
+The answer: with a flat taxonomy, the most probable label, or none (abstained) below the abstain
+threshold; ``level`` 0 and ``path`` [label]. With a hierarchical one (``app.taxonomy``), the model's
+probabilities over the leaves are rolled up the tree and the answer descends from the roots while the
+rolled-up probability reaches ``JOBCLASS_HIERARCHY_THRESHOLD`` (``models.hierarchy``): it may be a parent
+(``level`` its depth, ``path`` root → it), and abstains only when no root reaches it. ``probabilities``
+and ``confidence`` stay those of the leaves."""
 
 from __future__ import annotations
 
@@ -19,7 +26,8 @@ from indexing.clean import clean_text, scrub_names
 from indexing.extract import ExtractingEncoder, Extraction
 from indexing.language import UNDETERMINED, detect_language
 from indexing.store import Hit, StoreError
-from models.classifier import Neighbour
+from models.classifier import FusedClassifier, Neighbour
+from models.hierarchy import Answer
 from models.training import MAX_K
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,8 @@ class Classification:
     prediction_id: str | None = None
     stored: bool = False
     language: str = UNDETERMINED  # indexing.language's guess for the cleaned text
+    level: int | None = None  # depth of ``label`` in the taxonomy (0: a root; flat taxonomies: 0); None when abstained
+    path: list[str] = field(default_factory=list)  # root → label; empty when abstained
     cleaned_text: str = field(default="", repr=False)  # what is stored: scrubbed unless JOBCLASS_STORE_RAW_TEXT
     extraction: Extraction | None = field(default=None, repr=False)  # when an extractor is configured
     extracted_from: str = field(default="", repr=False)  # the text the span offsets refer to; never stored
@@ -125,6 +135,7 @@ def classify(
     )
     probs = classifier.predict_proba(vectors, neighbours, texts)  # texts: the lexical signal
     threshold = runtime.settings.abstain_threshold
+    answers = hierarchical_answers(runtime, classifier, probs)
     top_k = max(1, min(top_k, classifier.n_classes))
     results = []
     for i, item in enumerate(items):
@@ -132,12 +143,19 @@ def classify(
         best = int(order[0])
         confidence = float(probs[i, best])
         abstained = confidence < threshold
+        label = None if abstained else classifier.labels[best]
+        level, path = (None, []) if label is None else (0, [label])
+        if answers is not None:  # a hierarchical taxonomy: fall back to a parent instead of abstaining
+            label, level, path = answers[i].label, answers[i].level, list(answers[i].path)
+            abstained = label is None
         results.append(
             Classification(
                 id=item.id,
-                label=None if abstained else classifier.labels[best],
+                label=label,
                 confidence=confidence,
                 abstained=abstained,
+                level=level,
+                path=path,
                 probabilities=[
                     LabelProbability(
                         classifier.labels[j],
@@ -158,6 +176,13 @@ def classify(
     if session is not None:
         store_predictions(session, results)
     return results
+
+
+def hierarchical_answers(runtime: Runtime, classifier: FusedClassifier, probs: np.ndarray) -> list[Answer] | None:
+    """Each row's answer in the taxonomy's tree (``models.hierarchy``); None for a flat taxonomy."""
+    if not runtime.taxonomy.is_hierarchical:
+        return None
+    return runtime.taxonomy.hierarchy.answers(probs, classifier.labels, runtime.settings.answer_threshold)
 
 
 def store_predictions(session: Session, results: Sequence[Classification], *, ids: Sequence[str] | None = None) -> None:

@@ -126,7 +126,7 @@ def upgrade_encoder(
     start = time.perf_counter()
     settings = runtime.settings
     margin = settings.promotion_margin if margin is None else margin
-    data = read_labelled(session, runtime.taxonomy.labels)
+    data = read_labelled(session, runtime.taxonomy.leaves)
     require_classes(data, "an encoder upgrade", ": run `jobclass ingest`")
     split = holdout_of(data, settings)
     require_holdout(split, "an encoder upgrade")
@@ -421,7 +421,7 @@ def _rollback_head(
         classifier, meta = runtime.registry.load(version, variant=settings.head_variant)
         return _Head(classifier, version, meta, retrained=False)
     say(f"no head of {target.parent} on record: training one on the new vectors")
-    data = select_labelled(usable, runtime.taxonomy.labels)
+    data = select_labelled(usable, runtime.taxonomy.leaves)
     require_classes(data, "a head")
     split = holdout_of(data, settings)
     inputs = text_inputs(runtime, data.texts)

@@ -101,6 +101,8 @@ def reindex(
                     progress(min(offset + batch, total), total)
             late = labelled_since(session, started_at - CATCH_UP_SLACK)
             write_vacancies(runtime, late, name)
+            # a correction retracted meanwhile may have been read (and written) before it was: drop it again
+            store.delete(unlabelled_since(session, started_at - CATCH_UP_SLACK), collection=name)
             previous = store.swap_alias(name)
         except BaseException:
             store.drop(name)  # the old collection keeps serving
@@ -138,6 +140,12 @@ def labelled_since(session: Session, since: datetime) -> list[Vacancy]:
     session.commit()  # end any read transaction: see what other sessions committed during the build
     query = select(Vacancy).where(Vacancy.label.is_not(None), Vacancy.updated_at >= since)
     return list(session.scalars(query.order_by(Vacancy.id).execution_options(populate_existing=True)))
+
+
+def unlabelled_since(session: Session, since: datetime) -> list[str]:
+    """Ids of vacancies whose label was removed at or after ``since`` (a retracted correction)."""
+    query = select(Vacancy.id).where(Vacancy.label.is_(None), Vacancy.updated_at >= since)
+    return list(session.scalars(query.order_by(Vacancy.id)))
 
 
 def index_vacancy(runtime: Runtime, vacancy: Vacancy) -> None:

@@ -41,6 +41,7 @@ class PredictionView:
     reviewed_label: str | None
     reviewed_at: datetime | None
     feedback_count: int
+    reviewed_feedback_id: int | None = None  # the latest correction that stands (to retract it)
 
 
 def list_predictions(
@@ -52,19 +53,22 @@ def list_predictions(
     unreviewed: bool = False,
 ) -> list[PredictionView]:
     """Newest first. ``max_confidence`` keeps answers at or below that confidence; ``unreviewed`` keeps
-    predictions without feedback. Each carries its latest correction (the latest feedback wins)."""
+    predictions without feedback. Each carries its latest correction (the latest feedback wins); retracted
+    corrections do not count (a prediction whose corrections were all retracted is unreviewed again)."""
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
     query = select(Prediction)
     if max_confidence is not None:
         query = query.where(Prediction.confidence <= max_confidence)
     if unreviewed:
-        query = query.where(~exists().where(Feedback.prediction_id == Prediction.id))
+        query = query.where(~exists().where(Feedback.prediction_id == Prediction.id, Feedback.retracted_at.is_(None)))
     rows = list(session.scalars(query.order_by(Prediction.created_at.desc(), Prediction.id.desc()).limit(limit)))
     history: dict[str, list[Feedback]] = {}
     if rows:
         found = session.scalars(
-            select(Feedback).where(Feedback.prediction_id.in_([r.id for r in rows])).order_by(Feedback.id)
+            select(Feedback)
+            .where(Feedback.prediction_id.in_([r.id for r in rows]), Feedback.retracted_at.is_(None))
+            .order_by(Feedback.id)
         )
         for fb in found:
             history.setdefault(fb.prediction_id, []).append(fb)
@@ -100,4 +104,5 @@ def _view(row: Prediction, feedback: list[Feedback], taxonomy: Taxonomy) -> Pred
         reviewed_label=latest.label if latest else None,
         reviewed_at=latest.created_at if latest else None,
         feedback_count=len(feedback),
+        reviewed_feedback_id=latest.id if latest else None,
     )

@@ -161,7 +161,7 @@ def activate(runtime: Runtime, session: Session, version: str) -> ActivationResu
             f"model {version} was trained on embeddings {meta.get('embedding')}, but the settings give "
             f"{runtime.settings.embedding_signature}: activate a version trained on this embedder"
         )
-    if classifier.labels != list(runtime.taxonomy.labels):
+    if classifier.labels != list(runtime.taxonomy.leaves):
         raise Conflict(f"model {version} was trained on another label set than the taxonomy in use")
     previous = runtime.registry.active_version()
     switch_model(runtime, session, version, classifier, meta)
@@ -188,7 +188,7 @@ def activate_version(runtime: Runtime, session: Session, version: str) -> None:
 
 # ---- internals ---------------------------------------------------------------------------------
 def _fit(runtime: Runtime, session: Session, *, show_progress: bool = False, progress: Progress | None = None) -> _Fit:
-    data = read_labelled(session, runtime.taxonomy.labels)
+    data = read_labelled(session, runtime.taxonomy.leaves)
     require_classes(data, "training", ": run `jobclass ingest`")
     x = _embed(runtime, data.texts, show_progress, progress)
     split = holdout_of(data, runtime.settings)

@@ -192,7 +192,8 @@ def ingest_rows(
     nothing is dropped silently), and when there are any nothing is written unless ``skip_invalid``
     (then the valid rows are). Invalid: the wrong number of fields, an empty id, an id with a NUL
     character or longer than the database allows (:data:`ID_MAX_CHARS`), a duplicate id, an empty text, a
-    label outside the taxonomy. An empty label stores an unlabelled vacancy.
+    label outside the taxonomy (or, in a hierarchical one, a label with children: not a leaf). An empty
+    label stores an unlabelled vacancy.
 
     Only cleaned text is stored: e-mails, phone numbers and URLs are scrubbed, and with an
     ``extractor`` the person names it finds too. ``store_raw_text`` keeps that personal data."""
@@ -223,6 +224,9 @@ def ingest_rows(
             continue
         if label is not None and label not in taxonomy:
             result.rejected.append(f"line {line}: id {vid!r} has label {label!r}, which is not in the taxonomy")
+            continue
+        if label is not None and (why := taxonomy.not_a_leaf(label)) is not None:
+            result.rejected.append(f"line {line}: id {vid!r}: {why}")
             continue
         accepted.append((vid, label, text, raw))
     if result.rejected and not skip_invalid:

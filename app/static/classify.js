@@ -17,8 +17,11 @@ function renderResult(result) {
     badge.textContent = `${percent(result.confidence)} confident, below the threshold`;
     badge.className = "badge uncertain";
   } else {
-    $("result-label").textContent = top.display_name;
-    $("result-native").textContent = top.display_name !== result.label ? result.label : "";
+    // in a hierarchical taxonomy the answer may be a parent of the top leaf: show it and its path
+    const answer = result.label === top.label ? top.display_name : displayName(result.label);
+    const path = (result.path || []).length > 1 ? result.path.map(displayName).join(" › ") : "";
+    $("result-label").textContent = answer;
+    $("result-native").textContent = path || (answer !== result.label ? result.label : "");
     badge.textContent = `${percent(result.confidence)} confident`;
     badge.className = "badge";
   }

@@ -61,8 +61,9 @@ export function displayName(label) {
 }
 
 export function fillLabelSelect(select, labels, selected) {
+  // only leaves label a vacancy (a hierarchical taxonomy's parents are answers, not corrections)
   select.replaceChildren(
-    ...labels.map((t) => {
+    ...labels.filter((t) => t.leaf !== false).map((t) => {
       const option = new Option(t.display_name, t.label, false, t.label === selected);
       if (t.display_name !== t.label) option.title = t.label;
       return option;

@@ -48,13 +48,27 @@ function renderItem(item) {
   const status = el("span", { class: "status", "aria-live": "polite" });
   const badge = el("span", {}, statusBadge(item));
   const button = el("button", { type: "submit" }, item.reviewed_label ? "Update label" : "Save label");
+  // Retract the latest correction that stands: the index and the next retrain forget it.
+  const retract = el("button", { type: "button", class: "secondary retract" }, "Retract");
+  retract.hidden = !item.reviewed_feedback_id;
+  retract.addEventListener("click", async () => {
+    retract.disabled = true;
+    setStatus(status, "Retracting…");
+    try {
+      await api(`/v1/feedback/${item.reviewed_feedback_id}`, { method: "DELETE", auth: true });
+      await load(); // an earlier correction may stand again: the queue shows it as the server has it
+    } catch (err) {
+      setStatus(status, err.message, "error");
+      retract.disabled = false;
+    }
+  });
 
   const form = el(
     "form",
     { class: "label-form", "aria-label": `Label prediction ${item.id}` },
     el("label", { htmlFor: selectId }, "Category"),
     select,
-    el("div", { class: "row" }, button, status),
+    el("div", { class: "row" }, button, retract, status),
   );
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -67,6 +81,8 @@ function renderItem(item) {
         body: { prediction_id: item.id, label: select.value },
       });
       item.reviewed_label = saved.label;
+      item.reviewed_feedback_id = saved.id;
+      retract.hidden = false;
       badge.replaceChildren(statusBadge(item));
       button.textContent = "Update label";
       setStatus(status, "Saved.", "ok");

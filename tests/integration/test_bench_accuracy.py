@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from app.bench.accuracy import BenchConfig, run_bench, run_cv, target_checks
+from app.bench.accuracy import BenchConfig, fine_hierarchy, run_bench, run_cv, target_checks
 from app.bench.markdown import targets_markdown, write_outputs
 from app.cli import cli
 from app.services.dataset import Split
@@ -18,6 +18,7 @@ from indexing.cache import EmbeddingCache
 from tests.fakes import FakeEncoder, topic_texts
 
 METHODS = {"tfidf_lr", "head", "knn", "lexical", "fused", "fused_int8", "fused_pruned", "fused_int8_pruned"}
+HIER = {"head_hier", "fused_hier"}  # with label_fine
 
 
 def split(rows: list[tuple[str, str, str]], fine: bool = False) -> Split:
@@ -35,7 +36,7 @@ def test_bench_scores_every_method_and_writes_the_report(tmp_path: Path) -> None
     cache = EmbeddingCache(tmp_path / "cache.sqlite")
     encoder = FakeEncoder()
     result = run_bench(train, None, test, encoder, cache, BenchConfig(name="topics", latency_queries=10))
-    assert set(result["methods"]) == METHODS
+    assert set(result["methods"]) == METHODS | HIER
     for name, scores in result["methods"].items():
         assert 0.0 <= scores["accuracy"] <= 1.0 and "macro_f1" in scores and "per_class_f1" in scores, name
     m = result["methods"]
@@ -43,7 +44,18 @@ def test_bench_scores_every_method_and_writes_the_report(tmp_path: Path) -> None
     assert m["fused_int8"]["head_bytes"] < m["fused"]["head_bytes"]
     assert abs(m["fused_int8"]["accuracy"] - m["fused"]["accuracy"]) <= 0.05
     assert "abstain" in m["fused"] and 0.0 <= m["fused"]["abstain"]["coverage"] <= 1.0
-    assert result["fine"]["n_fine_classes"] == 6
+    fine = result["fine"]
+    assert fine["n_fine_classes"] == 6 and fine["n_unknown_fine"] == 0
+    assert m["fused_hier"]["accuracy"] >= 0.9 and "abstain" in m["fused_hier"]
+    # level 0 of the most probable fine label is its parent's accuracy; level 1 the fine accuracy
+    assert fine["level_accuracy"]["0"] == pytest.approx(fine["fused_coarse_from_fine_accuracy"])
+    assert fine["level_accuracy"]["1"] == pytest.approx(fine["fused_fine_accuracy"])
+    assert fine["level_accuracy"]["1"] <= fine["lca_score"] <= fine["level_accuracy"]["0"]
+    d = fine["flat_comparison"]
+    assert d["fused_hier_minus_flat"] == pytest.approx(100 * (m["fused_hier"]["accuracy"] - m["fused"]["accuracy"]))
+    a = fine["answers"]
+    assert a["share_fine"] + a["share_coarse"] + a["share_abstained"] == pytest.approx(1.0)
+    assert a["threshold"] == 0.25 and 0.0 <= a["accuracy_answered"] <= 1.0
     timing = result["timing"]
     assert timing["embed_texts_per_s"] > 0 and timing["classify_p99_ms"] >= timing["classify_p50_ms"] > 0
     assert result["n_train"] + result["n_val"] == len(train)
@@ -54,11 +66,21 @@ def test_bench_scores_every_method_and_writes_the_report(tmp_path: Path) -> None
     assert saved["methods"]["fused"]["per_class_f1"] == pytest.approx(result["methods"]["fused"]["per_class_f1"])
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| fused_int8_pruned |" in report and "confusion_fused.png" in report
+    assert "| fused_hier |" in report and "fused_hier − fused" in report and "LCA score" in report
     assert (tmp_path / "out" / "confusion_fused.png").stat().st_size > 1000
 
     calls = len(encoder.calls)
     run_bench(train, None, test, encoder, cache, BenchConfig(name="again", timing=False))
     assert len(encoder.calls) == calls  # the second run reads every embedding from the cache
+
+
+def test_fine_labels_must_form_a_hierarchy() -> None:
+    tree = fine_hierarchy(["11", "12", "21"], ["A", "A", "B"], ["A", "B"])
+    assert tree.path("12") == ("A", "12") and tree.leaves == ("11", "12", "21")
+    with pytest.raises(ValueError, match="'11' sits under two labels"):
+        fine_hierarchy(["11", "11"], ["A", "B"], ["A", "B"])
+    with pytest.raises(ValueError, match="also labels: 'A'"):
+        fine_hierarchy(["A"], ["B"], ["A", "B"])
 
 
 def test_cross_validation_scores_every_row_once(tmp_path: Path) -> None:
