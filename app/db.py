@@ -61,6 +61,9 @@ class Vacancy(Base):
     source: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # Bumped by the database itself (``revision + 1``) in the transaction that changes the label or text:
+    # index payloads carry it, so an older write never replaces a newer one (0003; 0 before it)
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Prediction(Base):

@@ -87,5 +87,16 @@ def require_api_token(settings: SettingsDep, credentials: Credentials) -> None:
         _check_token(settings.admin_token, credentials)
 
 
+def may_read_submitted_texts(settings: SettingsDep, credentials: Credentials) -> bool:
+    """Whether the request may read the texts users submitted (corrected vacancies): always without
+    tokens (the dev default); with tokens set, only with the feedback (API) or admin token."""
+    try:
+        require_api_token(settings, credentials)
+    except HTTPException:
+        return False
+    return True
+
+
+SubmittedTextsDep = Annotated[bool, Depends(may_read_submitted_texts)]
 AdminDep = Depends(require_admin)
 ApiTokenDep = Depends(require_api_token)

@@ -31,6 +31,7 @@ from models.classifier import FusedClassifier
 from models.registry import ModelRegistry, NoActiveModel
 
 log = logging.getLogger(__name__)
+VACANCY_LOCK_STRIPES = 64
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,15 @@ class Runtime:
         self._model: LoadedModel | None = None
         self.index_lock = threading.Lock()  # one index rebuild at a time
         self.model_lock = threading.Lock()  # one switch of the active model at a time
+        # index writes of one vacancy, one at a time (app.services.index.index_committed): striped, bounded
+        self._vacancy_locks = tuple(threading.Lock() for _ in range(VACANCY_LOCK_STRIPES))
         # reindex / retrain / encoder jobs started through the API, recorded in the database (the session
         # factory is looked up per use: tests bind ``sessions`` to one rolled-back connection)
         self.jobs = JobRegistry(lambda: self.sessions())
+
+    def vacancy_lock(self, vacancy_id: str) -> threading.Lock:
+        """The lock that orders this process's index writes of ``vacancy_id`` (shared with a few other ids)."""
+        return self._vacancy_locks[hash(vacancy_id) % VACANCY_LOCK_STRIPES]
 
     # ---- encoder (loaded on first use: CLI commands that never embed stay fast) ------------
     @property

@@ -161,7 +161,10 @@ class SearchHit(BaseModel):
         "(at most 1.0); hits are listed by it.",
     )
     source: str
-    snippet: str
+    snippet: str = Field(
+        description="The first 300 characters of the stored text. With tokens set, empty for a vacancy a user "
+        "submitted (source feedback) unless the request carries the feedback or admin token."
+    )
     created_at: str | None = None
 
 

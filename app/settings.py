@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(256, ge=1)
     max_search_k: int = Field(100, ge=1, le=1000)
     clean_max_chars: int = Field(4_000, ge=100)  # text kept for embedding after cleaning
+    # seconds a request's body may take to arrive (after its headers): a client that stalls gets a 408
+    body_timeout_s: float = Field(30.0, gt=0.0, le=3600.0)
 
     # Extraction (GLiNER): when a model is set, ingest and classify embed the compact
     # "title: …; skills: …; tasks: …" string and person names are scrubbed. Empty = off.

@@ -166,6 +166,7 @@ class VacancyPoint:
     text_hash: str = ""
     labelled_at: datetime | None = None  # when the label was last set; naive values are UTC
     sparse: SparseVector | None = None  # BM25 of ``text`` (LexicalEncoder.documents); None: no lexical terms
+    revision: int = 0  # the database row's revision this point was written from (newer never loses to older)
 
     def payload(self) -> dict[str, Any]:
         labelled = self.labelled_at or self.created_at
@@ -179,6 +180,7 @@ class VacancyPoint:
             "labelled_at": labelled.timestamp(),
             "snippet": self.text[:300],
             "text_hash": self.text_hash,
+            "revision": self.revision,
         }
 
 
@@ -293,6 +295,13 @@ class VectorStore:
         """The next versioned collection name behind the alias (``vacancies_v4`` after ``vacancies_v3``)."""
         versions = self._versions()
         return f"{self.alias}_v{(versions[-1][0] + 1) if versions else 1}"
+
+    @_store_boundary
+    def abandoned_versions(self) -> list[str]:
+        """Versioned collections (``<alias>_vN``) that no alias points to and that are not being built
+        here: what a rebuild killed before its swap leaves behind (its own clean-up never ran)."""
+        targets = set(self._aliases().values())
+        return [name for _, name in self._versions() if name not in targets and name != self.building]
 
     @_store_boundary
     def create_version(self, dim: int, metadata: dict[str, Any] | None = None) -> str:
@@ -411,6 +420,15 @@ class VectorStore:
             else EMPTY_SPARSE
         )
         return StoredVectors(np.asarray(named[DENSE], dtype=np.float32), sparse)
+
+    @_store_boundary
+    def indexed_revision(self, vacancy_id: str) -> int | None:
+        """The revision the live point of ``vacancy_id`` was written from (0 for points written before
+        revisions existed); None when it is not indexed."""
+        records = self.client.retrieve(self._require_hybrid(), ids=[point_id(vacancy_id)], with_payload=True)
+        if not records:
+            return None
+        return int((records[0].payload or {}).get("revision") or 0)
 
     def search(self, vector: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
         return self.search_many(vector[None, :], k, flt)[0]

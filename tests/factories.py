@@ -1,13 +1,17 @@
-"""Small factories: labelled CSV files and a runtime seeded with data, a model and an index."""
+"""Small factories: labelled CSV files, a runtime seeded with data, a model and an index, and a live
+uvicorn server in a thread."""
 
 from __future__ import annotations
 
 import csv
+import socket
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi.testclient import TestClient
 
 from app.runtime import Runtime
@@ -56,3 +60,36 @@ def one_error_line(result: Any) -> str:
     lines = [line for line in output.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, output
     return lines[0]
+
+
+class ServerThread:
+    """uvicorn on an already bound socket (no race for the port), in a daemon thread: a real server for
+    tests that need real connections (a browser, raw sockets)."""
+
+    def __init__(self, app: Any, wait_s: float = 30.0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.wait_s = wait_s
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + self.wait_s
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(self.wait_s)
+        self.sock.close()

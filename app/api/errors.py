@@ -28,12 +28,33 @@ from app.schemas import ErrorBody
 log = logging.getLogger("app.main")
 
 
-class BodyTooLarge(HTTPException):
-    """Raised while a streamed body is read (an HTTPException, so FastAPI's body parsing lets it through)."""
+class BodyError(HTTPException):
+    """A request body refused while it is read (an HTTPException, so FastAPI's body parsing lets it
+    through): answered ``{"detail", "field": "body"}``, and the connection is closed (the rest of the
+    body is not read)."""
 
+
+class BodyTooLarge(BodyError):
     def __init__(self, limit: int) -> None:
         super().__init__(status.HTTP_413_CONTENT_TOO_LARGE, f"request body over {limit} bytes")
         self.limit = limit
+
+
+class BodyNotUtf8(BodyError):
+    """A JSON body in another encoding than UTF-8 (UTF-16 or UTF-32, with or without a byte-order mark)."""
+
+    def __init__(self, found: str) -> None:
+        super().__init__(status.HTTP_400_BAD_REQUEST, f"the body is {found}, not UTF-8: send JSON encoded as UTF-8")
+
+
+class BodyTimeout(BodyError):
+    """The body did not arrive in time (a client that sent part of it and stalled)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            status.HTTP_408_REQUEST_TIMEOUT,
+            f"the request body did not arrive within {seconds:g} s (JOBCLASS_BODY_TIMEOUT_S): send it whole",
+        )
 
 
 def _field(loc: Sequence[object]) -> str:
@@ -108,10 +129,11 @@ def _service_errors(app: FastAPI) -> None:
 
 
 def _body_errors(app: FastAPI) -> None:
-    """An oversized body (413) and Starlette's HTTP errors (an unreadable JSON body: 400 naming ``body``)."""
+    """A body refused while it is read (too large 413, not UTF-8 400, too slow 408) and Starlette's HTTP
+    errors (an unreadable JSON body: 400 naming ``body``)."""
 
-    @app.exception_handler(BodyTooLarge)
-    async def body_too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+    @app.exception_handler(BodyError)
+    async def body_error(_: Request, exc: BodyError) -> JSONResponse:
         return JSONResponse(
             {"detail": exc.detail, "field": "body"}, status_code=exc.status_code, headers={"Connection": "close"}
         )

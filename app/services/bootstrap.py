@@ -9,7 +9,7 @@ from pathlib import Path
 from app.db import migrate
 from app.errors import InvalidInput, RegistryError
 from app.runtime import Runtime
-from app.services.index import reindex
+from app.services.index import drop_abandoned_collections, reindex
 from app.services.training import train
 from app.services.vacancies import count_labelled, ingest_csv
 from app.settings import Settings
@@ -62,6 +62,7 @@ def bootstrap(runtime: Runtime, say: Callable[[str], None] = log.info, *, show_p
             )
         else:
             say(f"active model {loaded.version}")
+        drop_abandoned_collections(runtime)
         if not runtime.store.exists():
             done = reindex(runtime, session)
             say(f"indexed {done.count} vacancies into {done.collection} ({done.seconds:.1f}s)")

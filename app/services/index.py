@@ -57,6 +57,7 @@ def to_points(
             text_hash=v.text_hash,
             labelled_at=v.updated_at,
             sparse=sv,
+            revision=v.revision or 0,
         )
         for v, vec, sv in zip(vacancies, vectors, lexical, strict=True)
     ]
@@ -151,6 +152,66 @@ def unlabelled_since(session: Session, since: datetime) -> list[str]:
 def index_vacancy(runtime: Runtime, vacancy: Vacancy) -> None:
     vector = runtime.encoder.encode([vacancy.text])
     runtime.store.upsert(to_points([vacancy], vector, runtime.lexical.documents([vacancy.text])))
+
+
+INDEX_ATTEMPTS = 5  # writes of one vacancy's latest row by one writer, while newer ones keep committing
+
+
+def index_committed(runtime: Runtime, vacancy_id: str, revision: int) -> bool:
+    """Write the committed row of ``vacancy_id`` to the index unless the index already holds its revision
+    (or a newer one). True when the index holds ``revision`` (the caller's) or a newer one; False when the
+    row is gone or unlabelled. A ``StoreError`` propagates.
+
+    Concurrent corrections of one vacancy commit in one order but reach the index in any: so each writer
+    reads the row the database committed last, compares its revision with the payload's, writes it, and
+    checks again, until the index holds the latest row it read. In this process writers queue on the
+    vacancy's lock (the first writes the latest row, the others find it written). Writers in other
+    processes (API workers on one Qdrant server) are ordered by the check after the write: an older row
+    written over a newer one is found by its writer's check and written again. Under a stream of
+    corrections a writer stops after :data:`INDEX_ATTEMPTS` writes: each newer revision's own writer
+    writes it after this one."""
+    with runtime.vacancy_lock(vacancy_id):
+        for _ in range(INDEX_ATTEMPTS):
+            with runtime.sessions() as session:  # a new session each time: it sees what committed since
+                vacancy = session.get(Vacancy, vacancy_id)
+            if vacancy is None or vacancy.label is None:
+                return False
+            indexed = runtime.store.indexed_revision(vacancy_id)
+            if indexed is not None and indexed >= vacancy.revision:
+                return True
+            index_vacancy(runtime, vacancy)
+        indexed = runtime.store.indexed_revision(vacancy_id)
+    return indexed is not None and indexed >= revision
+
+
+def drop_abandoned_collections(runtime: Runtime) -> list[str]:
+    """Drop the half-built collections of rebuilds (reindex, encoder upgrade) that were killed before
+    their swap, in one log line; never a collection an alias points to. Only in embedded mode, where this
+    process owns the index: with a Qdrant server (``JOBCLASS_QDRANT_URL``) another worker may be building
+    one right now, so they are only named in the log. Returns the dropped names."""
+    if not runtime.index_lock.acquire(blocking=False):
+        return []  # a rebuild of this process is running: its collection is not abandoned
+    try:
+        abandoned = runtime.store.abandoned_versions()
+        if not abandoned:
+            return []
+        if runtime.settings.qdrant_url:
+            log.warning(
+                "collections without an alias on the Qdrant server (a rebuild running elsewhere, or one killed "
+                "before its swap; not dropped from here): %s",
+                ", ".join(abandoned),
+            )
+            return []
+        for name in abandoned:
+            runtime.store.drop(name)
+        log.warning(
+            "dropped %d half-built collection(s) of an interrupted rebuild (no alias pointed to them): %s",
+            len(abandoned),
+            ", ".join(abandoned),
+        )
+        return abandoned
+    finally:
+        runtime.index_lock.release()
 
 
 def start_reindex(runtime: Runtime) -> Job:

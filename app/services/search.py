@@ -13,6 +13,15 @@ from app.runtime import Runtime
 from indexing.clean import clean_text
 from indexing.store import Hit, SearchFilter, StoreError
 
+# Vacancies whose text a user submitted (classified, then corrected): their snippets are shown only to
+# requests that may read them (``app.deps.may_read_submitted_texts``).
+SUBMITTED_SOURCES = frozenset({"feedback"})
+
+
+def without_submitted_texts(hits: list[Hit]) -> list[Hit]:
+    """``hits`` with the snippets of user-submitted vacancies emptied (their labels and scores stay)."""
+    return [replace(h, snippet="") if h.source in SUBMITTED_SOURCES else h for h in hits]
+
 
 def search_text(runtime: Runtime, text: str, k: int, flt: SearchFilter | None = None) -> list[Hit]:
     if len(text) > runtime.settings.max_text_chars:

@@ -254,6 +254,7 @@ def _upsert(session: Session, result: IngestResult, vid: str, label: str | None,
         result.added += 1
     elif existing.text_hash != digest or existing.label != label:
         existing.text, existing.text_hash, existing.label = text, digest, label
+        existing.revision = Vacancy.revision + 1  # counted by the database
         existing.updated_at = utcnow()
         result.updated += 1
     else:

@@ -11,16 +11,12 @@ import json
 import os
 import re
 import shutil
-import socket
-import threading
-import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from qdrant_client import QdrantClient
 
 from app.db import migrate
@@ -28,7 +24,7 @@ from app.main import create_app
 from app.runtime import Runtime
 from indexing.extract import DEFAULT_LABELS, Extraction, Span, compact_string
 from tests.conftest import IN_CI, make_settings
-from tests.factories import seed
+from tests.factories import ServerThread, seed
 from tests.fakes import FakeEncoder
 
 pytestmark = pytest.mark.browser
@@ -65,37 +61,6 @@ def browser_ready() -> None:
         if IN_CI:
             pytest.fail(f"{reason} (CI=true: the browser test must run)", pytrace=False)
         pytest.skip(reason)
-
-
-class ServerThread:
-    """uvicorn on an already bound socket (no race for the port), in a daemon thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + WAIT_S
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(WAIT_S)
-        self.sock.close()
 
 
 @pytest.fixture

@@ -339,6 +339,59 @@ def test_admin_and_feedback_need_tokens_when_configured(client: TestClient, runt
     assert client.post("/v1/feedback", json=payload, headers={"Authorization": "Bearer api-secret"}).status_code == 201
 
 
+def test_submitted_texts_are_shown_only_with_a_token_when_tokens_are_set(client: TestClient, runtime: Runtime) -> None:
+    text = "night shift guard for cctv surveillance of a warehouse, call 12 34 56 78"
+    pid = client.post("/v1/classify", json={"text": text}).json()["prediction_id"]
+    fb = client.post("/v1/feedback", json={"prediction_id": pid, "label": "Vagt, sikkerhed og overvågning"}).json()
+    assert fb["vacancy_id"].startswith("feedback-") and pid not in fb["vacancy_id"]  # the id tells no prediction id
+    with runtime.sessions() as session:
+        vacancy = session.get(Vacancy, fb["vacancy_id"])
+        assert vacancy is not None
+        stored = vacancy.text[:300]
+
+    def snippets(headers: dict[str, str] | None) -> tuple[dict[str, str], dict[str, str]]:
+        """Snippets by vacancy id of a search and of a similar call that both reach every vacancy."""
+        searched = client.post("/v1/search", json={"text": text, "k": 50}, headers=headers)
+        similar = client.get("/v1/vacancies/t0-00/similar", params={"k": 50}, headers=headers)
+        assert searched.status_code == similar.status_code == 200, (searched.text, similar.text)
+        return tuple(  # type: ignore[return-value]
+            {h["vacancy_id"]: h["snippet"] for h in r.json()["hits"]} for r in (searched, similar)
+        )
+
+    for found in snippets(None):  # no tokens set (the dev default): every snippet, as before
+        assert found[fb["vacancy_id"]] == stored and found["t1-00"]
+    runtime.settings.admin_token = SecretStr("admin-secret-0123456789")
+    runtime.settings.api_token = SecretStr("api-secret-0123456789")
+    for headers in (None, {"Authorization": "Bearer wrong-secret-0123456789"}):
+        for found in snippets(headers):
+            assert found[fb["vacancy_id"]] == ""  # listed, with its label, but not its text …
+            assert found["t1-00"]  # … while ingested vacancies keep their snippets
+            assert not any(pid in vid for vid in found)
+    for token in ("api-secret-0123456789", "admin-secret-0123456789"):
+        for found in snippets({"Authorization": f"Bearer {token}"}):
+            assert found[fb["vacancy_id"]] == stored
+
+
+def test_a_correction_before_opaque_ids_keeps_its_vacancy(client: TestClient, runtime: Runtime) -> None:
+    """A prediction corrected before 0003 has the vacancy ``feedback-<prediction_id>``: a new correction
+    updates that one (no second vacancy of one prediction), and it stays readable."""
+    pid = client.post("/v1/classify", json={"text": DEVELOPER}).json()["prediction_id"]
+    legacy = f"feedback-{pid}"
+    with runtime.sessions() as session:
+        prediction = session.get(Prediction, pid)
+        assert prediction is not None
+        session.add(
+            Vacancy(id=legacy, text=prediction.text, text_hash=prediction.text_hash, label="Ledelse", source="feedback")
+        )
+        session.commit()
+    sent = client.post("/v1/feedback", json={"prediction_id": pid, "label": "It og teleteknik"})
+    assert sent.status_code == 201 and sent.json()["vacancy_id"] == legacy and sent.json()["indexed"] is True
+    with runtime.sessions() as session:
+        rows = session.scalars(select(Vacancy).where(Vacancy.source == "feedback")).all()
+        assert [(v.id, v.label, v.revision) for v in rows] == [(legacy, "It og teleteknik", 1)]
+    assert client.get(f"/v1/vacancies/{legacy}/similar").status_code == 200
+
+
 def test_encoder_upgrade_and_rollback_run_as_jobs(
     client: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -52,3 +52,5 @@ def test_ingest_upserts_by_id_and_reports_bad_rows(runtime: Runtime, tmp_path: P
         assert (result.added, result.updated, result.unchanged) == (0, 2, 0)
         labels = {vid: label for vid, label in session.execute(select(Vacancy.id, Vacancy.label))}
         assert labels == {"v1": "Bygge og anlæg", "v2": "Ledelse", "v3": None}
+        revisions = {vid: rev for vid, rev in session.execute(select(Vacancy.id, Vacancy.revision))}
+        assert revisions == {"v1": 1, "v2": 1, "v3": 0}  # each change is counted (index writes are ordered by it)

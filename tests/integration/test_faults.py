@@ -8,8 +8,10 @@ import contextlib
 import io
 import json
 import logging
+import random
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,15 @@ from app.db import Base, Feedback, ModelVersion, Prediction, Vacancy, make_engin
 from app.main import create_app
 from app.observability import JsonFormatter
 from app.runtime import Runtime
+from app.services.classification import ClassifyItem, classify
+from app.services.feedback import submit_feedback
+from app.services.index import drop_abandoned_collections, reindex, write_vacancies
+from app.services.vacancies import ingest_csv, labelled_vacancies
 from app.settings import Settings
+from indexing.store import point_id
 from tests.conftest import POSTGRES_URL, _postgres_engine, make_settings
-from tests.factories import seed, wait_for_job
-from tests.fakes import FakeEncoder
+from tests.factories import seed, wait_for_job, write_csv
+from tests.fakes import FakeEncoder, topic_texts
 
 CARPENTER = "carpenter needed for timber roofing and scaffolding on our building site in aarhus"
 DEVELOPER = "python developer for backend software and cloud database work"
@@ -360,6 +367,56 @@ def test_a_crash_midway_leaves_the_previous_index_and_model_serving(live: Runtim
         assert client.get("/health").status_code == 200
 
 
+@pytest.mark.parametrize("backend", ["edge", "local"])
+def test_a_collection_left_by_a_killed_rebuild_is_dropped_at_start(
+    tmp_path: Path, backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rebuild killed before its swap leaves ``vacancies_v2`` on disk with no alias: the next start drops it
+    (one log line) and keeps the aliased one serving. Embedded index on a folder, both backends."""
+    settings = make_settings(tmp_path, qdrant_backend=backend, qdrant_path=str(tmp_path / "index"))
+    migrate(settings.db_url)
+    first = Runtime(settings, encoder=FakeEncoder())
+    with first.sessions() as session:
+        assert ingest_csv(session, write_csv(tmp_path / "a.csv", topic_texts(4)), first.taxonomy).ok
+        live_collection = reindex(first, session).collection
+        # the killed rebuild: a new collection, partly written, never swapped, never dropped
+        half_built = first.store.create_version(first.encoder.dim, first.index_metadata())
+        write_vacancies(first, labelled_vacancies(session)[:5], half_built)
+    first.close()  # the process dies here: nothing cleans up after it
+
+    second = Runtime(settings, encoder=FakeEncoder())
+    try:
+        names = {c.name for c in second.store.client.get_collections().collections}
+        assert names == {live_collection, half_built}
+        with caplog.at_level(logging.WARNING, logger="app.services.index"), _app_client(second) as client:
+            names = {c.name for c in second.store.client.get_collections().collections}
+            assert names == {live_collection}  # the half-built one is gone, the live one untouched
+            assert second.store.active_collection() == live_collection and second.store.count() == 12
+            hits = client.post("/v1/search", json={"text": CARPENTER, "k": 3})
+            assert hits.status_code == 200 and len(hits.json()["hits"]) == 3
+        lines = [r.getMessage() for r in caplog.records if "half-built" in r.getMessage()]
+        assert lines == [
+            f"dropped 1 half-built collection(s) of an interrupted rebuild (no alias pointed to them): {half_built}"
+        ]
+        assert drop_abandoned_collections(second) == []  # nothing left: a second start logs nothing
+    finally:
+        second.close()
+
+
+def test_collections_without_an_alias_on_a_server_are_only_logged(
+    bare: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a Qdrant server another worker may be building a collection right now: named, not dropped."""
+    store = bare.store
+    store.swap_alias(store.create_version(bare.encoder.dim, bare.index_metadata()))
+    building = store.create_version(bare.encoder.dim, bare.index_metadata())
+    bare.settings.qdrant_url = "http://qdrant.invalid:6333"  # what the server profile looks like to the check
+    with caplog.at_level(logging.WARNING, logger="app.services.index"):
+        assert drop_abandoned_collections(bare) == []
+    assert building in {c.name for c in store.client.get_collections().collections}
+    assert any(building in r.getMessage() and "not dropped" in r.getMessage() for r in caplog.records)
+
+
 # ---- concurrent corrections -----------------------------------------------------------------------
 def test_concurrent_feedback_on_one_prediction_loses_nothing(live: Runtime) -> None:
     labels = ["Ledelse", "Akademisk arbejde", "It og teleteknik", "Bygge og anlæg"]
@@ -403,6 +460,64 @@ def test_concurrent_feedback_on_one_prediction_loses_nothing(live: Runtime) -> N
             select(Feedback).where(Feedback.prediction_id == pid).order_by(Feedback.id.desc())
         ).first()
         assert latest is not None and vacancies[0].label == latest.label  # the latest correction wins
+
+
+class JitterEncoder(FakeEncoder):
+    """The fake encoder with a random pause of up to 50 ms per call (seeded): concurrent requests interleave
+    between their database commit and their index write, as they do under a real model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._random = random.Random(19)
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
+        with self._lock:
+            pause = self._random.uniform(0.0, 0.05)
+        time.sleep(pause)
+        return super().encode(texts, show_progress=show_progress)
+
+
+def test_concurrent_corrections_leave_the_index_on_the_latest_one(live: Runtime) -> None:
+    """30 corrections of one prediction from 10 threads: the vacancy row, the index payload and the latest
+    feedback row all end on the same label, and the row's revision counts every correction."""
+    labels = ["Ledelse", "Akademisk arbejde", "It og teleteknik"]  # few: a correction often repeats the last
+    threads_n, posts = 10, 3
+    with live.sessions() as session:
+        [result] = classify(live, session, [ClassifyItem(DEVELOPER)])
+    pid = result.prediction_id
+    assert pid is not None
+    live._encoder = JitterEncoder()
+    barrier = threading.Barrier(threads_n)
+    failures: list[BaseException] = []
+
+    def correct(n: int) -> None:
+        try:
+            for i in range(posts):
+                barrier.wait(30)  # every round races, the last one included
+                with live.sessions() as session:
+                    assert submit_feedback(live, session, pid, labels[(n + i) % len(labels)]).indexed
+        except BaseException as exc:
+            failures.append(exc)
+
+    workers = [threading.Thread(target=correct, args=(n,)) for n in range(threads_n)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(120)
+    assert not failures, failures[:3]
+    with live.sessions() as session:
+        latest = session.scalars(
+            select(Feedback).where(Feedback.prediction_id == pid).order_by(Feedback.id.desc())
+        ).first()
+        assert latest is not None
+        vacancy = session.get(Vacancy, latest.vacancy_id)
+        assert vacancy is not None
+        assert vacancy.label == latest.label  # the row is the latest correction …
+        assert vacancy.revision == threads_n * posts  # … and counts every one of them
+    [point] = live.store.client.retrieve(live.store.alias, ids=[point_id(vacancy.id)], with_payload=True)
+    assert point.payload is not None
+    assert (point.payload["label"], point.payload["revision"]) == (latest.label, vacancy.revision)  # the index too
 
 
 # ---- access: production profile, tokens, CORS, error bodies ---------------------------------------
