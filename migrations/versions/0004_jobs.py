@@ -1,7 +1,7 @@
 """jobs: background jobs as rows (status, progress, result, error, owner), one active job of a kind
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-10 09:00:00
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from alembic import op
 
 
 revision: str = '0004'
-down_revision: str | None = '0002'
+down_revision: str | None = '0003'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
