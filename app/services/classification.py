@@ -19,7 +19,7 @@ from indexing.clean import clean_text, scrub_names
 from indexing.extract import ExtractingEncoder, Extraction
 from indexing.language import UNDETERMINED, detect_language
 from indexing.store import Hit, StoreError
-from models.classifier import Neighbour
+from models.classifier import FusedClassifier, Neighbour
 from models.training import MAX_K
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,12 @@ class Classification:
     cleaned_text: str = field(default="", repr=False)  # what is stored: scrubbed unless JOBCLASS_STORE_RAW_TEXT
     extraction: Extraction | None = field(default=None, repr=False)  # when an extractor is configured
     extracted_from: str = field(default="", repr=False)  # the text the span offsets refer to; never stored
+    # uncertainty (models.conformal): the prediction set (most probable first, never empty), why the answer
+    # abstained (None: it did not), top-1 − top-2 probability, head/kNN disagreement (None without neighbours)
+    prediction_set: list[LabelProbability] = field(default_factory=list)
+    abstain_reason: str | None = None
+    margin: float = 0.0
+    disagreement: float | None = None
 
 
 def clean_items(runtime: Runtime, items: Sequence[ClassifyItem], *, batch: bool = False) -> list[str]:
@@ -124,14 +130,16 @@ def classify(
         else [[Neighbour(h.label, h.score, h.labelled_at, h.rank_score) for h in row] for row in hits]
     )
     probs = classifier.predict_proba(vectors, neighbours, texts)  # texts: the lexical signal
-    threshold = runtime.settings.abstain_threshold
+    decisions = loaded.rule.decide(probs, runtime.settings.abstain_threshold)
+    disagreement = head_knn_disagreement(classifier, vectors, neighbours)
     top_k = max(1, min(top_k, classifier.n_classes))
     results = []
     for i, item in enumerate(items):
         order = np.argsort(-probs[i])[:top_k]
         best = int(order[0])
         confidence = float(probs[i, best])
-        abstained = confidence < threshold
+        decision = decisions[i]
+        abstained = decision.abstained
         results.append(
             Classification(
                 id=item.id,
@@ -153,11 +161,33 @@ def classify(
                 cleaned_text=kept[i],
                 extraction=extractions[i] if extractions is not None else None,
                 extracted_from=cleaned[i] if extractions is not None else "",
+                prediction_set=[
+                    LabelProbability(
+                        classifier.labels[j], runtime.taxonomy.display_name(classifier.labels[j]), float(probs[i, j])
+                    )
+                    for j in decision.prediction_set
+                ],
+                abstain_reason=decision.reason,
+                margin=decision.margin,
+                disagreement=disagreement[i],
             )
         )
     if session is not None:
         store_predictions(session, results)
     return results
+
+
+def head_knn_disagreement(
+    classifier: FusedClassifier, vectors: np.ndarray, neighbours: Sequence[Sequence[Neighbour]] | None
+) -> list[float | None]:
+    """Per row, the total variation distance between the head's and the neighbour vote's probabilities
+    (0: they agree exactly, 1: no overlap); None where the row has no usable neighbour."""
+    if neighbours is None:
+        return [None] * len(vectors)
+    p_head, p_knn = classifier.head_proba(vectors), classifier.knn_proba(neighbours)
+    tv = 0.5 * np.abs(p_head - p_knn).sum(axis=1)
+    ok = [any(nb.label in classifier.index for nb in row) for row in neighbours]
+    return [float(d) if usable else None for d, usable in zip(tv, ok, strict=True)]
 
 
 def store_predictions(session: Session, results: Sequence[Classification]) -> None:
@@ -180,6 +210,10 @@ def store_predictions(session: Session, results: Sequence[Classification]) -> No
                 ],
                 model_version=r.model_version,
                 language=r.language,
+                prediction_set=[p.label for p in r.prediction_set],
+                set_size=len(r.prediction_set),
+                margin=r.margin,
+                disagreement=r.disagreement,
             )
         )
     try:
