@@ -224,3 +224,106 @@ def calibrate(runtime: Runtime, session: Session, target_accuracy: float | None)
 
 def rule_of(loaded: LoadedModel) -> UncertaintyRule:
     return UncertaintyRule.from_metadata(loaded.metadata, loaded.classifier.labels)
+
+
+# ---- the automation curve (jobclass report, the bench) ------------------------------------------------
+AUTOMATION_TARGETS = (0.8, 0.85, 0.9, 0.95, 0.97, 0.99)
+
+
+def automation_report(
+    probs: np.ndarray,
+    y: np.ndarray,
+    labels: Sequence[str],
+    *,
+    choose_on: tuple[np.ndarray, np.ndarray] | None = None,
+    targets: Sequence[float] = AUTOMATION_TARGETS,
+) -> dict[str, Any]:
+    """Share automated vs accuracy of the automated part on (probs, y): the curve of one global threshold
+    (overall and per predicted class), and, per accuracy target, per-class and global thresholds chosen on
+    ``choose_on`` (another split's probabilities and labels; default: these rows) and measured here."""
+    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y, dtype=np.int64)
+    cp, cy = choose_on if choose_on is not None else (probs, y)
+    pred = probs.argmax(axis=1)
+    per_class_curve = []
+    for c, label in enumerate(labels):
+        mine = pred == c
+        if mine.sum() >= 5:
+            per_class_curve.append(
+                {"label": label, "n": int(mine.sum()), "curve": automation_curve(probs[mine], y[mine])}
+            )
+    at = []
+    for t in targets:
+        per = automation_thresholds(cp, cy, t)
+        single = np.full(len(labels), global_threshold(cp, cy, t))
+        at.append(
+            {
+                "target": t,
+                "per_class": automation_metrics(probs, y, per),
+                "global": automation_metrics(probs, y, single),
+                "per_class_by_label": per_class_automation(probs, y, labels, per),
+            }
+        )
+    return {
+        "n": len(y),
+        "chosen_on": "another split" if choose_on is not None else "these rows",
+        "curve": automation_curve(probs, y),
+        "per_class_curve": per_class_curve,
+        "targets": at,
+    }
+
+
+def automation_png(auto: dict[str, Any], title: str) -> bytes:
+    """The curve: accuracy of the automated part against the share automated (one global threshold; thin
+    lines per predicted class), with the per-class and global operating points at each target."""
+    from app.services import render
+
+    fig, ax = render.new_figure(7.5, 5.0)
+    for row in auto["per_class_curve"]:
+        ax.plot([p["share"] for p in row["curve"]], [p["accuracy"] for p in row["curve"]], color="#bbb", lw=0.6)
+    ax.plot(
+        [p["share"] for p in auto["curve"]],
+        [p["accuracy"] for p in auto["curve"]],
+        color="#1f5fa8",
+        lw=2,
+        label="one global threshold (overall)",
+    )
+    for key, marker, colour, name in (
+        ("per_class", "o", "#c0392b", "per-class thresholds"),
+        ("global", "s", "#1f5fa8", "global threshold"),
+    ):
+        pts = [
+            (t[key]["share_automated"], t[key]["accuracy_automated"])
+            for t in auto["targets"]
+            if t[key]["accuracy_automated"] is not None
+        ]
+        if pts:
+            ax.scatter(
+                [a for a, _ in pts],
+                [b for _, b in pts],
+                marker=marker,
+                color=colour,
+                zorder=3,
+                label=f"{name} at each target",
+            )
+    for t in auto["targets"]:
+        ax.axhline(t["target"], color="#eee", lw=0.5, zorder=0)
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("share automated")
+    ax.set_ylabel("accuracy of the automated part")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower left")
+    return render.figure_png(fig)
+
+
+def automation_rows(auto: dict[str, Any]) -> list[list[Any]]:
+    """Rows of the targets table: target, per-class share / accuracy, global share / accuracy."""
+    return [
+        [
+            t["target"],
+            t["per_class"]["share_automated"],
+            t["per_class"]["accuracy_automated"],
+            t["global"]["share_automated"],
+            t["global"]["accuracy_automated"],
+        ]
+        for t in auto["targets"]
+    ]
