@@ -36,6 +36,7 @@ from indexing.sparse import LexicalEncoder, to_csr
 from indexing.store import VacancyPoint, VectorStore, connect
 from models.classifier import FusedClassifier, Neighbour
 from models.compress import VARIANTS
+from models.conformal import calibrate_conformal, set_metrics
 from models.metrics import confusion_matrix, coverage_at, expected_calibration_error, log_loss, macro_f1, summary
 from models.training import (
     CROSSFIT_FOLDS,
@@ -64,6 +65,8 @@ class BenchConfig:
     latency_queries: int = LATENCY_QUERIES
     timing: bool = True
     lexical_language: str = "danish"  # the service's JOBCLASS_LEXICAL_LANGUAGE default
+    coverage: float = 0.9  # the service's JOBCLASS_COVERAGE default
+    min_class_rows: int = 30  # JOBCLASS_CONFORMAL_MIN_CLASS_ROWS
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Fitted:
     classifier: FusedClassifier | None = None
     corpus: np.ndarray | None = None
     corpus_labels: list[str] = field(default_factory=list)
+    val_probs: np.ndarray | None = None  # the served fusion on the validation split, before the refit
 
 
 def load_bench_encoder(settings: Settings) -> tuple[Encoder, EmbeddingCache]:
@@ -194,6 +198,7 @@ def _fit_served(
     out.params["fusion"] = {**clf.params.to_dict(), "best_epoch": report.best_epoch}
     out.params["lexical_features"] = clf.lexical.n_features if clf.lexical is not None else 0
     out.params["fit_seconds"] = round(time.perf_counter() - t0, 2)
+    out.val_probs = report.val_probs
     say(f"  head/lexical/kNN/fusion fitted in {time.perf_counter() - t0:.1f}s: {clf.params}")
     return clf
 
@@ -378,6 +383,8 @@ def run_bench(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpu_count": cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
     }
+    if fitted.val_probs is not None:
+        result["uncertainty"] = bench_uncertainty(fitted.val_probs, y_va, fitted.probs["fused"], y_te, labels, cfg)
     if train.fine is not None and val.fine is not None and test.fine is not None:
         result["fine"] = fine_level(train, val, test, x_tr, x_va, x_te, cfg)
     if cfg.timing:
@@ -388,6 +395,32 @@ def run_bench(
         y_te[y_te >= 0], fitted.probs["fused"][y_te >= 0].argmax(1), len(labels)
     ).tolist()
     return result
+
+
+def bench_uncertainty(
+    val_probs: np.ndarray,
+    y_va: np.ndarray,
+    test_probs: np.ndarray,
+    y_te: np.ndarray,
+    labels: list[str],
+    cfg: BenchConfig,
+) -> dict[str, Any]:
+    """Prediction sets and automation of the served fusion: conformal thresholds and automation thresholds
+    chosen on the validation split (the fusion before its refit on train + validation, as the service
+    calibrates on its hold-out), measured on the test split (rows with a label unseen in training left out)."""
+    from app.services.uncertainty import automation_report
+
+    known = y_te >= 0
+    cal = calibrate_conformal(val_probs, y_va, cfg.coverage, min_class_rows=cfg.min_class_rows)
+    auto = automation_report(test_probs[known], y_te[known], labels, choose_on=(val_probs, y_va))
+    return {
+        "coverage_target": cfg.coverage,
+        "n_calibration": len(y_va),
+        "mondrian_classes": int(cal.mondrian.sum()),
+        "test": set_metrics(test_probs[known], y_te[known], cal.thresholds),
+        "validation": set_metrics(val_probs, y_va, cal.thresholds),
+        "automation": auto,
+    }
 
 
 def fine_level(

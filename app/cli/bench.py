@@ -134,6 +134,8 @@ def bench(
         abstain_threshold=settings.abstain_threshold,
         timing=timing,
         lexical_language=settings.lexical_language,
+        coverage=settings.coverage,
+        min_class_rows=settings.conformal_min_class_rows,
     )
     ft = None
     if finetune:
@@ -207,7 +209,11 @@ def _bench_dataset(
     from app.services.dataset import Split
 
     cfg = BenchConfig(
-        name=folder.name, abstain_threshold=settings.abstain_threshold, lexical_language=settings.lexical_language
+        name=folder.name,
+        abstain_threshold=settings.abstain_threshold,
+        lexical_language=settings.lexical_language,
+        coverage=settings.coverage,
+        min_class_rows=settings.conformal_min_class_rows,
     )
     train_split = common.read_split(folder / "train.csv", settings)
     test_split = common.read_split(folder / "val.csv", settings)
