@@ -51,6 +51,7 @@ EPS = 1e-9  # probabilities compared against thresholds with this slack (1 − (
 NEVER = 1.0 + 1e-6  # the automation threshold of a class that automates nothing
 SHRINK_ROWS = 20.0  # automation thresholds: a class's calibration is pulled towards the global one by this many rows
 MIN_SLOPE = 1e-3
+CURVE_SHARES: tuple[float, ...] = tuple(i / 20 for i in range(1, 21))  # 5 %, 10 %, … 100 % automated
 
 
 # ---- conformal ----------------------------------------------------------------------------------
@@ -252,7 +253,7 @@ def automation_metrics(probs: np.ndarray, y: np.ndarray, thresholds: np.ndarray)
 
 
 def automation_curve(
-    probs: np.ndarray, y: np.ndarray, shares: Sequence[float] = tuple(i / 20 for i in range(1, 21))
+    probs: np.ndarray, y: np.ndarray, shares: Sequence[float] = CURVE_SHARES
 ) -> list[dict[str, float]]:
     """Share automated vs accuracy of the automated part under one global threshold: for each share, the
     most confident ``share`` of the rows and their accuracy (and the threshold it takes)."""
