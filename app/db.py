@@ -82,6 +82,13 @@ class Prediction(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     # ISO 639-1 guess of indexing.language ("da", "en", …; "und" when too short); null before 0002
     language: Mapped[str | None] = mapped_column(String(8), index=True)
+    # uncertainty at classify time (0005; null before): the conformal prediction set (labels, most probable
+    # first), its size, top-1 minus top-2 probability, and head/kNN disagreement (total variation distance
+    # of their probability vectors; null without neighbours). The review queue orders by them.
+    prediction_set: Mapped[list[str] | None] = mapped_column(JSON)
+    set_size: Mapped[int | None] = mapped_column(Integer)
+    margin: Mapped[float | None] = mapped_column(Float)
+    disagreement: Mapped[float | None] = mapped_column(Float)
 
     feedback: Mapped[list[Feedback]] = relationship(back_populates="prediction", order_by="Feedback.id")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
@@ -28,6 +28,7 @@ from indexing.extract import ExtractingEncoder, Extractor, ExtractorError, TextE
 from indexing.sparse import LexicalEncoder
 from indexing.store import NEEDS_REINDEX, StoreClient, VectorStore, connect
 from models.classifier import FusedClassifier
+from models.conformal import UncertaintyRule
 from models.registry import ModelRegistry, NoActiveModel
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,11 @@ class LoadedModel:
     classifier: FusedClassifier
     version: str
     metadata: dict[str, Any]
+    # prediction sets and abstain rule of this version (its metadata's ``uncertainty``), parsed once
+    rule: UncertaintyRule = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rule", UncertaintyRule.from_metadata(self.metadata, self.classifier.labels))
 
 
 class Runtime:

@@ -125,6 +125,24 @@ class ClassificationPublic(BaseModel):
     extraction: ExtractionPublic | None = Field(
         None, description="Only with `explain: true`; null when no extractor is configured (JOBCLASS_EXTRACTOR_MODEL)."
     )
+    prediction_set: list[LabelProbability] = Field(
+        default_factory=list,
+        description="The conformal prediction set: every label whose probability reaches its class threshold "
+        "(calibrated on the hold-out for JOBCLASS_COVERAGE), most probable first; never empty (the top label "
+        "when no label reaches its threshold). More than one label, or a top label below its threshold, abstains "
+        "unless the model has an automation operating point.",
+    )
+    abstain_reason: AbstainReason | None = Field(
+        None,
+        description="Why the answer abstained: below_floor (JOBCLASS_ABSTAIN_THRESHOLD), "
+        "below_automation_threshold (the operating point's per-class threshold), set_size (more than one label in "
+        "the set), below_class_threshold (the top label's confidence is below its conformal threshold); null: it "
+        "did not.",
+    )
+    margin: float = Field(0.0, description="Top-1 minus top-2 probability.")
+
+
+AbstainReason = Literal["below_floor", "below_automation_threshold", "set_size", "below_class_threshold"]
 
 
 class BatchItemResult(ClassificationPublic):
@@ -226,12 +244,24 @@ class PredictionPublic(BaseModel):
     reviewed_feedback_id: int | None = Field(
         None, description="Id of the latest correction that stands (`DELETE /v1/feedback/{id}` retracts it)."
     )
+    prediction_set: list[str] | None = Field(
+        None, description="The conformal prediction set's labels, most probable first; null before it was stored."
+    )
+    set_size: int | None = None
+    margin: float | None = Field(None, description="Top-1 minus top-2 probability.")
+    disagreement: float | None = Field(
+        None, description="Head/kNN disagreement: total variation distance of their probabilities (0 … 1)."
+    )
 
     _utc = field_validator("created_at", "reviewed_at")(_assume_utc)
 
 
+PredictionOrder = Literal["newest", "uncertainty", "margin", "set_size", "disagreement"]
+
+
 class PredictionsResponse(BaseModel):
-    predictions: list[PredictionPublic] = Field(description="Newest first.")
+    predictions: list[PredictionPublic] = Field(description="In the order asked for (newest first by default).")
+    order: PredictionOrder = "newest"
 
 
 # ---- admin: jobs, reindex, retrain, activation ---------------------------------------------------
@@ -251,6 +281,36 @@ class RetrainRequest(_In):
         le=1.0,
         description="Promote if challenger accuracy ≥ champion accuracy − margin (default: the setting).",
     )
+    target_accuracy: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Choose per-class thresholds so that automated answers reach this accuracy on the hold-out "
+        "(default: JOBCLASS_TARGET_ACCURACY; unset: the conformal abstain rule).",
+    )
+
+
+class OperatingPointPublic(BaseModel):
+    """How a model version answers on its hold-out under its abstain rule."""
+
+    rule: Literal["conformal", "operating_point"] = Field(
+        description="conformal: abstain unless the set is the top label alone; operating_point: per-class thresholds."
+    )
+    target_accuracy: float | None = Field(description="The automation target; null under the conformal rule.")
+    share_automated: float | None = Field(description="Share of hold-out answers that do not abstain.")
+    accuracy_automated: float | None = Field(description="Accuracy of those answers.")
+    global_share_automated: float | None = Field(
+        None, description="Share automated by one global threshold at the same target (for comparison)."
+    )
+    global_accuracy_automated: float | None = None
+    coverage_target: float = Field(description="JOBCLASS_COVERAGE when the sets were calibrated.")
+    empirical_coverage: float | None = Field(
+        description="Share of hold-out rows whose set holds the true label, calibrating on random halves of the "
+        "hold-out and measuring on the other halves."
+    )
+    mean_set_size: float | None
+    n_holdout: int | None
+    mondrian_classes: int = Field(0, description="Classes with their own (class-conditional) threshold.")
 
 
 class ScoresPublic(BaseModel):
@@ -272,6 +332,13 @@ class RetrainPublic(BaseModel):
     challenger_scores: ScoresPublic
     champion_scores: ScoresPublic | None
     seconds: float
+    operating_point: OperatingPointPublic | None = None
+
+
+class CalibrateRequest(_In):
+    target_accuracy: float | None = Field(
+        None, gt=0.0, lt=1.0, description="Automation target; null: the conformal abstain rule."
+    )
 
 
 class UpgradeEncoderRequest(RetrainRequest):
@@ -359,6 +426,9 @@ class ModelVersionPublic(BaseModel):
     metrics: dict[str, Any]
     variant_bytes: dict[str, int] = {}
     lexical: dict[str, int] | None = None  # the lexical model's size on disk (bytes) and feature count
+    operating_point: OperatingPointPublic | None = Field(
+        None, description="Prediction sets and automation on the hold-out; null for versions trained before them."
+    )
 
 
 class ModelsResponse(BaseModel):

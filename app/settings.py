@@ -58,10 +58,19 @@ class Settings(BaseSettings):
 
     # Classification
     head_variant: Variant = "fp32"
+    # a floor: an answer below this confidence abstains whatever the prediction set says
     abstain_threshold: float = Field(0.25, ge=0.0, le=1.0)
     # A hierarchical taxonomy (a `parent` column): answers descend the tree while the rolled-up probability
     # reaches this, so an unsure leaf falls back to its parent; unset: the abstain threshold.
     hierarchy_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    # Prediction sets (split conformal on the hold-out, models.conformal): the share of answers whose set
+    # holds the true label; class-conditional thresholds for classes with this many hold-out rows or more.
+    coverage: float = Field(0.9, gt=0.0, lt=1.0)
+    conformal_min_class_rows: int = Field(30, ge=1)
+    # Automation target: per-class confidence thresholds chosen on the hold-out so that the answers that do
+    # not abstain reach this accuracy (train, retrain; `jobclass calibrate --target-accuracy`). Unset: the
+    # conformal rule (abstain when the set is not the top label alone).
+    target_accuracy: float | None = Field(None, gt=0.0, lt=1.0)
     search_k: int = Field(30, ge=1, le=200)  # neighbours fetched per classify (the vote uses the tuned k)
     # Hybrid retrieval: the Snowball stemmer of the BM25 lexical vectors stored beside the embeddings
     # (Danish + English stop words); changing it needs `jobclass reindex`.

@@ -126,6 +126,21 @@ class ModelRegistry:
         os.replace(final, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
 
+    def update_metadata(self, version: str, **fields: Any) -> dict[str, Any]:
+        """Replace some top-level fields of ``version``'s metadata (atomically) and return the new metadata:
+        e.g. ``uncertainty`` when ``jobclass calibrate`` recomputes it."""
+        meta = {**self.metadata(version), **fields}
+        path = self.path(version)
+        tmp = path / f"{TMP_PREFIX}metadata.json.tmp"
+        try:
+            tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+            os.replace(tmp, path / "metadata.json")
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise self._unwritable(f"the metadata of model {version}", exc) from exc
+        return meta
+
     def activate(self, version: str) -> None:
         if not (self.path(version) / "metadata.json").is_file():
             raise RegistryError(f"unknown model version {version!r}")

@@ -72,6 +72,9 @@ class TrainReport:
     n_val: int
     best_epoch: int
     metrics: dict[str, Any] = field(default_factory=dict)
+    # the fused probabilities of the validation rows before any refit (not serialised): what prediction sets
+    # and automation thresholds can be calibrated on when the validation split is a clean hold-out
+    val_probs: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_train": self.n_train, "n_val": self.n_val, "best_epoch": self.best_epoch, **self.metrics}
@@ -329,7 +332,7 @@ def train_classifier(
             all_texts, all_y = in_tr.texts + in_va.texts, np.concatenate([y_tr, y_va])
             classifier.lexical = LexicalModel(n_classes, lex_config).fit(all_texts, all_y)
         n_train += len(y_va)
-    report = TrainReport(n_train=n_train, n_val=len(y_va), best_epoch=best_epoch, metrics=metrics)
+    report = TrainReport(n_train=n_train, n_val=len(y_va), best_epoch=best_epoch, metrics=metrics, val_probs=p_fused)
     return classifier, report
 
 

@@ -8,13 +8,15 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.deps import AdminDep, RuntimeDep, SessionDep
+from app.deps import AdminDep, ModelDep, RuntimeDep, SessionDep
 from app.errors import DatabaseUnavailable
 from app.schemas import (
     ActivationPublic,
+    CalibrateRequest,
     JobProgress,
     JobPublic,
     JobsResponse,
+    OperatingPointPublic,
     ReindexPublic,
     RetrainPublic,
     RetrainRequest,
@@ -30,6 +32,8 @@ from app.services.encoder_upgrade import (
 from app.services.index import start_reindex
 from app.services.jobs import Job
 from app.services.training import activate, start_retrain
+from app.services.uncertainty import calibrate
+from app.services.uncertainty import summary as uncertainty_summary
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 
@@ -45,6 +49,7 @@ def require_database(runtime: RuntimeDep) -> None:
 
 
 DatabaseDep = Depends(require_database)
+CALIBRATE = "Choose the active model's abstain thresholds for an accuracy target on its hold-out"
 
 
 JobResult = ReindexPublic | RetrainPublic | UpgradeEncoderPublic | RollbackEncoderPublic
@@ -111,7 +116,8 @@ def admin_reindex(runtime: RuntimeDep, response: Response) -> JobPublic:
 def admin_retrain(
     runtime: RuntimeDep, response: Response, body: Annotated[RetrainRequest | None, Body()] = None
 ) -> JobPublic:
-    return _accepted(start_retrain(runtime, body.margin if body else None), response)
+    body = body or RetrainRequest()
+    return _accepted(start_retrain(runtime, body.margin, body.target_accuracy), response)
 
 
 @_job_route("/admin/upgrade-encoder", "Fine-tune the encoder, reindex, train a head, compare; swap or discard")
@@ -129,7 +135,12 @@ def admin_upgrade_encoder(
         seed=body.seed,
         chunking=runtime.settings.embedding_chunking == "sentences",
     )
-    job = start_upgrade_encoder(runtime, margin=body.margin, finetune_fn=sentence_transformers_finetune(cfg))
+    job = start_upgrade_encoder(
+        runtime,
+        margin=body.margin,
+        target_accuracy=body.target_accuracy,
+        finetune_fn=sentence_transformers_finetune(cfg),
+    )
     return _accepted(job, response)
 
 
@@ -146,6 +157,18 @@ def list_jobs(runtime: RuntimeDep) -> JobsResponse:
 @router.get("/admin/jobs/{job_id}", response_model=JobPublic, dependencies=[AdminDep])
 def get_job(job_id: Annotated[str, Path(min_length=1, max_length=64)], runtime: RuntimeDep) -> JobPublic:
     return job_public(runtime.jobs.get(job_id))
+
+
+@router.post(
+    "/admin/calibrate", response_model=OperatingPointPublic, dependencies=[AdminDep, DatabaseDep], summary=CALIBRATE
+)
+def admin_calibrate(
+    runtime: RuntimeDep, session: SessionDep, _: ModelDep, body: Annotated[CalibrateRequest | None, Body()] = None
+) -> OperatingPointPublic:
+    """Recompute the active model's prediction sets and operating point on its hold-out and serve them at once
+    (embeds every labelled vacancy: cached embeddings make it quick)."""
+    block = calibrate(runtime, session, body.target_accuracy if body else None)
+    return OperatingPointPublic.model_validate(uncertainty_summary(block))
 
 
 @router.post("/admin/models/{version}/activate", response_model=ActivationPublic, dependencies=[AdminDep, DatabaseDep])

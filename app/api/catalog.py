@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from app.deps import RuntimeDep
 from app.errors import ModelDamaged
 from app.schemas import ModelsResponse, ModelVersionPublic, TaxonomyLabel, TaxonomyPublic
+from app.services.uncertainty import summary as uncertainty_summary
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def _public(m: dict[str, Any], active: str | None) -> ModelVersionPublic | None:
             metrics=m.get("metrics", {}),
             variant_bytes=m.get("variant_bytes", {}),
             lexical=m.get("lexical"),
+            operating_point=uncertainty_summary(m.get("uncertainty")),
         )
     except (KeyError, ValidationError) as exc:
         log.warning("model %s is left out of the listing: its metadata.json does not fit (%s)", m["version"], exc)

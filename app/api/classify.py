@@ -38,6 +38,9 @@ def to_public(result: Classification) -> dict[str, object]:
         "index_used": result.index_used,
         "stored": result.stored,
         "language": result.language,
+        "prediction_set": [LabelProbability(**vars(p)) for p in result.prediction_set],
+        "abstain_reason": result.abstain_reason,
+        "margin": result.margin,
     }
 
 

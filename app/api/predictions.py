@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.deps import ApiTokenDep, RuntimeDep, SessionDep
-from app.schemas import LabelProbability, NeighbourPublic, PredictionPublic, PredictionsResponse
+from app.schemas import LabelProbability, NeighbourPublic, PredictionOrder, PredictionPublic, PredictionsResponse
 from app.services.predictions import MAX_LIMIT, list_predictions
 
 router = APIRouter(prefix="/v1/predictions", tags=["feedback"])
@@ -21,11 +21,20 @@ def predictions(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="How many, newest first.")] = 50,
     unreviewed: Annotated[bool, Query(description="Only predictions nobody has given feedback on.")] = False,
+    order: Annotated[
+        PredictionOrder,
+        Query(
+            description="newest (default); uncertainty: largest prediction set, then smallest top-1 − top-2 "
+            "margin, then largest head/kNN disagreement; margin (smallest first); set_size (largest first); "
+            "disagreement (largest first). Rows stored before these were recorded come last."
+        ),
+    ] = "newest",
 ) -> PredictionsResponse:
     views = list_predictions(
-        session, runtime.taxonomy, max_confidence=max_confidence, limit=limit, unreviewed=unreviewed
+        session, runtime.taxonomy, max_confidence=max_confidence, limit=limit, unreviewed=unreviewed, order=order
     )
     return PredictionsResponse(
+        order=order,
         predictions=[
             PredictionPublic(
                 id=v.id,
@@ -44,7 +53,11 @@ def predictions(
                 reviewed_at=v.reviewed_at,
                 feedback_count=v.feedback_count,
                 reviewed_feedback_id=v.reviewed_feedback_id,
+                prediction_set=v.prediction_set,
+                set_size=v.set_size,
+                margin=v.margin,
+                disagreement=v.disagreement,
             )
             for v in views
-        ]
+        ],
     )

@@ -40,6 +40,7 @@ from indexing.sparse import LexicalEncoder, to_csr
 from indexing.store import VacancyPoint, VectorStore, connect
 from models.classifier import FusedClassifier, Neighbour
 from models.compress import VARIANTS
+from models.conformal import calibrate_conformal, set_metrics
 from models.hierarchy import Hierarchy
 from models.metrics import (
     confusion_matrix,
@@ -77,6 +78,8 @@ class BenchConfig:
     timing: bool = True
     lexical_language: str = "danish"  # the service's JOBCLASS_LEXICAL_LANGUAGE default
     hierarchy_threshold: float | None = None  # JOBCLASS_HIERARCHY_THRESHOLD; None: the abstain threshold
+    coverage: float = 0.9  # the service's JOBCLASS_COVERAGE default
+    min_class_rows: int = 30  # JOBCLASS_CONFORMAL_MIN_CLASS_ROWS
 
     @property
     def answer_threshold(self) -> float:
@@ -92,6 +95,7 @@ class Fitted:
     corpus: np.ndarray | None = None
     corpus_labels: list[str] = field(default_factory=list)
     inputs: list[TextInputs] = field(default_factory=list)  # train, val, test texts with their BM25 vectors
+    val_probs: np.ndarray | None = None  # the served fusion on the validation split, before the refit
 
 
 def load_bench_encoder(settings: Settings) -> tuple[Encoder, EmbeddingCache]:
@@ -212,6 +216,7 @@ def _fit_served(
     out.params["fusion"] = {**clf.params.to_dict(), "best_epoch": report.best_epoch}
     out.params["lexical_features"] = clf.lexical.n_features if clf.lexical is not None else 0
     out.params["fit_seconds"] = round(time.perf_counter() - t0, 2)
+    out.val_probs = report.val_probs
     say(f"  head/lexical/kNN/fusion fitted in {time.perf_counter() - t0:.1f}s: {clf.params}")
     return clf
 
@@ -405,6 +410,8 @@ def run_bench(
     }
     if fine is not None:
         result["fine"] = fine
+    if fitted.val_probs is not None:
+        result["uncertainty"] = bench_uncertainty(fitted.val_probs, y_va, fitted.probs["fused"], y_te, labels, cfg)
     if cfg.timing:
         assert fitted.classifier is not None and fitted.corpus is not None
         all_labels = [*train.labels, *val.labels]
@@ -413,6 +420,32 @@ def run_bench(
         y_te[y_te >= 0], fitted.probs["fused"][y_te >= 0].argmax(1), len(labels)
     ).tolist()
     return result
+
+
+def bench_uncertainty(
+    val_probs: np.ndarray,
+    y_va: np.ndarray,
+    test_probs: np.ndarray,
+    y_te: np.ndarray,
+    labels: list[str],
+    cfg: BenchConfig,
+) -> dict[str, Any]:
+    """Prediction sets and automation of the served fusion: conformal thresholds and automation thresholds
+    chosen on the validation split (the fusion before its refit on train + validation, as the service
+    calibrates on its hold-out), measured on the test split (rows with a label unseen in training left out)."""
+    from app.services.uncertainty import automation_report
+
+    known = y_te >= 0
+    cal = calibrate_conformal(val_probs, y_va, cfg.coverage, min_class_rows=cfg.min_class_rows)
+    auto = automation_report(test_probs[known], y_te[known], labels, choose_on=(val_probs, y_va))
+    return {
+        "coverage_target": cfg.coverage,
+        "n_calibration": len(y_va),
+        "mondrian_classes": int(cal.mondrian.sum()),
+        "test": set_metrics(test_probs[known], y_te[known], cal.thresholds),
+        "validation": set_metrics(val_probs, y_va, cal.thresholds),
+        "automation": auto,
+    }
 
 
 def fine_hierarchy(fine: Sequence[str], coarse: Sequence[str], coarse_labels: Sequence[str]) -> Hierarchy:

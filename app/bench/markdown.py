@@ -58,6 +58,30 @@ def _abstain_lines(fused: dict[str, Any]) -> list[str]:
     ]
 
 
+def _uncertainty_lines(u: dict[str, Any]) -> list[str]:
+    t = u["test"]
+    lines = [
+        "",
+        f"Prediction sets (coverage target {u['coverage_target']:g}, calibrated on the {u['n_calibration']} validation "
+        f"rows, {u['mondrian_classes']} classes with their own threshold): on test, empirical coverage "
+        f"{t['empirical_coverage']:.4f}, mean set size {t['mean_set_size']:.2f}, "
+        f"singletons {t['singleton_share']:.1%}.",
+        "",
+        "Automation on test, thresholds chosen on validation (share automated / accuracy of the automated part):",
+        "",
+        "| target accuracy | per-class thresholds | one global threshold |",
+        "|---|---|---|",
+    ]
+
+    def cell(m: dict[str, Any]) -> str:
+        acc = m["accuracy_automated"]
+        return f"{m['share_automated']:.1%} / {acc:.4f}" if acc is not None else f"{m['share_automated']:.1%} / –"
+
+    for row in u["automation"]["targets"]:
+        lines.append(f"| {row['target']:g} | {cell(row['per_class'])} | {cell(row['global'])} |")
+    return lines
+
+
 def _fine_lines(f: dict[str, Any], fused: dict[str, Any]) -> list[str]:
     lines = [
         "",
@@ -122,6 +146,10 @@ def markdown_report(result: dict[str, Any], image: str | None = None, heading: s
     ]
     if "abstain" in m["fused"]:
         lines += _abstain_lines(m["fused"])
+    if "uncertainty" in result:
+        lines += _uncertainty_lines(result["uncertainty"])
+        if image:
+            lines += ["", f"![share automated vs accuracy on {result['dataset']}](automation.png)"]
     if "fine" in result:
         lines += _fine_lines(result["fine"], m["fused"])
     if "timing" in result:
@@ -138,6 +166,11 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     cm = np.array(result["confusion_fused"])
     plot_confusion(cm, result["labels"], out / "confusion_fused.png", title=f"fused — {result['dataset']}")
+    if "uncertainty" in result:
+        from app.services.uncertainty import automation_png
+
+        title = f"fused — {result['dataset']}: automation on test (thresholds chosen on validation)"
+        (out / "automation.png").write_bytes(automation_png(result["uncertainty"]["automation"], title))
     (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     (out / "report.md").write_text(markdown_report(result, "confusion_fused.png", heading="#"))
 

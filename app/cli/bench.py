@@ -136,6 +136,8 @@ def bench(
         timing=timing,
         lexical_language=settings.lexical_language,
         hierarchy_threshold=settings.hierarchy_threshold,
+        coverage=settings.coverage,
+        min_class_rows=settings.conformal_min_class_rows,
     )
     ft = None
     if finetune:
@@ -213,6 +215,8 @@ def _bench_dataset(
         abstain_threshold=settings.abstain_threshold,
         lexical_language=settings.lexical_language,
         hierarchy_threshold=settings.hierarchy_threshold,
+        coverage=settings.coverage,
+        min_class_rows=settings.conformal_min_class_rows,
     )
     train_split = common.read_split(folder / "train.csv", settings)
     test_split = common.read_split(folder / "val.csv", settings)

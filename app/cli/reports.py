@@ -54,7 +54,9 @@ def drift(
 
 
 def report(
-    out: Annotated[Path, typer.Option(help="Folder for report.json, report.html, confusion.png, per_class.png.")],
+    out: Annotated[
+        Path, typer.Option(help="Folder for report.json, report.html, confusion.png, per_class.png, automation.png.")
+    ],
 ) -> None:
     """Confusion matrix and per-class precision/recall/F1 of the active model on its hold-out."""
     from app.services.report import model_report, write_model_report
@@ -70,7 +72,14 @@ def report(
         f"model {result['model_version']} on {result['n_val']} held-out vacancies: accuracy "
         f"{result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, ECE {result['ece']:.4f}"
     )
-    typer.echo(f"wrote {out / 'report.html'} (and report.json, confusion.png, per_class.png)")
+    at95 = next((t for t in result["automation"]["targets"] if t["target"] == 0.95), None)
+    if at95 is not None:
+        per, glob = at95["per_class"], at95["global"]
+        typer.echo(
+            f"at 95% target accuracy: per-class thresholds automate {per['share_automated']:.1%}, "
+            f"one global threshold {glob['share_automated']:.1%}"
+        )
+    typer.echo(f"wrote {out / 'report.html'} (and report.json, confusion.png, per_class.png, automation.png)")
 
 
 def register(cli: typer.Typer) -> None:

@@ -88,14 +88,44 @@ def ingest(
     typer.echo("run `jobclass reindex` and `jobclass train` to use the new data")
 
 
-def train() -> None:
+TargetAccuracy = Annotated[
+    float | None,
+    typer.Option(
+        min=0.01,
+        max=0.999,
+        help="Choose per-class thresholds so that automated (non-abstained) answers reach this accuracy on the "
+        "hold-out (default JOBCLASS_TARGET_ACCURACY; unset: abstain unless the prediction set is the top label alone).",
+    ),
+]
+
+
+def _operating_point_line(op: dict[str, Any] | None) -> str:
+    """One line on the prediction sets and automation of a version on its hold-out."""
+    if op is None:
+        return "  no prediction-set calibration"
+    acc = op["accuracy_automated"]
+    line = (
+        f"  hold-out of {op['n_holdout']}: coverage {op['empirical_coverage']:.3f} (target {op['coverage_target']:g}), "
+        f"mean set size {op['mean_set_size']:.2f}; automated {op['share_automated']:.1%}"
+        f"{f' at accuracy {acc:.4f}' if acc is not None else ''}"
+    )
+    if op["target_accuracy"] is not None:
+        g_acc = op["global_accuracy_automated"]
+        line += (
+            f" (target {op['target_accuracy']:g}; one global threshold: {op['global_share_automated']:.1%}"
+            f"{f' at {g_acc:.4f}' if g_acc is not None else ''})"
+        )
+    return line
+
+
+def train(target_accuracy: TargetAccuracy = None) -> None:
     """Train a new model on every labelled vacancy and make it active."""
     from app.services.training import train as run
 
     runtime = common.runtime()
     try:
         with runtime.sessions() as session:
-            result = run(runtime, session, show_progress=True)
+            result = run(runtime, session, show_progress=True, target_accuracy=target_accuracy)
     finally:
         runtime.close()
     val = result.metrics["validation"]
@@ -103,6 +133,24 @@ def train() -> None:
     for name in ("head", "knn", "fused"):
         acc, f1 = val[name]["accuracy"], val[name]["macro_f1"]
         typer.echo(f"  validation {name:5s}: accuracy {acc:.3f}  macro-F1 {f1:.3f}")
+    typer.echo(_operating_point_line(result.uncertainty))
+
+
+def calibrate(target_accuracy: TargetAccuracy = None) -> None:
+    """Recompute the active model's prediction sets (JOBCLASS_COVERAGE) and, with --target-accuracy, its
+    per-class automation thresholds on its hold-out; stored with the version. A running server serves them
+    after `POST /v1/admin/calibrate` (which does the same in the server) or its next start."""
+    from app.services.uncertainty import calibrate as run
+    from app.services.uncertainty import summary
+
+    runtime = common.offline_runtime()
+    try:
+        with runtime.sessions() as session:
+            block = run(runtime, session, target_accuracy)
+    finally:
+        runtime.close()
+    typer.echo(f"model {block['model_version']} calibrated")
+    typer.echo(_operating_point_line(summary(block)))
 
 
 def reindex(
@@ -151,6 +199,7 @@ def retrain(
             help="Promote if accuracy ≥ champion's − margin (default JOBCLASS_PROMOTION_MARGIN).",
         ),
     ] = None,
+    target_accuracy: TargetAccuracy = None,
 ) -> None:
     """Train a challenger on every labelled vacancy (corrections included) and promote it only if it
     scores at least as well as the active model on the same validation set."""
@@ -160,7 +209,7 @@ def retrain(
     bar, progress = common.progress_bar("embed")
     try:
         with runtime.sessions() as session:
-            result = run(runtime, session, margin, progress=progress)
+            result = run(runtime, session, margin, progress=progress, target_accuracy=target_accuracy)
     finally:
         bar.close()
         runtime.close()
@@ -172,6 +221,7 @@ def retrain(
     if champ is not None:
         acc, f1 = champ["accuracy"], champ["macro_f1"]
         typer.echo(f"champion   {result.champion}: accuracy {acc:.4f}, macro-F1 {f1:.4f}")
+    typer.echo(_operating_point_line(result.operating_point))
     verdict = "promoted" if result.promoted else "not promoted"
     typer.echo(f"{verdict}: {result.reason}; active model {result.active} ({result.seconds:.1f}s)")
 
@@ -251,5 +301,5 @@ def serve(
 
 
 def register(cli: typer.Typer) -> None:
-    for command in (setup, migrate, ingest, train, reindex, retrain, evaluate, serve):
+    for command in (setup, migrate, ingest, train, calibrate, reindex, retrain, evaluate, serve):
         cli.command()(command)

@@ -65,6 +65,12 @@ class Classification:
     cleaned_text: str = field(default="", repr=False)  # what is stored: scrubbed unless JOBCLASS_STORE_RAW_TEXT
     extraction: Extraction | None = field(default=None, repr=False)  # when an extractor is configured
     extracted_from: str = field(default="", repr=False)  # the text the span offsets refer to; never stored
+    # uncertainty (models.conformal): the prediction set (most probable first, never empty), why the answer
+    # abstained (None: it did not), top-1 − top-2 probability, head/kNN disagreement (None without neighbours)
+    prediction_set: list[LabelProbability] = field(default_factory=list)
+    abstain_reason: str | None = None
+    margin: float = 0.0
+    disagreement: float | None = None
 
 
 def clean_items(runtime: Runtime, items: Sequence[ClassifyItem], *, batch: bool = False) -> list[str]:
@@ -134,7 +140,8 @@ def classify(
         else [[Neighbour(h.label, h.score, h.labelled_at, h.rank_score) for h in row] for row in hits]
     )
     probs = classifier.predict_proba(vectors, neighbours, texts)  # texts: the lexical signal
-    threshold = runtime.settings.abstain_threshold
+    decisions = loaded.rule.decide(probs, runtime.settings.abstain_threshold)
+    disagreement = head_knn_disagreement(classifier, vectors, neighbours)
     answers = hierarchical_answers(runtime, classifier, probs)
     top_k = max(1, min(top_k, classifier.n_classes))
     results = []
@@ -142,7 +149,8 @@ def classify(
         order = np.argsort(-probs[i])[:top_k]
         best = int(order[0])
         confidence = float(probs[i, best])
-        abstained = confidence < threshold
+        decision = decisions[i]
+        abstained = decision.abstained  # the prediction-set rule (models.conformal.UncertaintyRule)
         label = None if abstained else classifier.labels[best]
         level, path = (None, []) if label is None else (0, [label])
         if answers is not None:  # a hierarchical taxonomy: fall back to a parent instead of abstaining
@@ -171,6 +179,15 @@ def classify(
                 cleaned_text=kept[i],
                 extraction=extractions[i] if extractions is not None else None,
                 extracted_from=cleaned[i] if extractions is not None else "",
+                prediction_set=[
+                    LabelProbability(
+                        classifier.labels[j], runtime.taxonomy.display_name(classifier.labels[j]), float(probs[i, j])
+                    )
+                    for j in decision.prediction_set
+                ],
+                abstain_reason=decision.reason,
+                margin=decision.margin,
+                disagreement=disagreement[i],
             )
         )
     if session is not None:
@@ -183,6 +200,19 @@ def hierarchical_answers(runtime: Runtime, classifier: FusedClassifier, probs: n
     if not runtime.taxonomy.is_hierarchical:
         return None
     return runtime.taxonomy.hierarchy.answers(probs, classifier.labels, runtime.settings.answer_threshold)
+
+
+def head_knn_disagreement(
+    classifier: FusedClassifier, vectors: np.ndarray, neighbours: Sequence[Sequence[Neighbour]] | None
+) -> list[float | None]:
+    """Per row, the total variation distance between the head's and the neighbour vote's probabilities
+    (0: they agree exactly, 1: no overlap); None where the row has no usable neighbour."""
+    if neighbours is None:
+        return [None] * len(vectors)
+    p_head, p_knn = classifier.head_proba(vectors), classifier.knn_proba(neighbours)
+    tv = 0.5 * np.abs(p_head - p_knn).sum(axis=1)
+    ok = [any(nb.label in classifier.index for nb in row) for row in neighbours]
+    return [float(d) if usable else None for d, usable in zip(tv, ok, strict=True)]
 
 
 def store_predictions(session: Session, results: Sequence[Classification], *, ids: Sequence[str] | None = None) -> None:
@@ -207,6 +237,10 @@ def store_predictions(session: Session, results: Sequence[Classification], *, id
                 ],
                 model_version=r.model_version,
                 language=r.language,
+                prediction_set=[p.label for p in r.prediction_set],
+                set_size=len(r.prediction_set),
+                margin=r.margin,
+                disagreement=r.disagreement,
             )
         )
     try:

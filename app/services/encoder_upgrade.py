@@ -48,8 +48,17 @@ from app.services.dataset import (
 )
 from app.services.index import CATCH_UP_SLACK, labelled_since, write_vacancies
 from app.services.jobs import Job
-from app.services.promotion import Scores, as_served, champion, decide_promotion, score_on_holdout
+from app.services.promotion import (
+    Scores,
+    as_served,
+    champion,
+    decide_promotion,
+    holdout_probabilities,
+    score_on_holdout,
+    scores_of,
+)
 from app.services.training import activate_version, data_hash, register_head, text_inputs, train_on_holdout
+from app.services.uncertainty import uncertainty_for
 from app.services.vacancies import labelled_vacancies
 from app.settings import Settings
 from indexing.cache import encode_in_steps
@@ -122,10 +131,12 @@ def upgrade_encoder(
     load_encoder: EncoderLoader | None = None,
     say: Say = log.info,
     progress: Progress | None = None,
+    target_accuracy: float | None = None,
 ) -> UpgradeResult:
     start = time.perf_counter()
     settings = runtime.settings
     margin = settings.promotion_margin if margin is None else margin
+    target = settings.target_accuracy if target_accuracy is None else target_accuracy
     data = read_labelled(session, runtime.taxonomy.leaves)
     require_classes(data, "an encoder upgrade", ": run `jobclass ingest`")
     split = holdout_of(data, settings)
@@ -140,7 +151,7 @@ def upgrade_encoder(
         candidate.registry.reject(candidate.version, "a reindex was running")
         raise Conflict("a reindex is already running")
     try:
-        outcome = _try_candidate(runtime, session, candidate, data, split, ft_train, margin, say, progress)
+        outcome = _try_candidate(runtime, session, candidate, data, split, ft_train, margin, say, progress, target)
     finally:
         runtime.index_lock.release()
     promotion = outcome.promotion
@@ -235,6 +246,7 @@ def _try_candidate(
     margin: float,
     say: Say,
     progress: Progress | None,
+    target_accuracy: float | None = None,
 ) -> _Outcome:
     """Embed every labelled vacancy into a new collection (the alias is not touched yet), train and score the
     challenger head, then promote it (encoder, head, alias and runtime switch together) or discard it."""
@@ -246,7 +258,9 @@ def _try_candidate(
         inputs = text_inputs(runtime, data.texts)
         challenger, report = _challenger_head(runtime, data, x_new, split, ft_train, say, inputs)
         served = as_served(challenger, candidate.settings.head_variant)
-        challenger_scores = score_on_holdout(served, x_new, data.y, split, inputs)
+        probs = holdout_probabilities(served, x_new, data.y, split, inputs)
+        challenger_scores = scores_of(probs, data.y[split.val], challenger.labels)
+        block = uncertainty_for(runtime, probs, data.y[split.val], challenger.labels, target_accuracy)
         promotion = _compare(runtime, data, split, challenger_scores, margin, candidate, inputs)
         promotion.update(encoder=candidate.version, collection=collection)
         model_version, meta = register_head(
@@ -259,6 +273,7 @@ def _try_candidate(
             parent=promotion["champion"] or runtime.registry.active_version(),
             dim=x_new.shape[1],
             encoder_version=candidate.version,
+            uncertainty=block,
         )
         candidate.registry.update(candidate.version, model_version=model_version, promotion=promotion)
         if promotion["promoted"]:
@@ -426,6 +441,9 @@ def _rollback_head(
     split = holdout_of(data, settings)
     inputs = text_inputs(runtime, data.texts)
     classifier, report = train_on_holdout(runtime, x[data.rows], data.y, data.labels, split, inputs=inputs)
+    served = as_served(classifier, settings.head_variant)
+    probs = holdout_probabilities(served, x[data.rows], data.y, split, inputs)
+    block = uncertainty_for(runtime, probs, data.y[split.val], classifier.labels, settings.target_accuracy)
     promotion = {
         "promoted": True,
         "reason": f"rollback of encoder {target.current} to {target.parent}",
@@ -441,6 +459,7 @@ def _rollback_head(
         parent=runtime.registry.active_version(),
         dim=x.shape[1],
         encoder_version=target.parent,
+        uncertainty=block,
     )
     return _Head(classifier, version, meta, retrained=True)
 

@@ -1,9 +1,16 @@
-"""Browse stored predictions: the review queue of recent, low-confidence answers and their corrections."""
+"""Browse stored predictions: the review queue of recent, low-confidence answers and their corrections.
+
+Orders (``order``): ``newest`` (the default), and by value for a reviewer, most informative first:
+``uncertainty`` (largest prediction set, then smallest margin, then largest head/kNN disagreement),
+``margin`` (top-1 − top-2 probability, smallest first), ``set_size`` (largest first, then smallest margin)
+and ``disagreement`` (largest first, then smallest margin). Predictions stored before these were recorded
+(null) come last; ties go to the newest."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Literal, get_args
 
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
@@ -14,6 +21,21 @@ from app.services.classification import LabelProbability
 from app.taxonomy import Taxonomy
 
 MAX_LIMIT = 200
+Order = Literal["newest", "uncertainty", "margin", "set_size", "disagreement"]
+ORDERS: tuple[str, ...] = get_args(Order)
+_NEWEST = (Prediction.created_at.desc(), Prediction.id.desc())
+_ORDER_BY: dict[str, tuple[Any, ...]] = {
+    "newest": _NEWEST,
+    "uncertainty": (
+        Prediction.set_size.desc().nulls_last(),
+        Prediction.margin.asc().nulls_last(),
+        Prediction.disagreement.desc().nulls_last(),
+        *_NEWEST,
+    ),
+    "margin": (Prediction.margin.asc().nulls_last(), *_NEWEST),
+    "set_size": (Prediction.set_size.desc().nulls_last(), Prediction.margin.asc().nulls_last(), *_NEWEST),
+    "disagreement": (Prediction.disagreement.desc().nulls_last(), Prediction.margin.asc().nulls_last(), *_NEWEST),
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +64,10 @@ class PredictionView:
     reviewed_at: datetime | None
     feedback_count: int
     reviewed_feedback_id: int | None = None  # the latest correction that stands (to retract it)
+    prediction_set: list[str] | None = None
+    set_size: int | None = None
+    margin: float | None = None
+    disagreement: float | None = None
 
 
 def list_predictions(
@@ -51,18 +77,22 @@ def list_predictions(
     max_confidence: float | None = None,
     limit: int = 50,
     unreviewed: bool = False,
+    order: str = "newest",
 ) -> list[PredictionView]:
-    """Newest first. ``max_confidence`` keeps answers at or below that confidence; ``unreviewed`` keeps
-    predictions without feedback. Each carries its latest correction (the latest feedback wins); retracted
-    corrections do not count (a prediction whose corrections were all retracted is unreviewed again)."""
+    """In ``order`` (see the module docstring; newest first by default). ``max_confidence`` keeps answers at
+    or below that confidence; ``unreviewed`` keeps predictions without feedback. Each carries its latest
+    correction (the latest feedback wins); retracted corrections do not count (a prediction whose
+    corrections were all retracted is unreviewed again)."""
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
+    if order not in _ORDER_BY:
+        raise InvalidInput(f"order must be one of {', '.join(ORDERS)}, not {order!r}", field="order")
     query = select(Prediction)
     if max_confidence is not None:
         query = query.where(Prediction.confidence <= max_confidence)
     if unreviewed:
         query = query.where(~exists().where(Feedback.prediction_id == Prediction.id, Feedback.retracted_at.is_(None)))
-    rows = list(session.scalars(query.order_by(Prediction.created_at.desc(), Prediction.id.desc()).limit(limit)))
+    rows = list(session.scalars(query.order_by(*_ORDER_BY[order]).limit(limit)))
     history: dict[str, list[Feedback]] = {}
     if rows:
         found = session.scalars(
@@ -105,4 +135,8 @@ def _view(row: Prediction, feedback: list[Feedback], taxonomy: Taxonomy) -> Pred
         reviewed_at=latest.created_at if latest else None,
         feedback_count=len(feedback),
         reviewed_feedback_id=latest.id if latest else None,
+        prediction_set=row.prediction_set,
+        set_size=row.set_size,
+        margin=row.margin,
+        disagreement=row.disagreement,
     )

@@ -17,7 +17,8 @@ from app.runtime import LoadedModel, Runtime
 from app.services.dataset import HoldOut
 from models.classifier import FusedClassifier
 from models.compress import Variant
-from models.training import TextInputs, evaluate
+from models.metrics import summary
+from models.training import TextInputs, predict_with_corpus
 
 Scores = dict[str, float]  # accuracy and macro-F1 on the shared hold-out
 
@@ -48,10 +49,23 @@ def score_on_holdout(
 ) -> Scores:
     """Scores on the hold-out rows of (x, y), neighbours drawn from the training rows (by the hybrid
     query when ``inputs`` carry the rows' texts and BM25 vectors)."""
+    return scores_of(holdout_probabilities(classifier, x, y, split, inputs), y[split.val], classifier.labels)
+
+
+def scores_of(probs: np.ndarray, y_val: np.ndarray, labels: Sequence[str]) -> Scores:
+    """``score_on_holdout``'s numbers from hold-out probabilities already computed."""
+    return scores(summary(probs, y_val, labels))
+
+
+def holdout_probabilities(
+    classifier: FusedClassifier, x: np.ndarray, y: np.ndarray, split: HoldOut, inputs: TextInputs | None = None
+) -> np.ndarray:
+    """The fused probabilities of the hold-out rows of (x, y), neighbours drawn from the training rows: what
+    ``score_on_holdout`` scores and what the prediction sets are calibrated on (``app.services.uncertainty``)."""
     tr, va = split.train, split.val
     if inputs is None:
-        return scores(evaluate(classifier, x[va], y[va], x[tr], y[tr]))
-    return scores(evaluate(classifier, x[va], y[va], x[tr], y[tr], inputs.take(va), inputs.take(tr)))
+        return predict_with_corpus(classifier, x[va], x[tr], y[tr])
+    return predict_with_corpus(classifier, x[va], x[tr], y[tr], inputs.take(va), inputs.take(tr))
 
 
 def decide_promotion(

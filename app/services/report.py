@@ -16,11 +16,14 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput, Unavailable
-from app.runtime import Runtime
+from app.runtime import LoadedModel, Runtime
 from app.services import render
 from app.services.dataset import holdout_of, read_labelled
 from app.services.training import text_inputs
+from app.services.uncertainty import automation_png, automation_report, automation_rows
+from app.services.uncertainty import summary as uncertainty_summary
 from indexing.cache import encode_cached
+from models.conformal import set_metrics
 from models.metrics import (
     confusion_figure,
     confusion_matrix,
@@ -79,21 +82,42 @@ def model_report(runtime: Runtime, session: Session) -> dict[str, Any]:
             for c, label in enumerate(labels)
         ],
         "confusion_matrix": cm.tolist(),
+        # share automated vs accuracy of the automated part, overall and per class (thresholds chosen and
+        # measured on this hold-out), and the version's prediction sets measured on it
+        "automation": automation_report(probs, y_val, labels),
+        "prediction_sets": _sets_on_holdout(loaded, probs, y_val),
+        "operating_point": uncertainty_summary(loaded.metadata.get("uncertainty")),
     }
 
 
+def _sets_on_holdout(loaded: LoadedModel, probs: np.ndarray, y_val: np.ndarray) -> dict[str, Any] | None:
+    conformal = loaded.rule.conformal
+    if conformal is None:
+        return None
+    return {"coverage_target": conformal.coverage, **set_metrics(probs, y_val, conformal.thresholds)}
+
+
 def write_model_report(result: dict[str, Any], out: Path) -> list[Path]:
-    """``report.json``, ``confusion.png``, ``per_class.png`` and ``report.html`` (plots inlined)."""
+    """``report.json``, ``confusion.png``, ``per_class.png``, ``automation.png`` and ``report.html`` (plots
+    inlined)."""
     out.mkdir(parents=True, exist_ok=True)
     cm = np.array(result["confusion_matrix"], dtype=np.int64)
     names = [c["display_name"] for c in result["classes"]]
     confusion = _plot_confusion(cm, names, f"{result['model_version']} on {result['n_val']} held-out vacancies")
     bars = _plot_per_class(result["classes"])
+    curve = automation_png(result["automation"], f"{result['model_version']}: automation on the hold-out")
     (out / "confusion.png").write_bytes(confusion)
     (out / "per_class.png").write_bytes(bars)
+    (out / "automation.png").write_bytes(curve)
     (out / "report.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "report.html").write_text(_html(result, confusion, bars), encoding="utf-8")
-    return [out / "report.json", out / "report.html", out / "confusion.png", out / "per_class.png"]
+    (out / "report.html").write_text(_html(result, confusion, bars, curve), encoding="utf-8")
+    return [
+        out / "report.json",
+        out / "report.html",
+        out / "confusion.png",
+        out / "per_class.png",
+        out / "automation.png",
+    ]
 
 
 def _plot_confusion(cm: np.ndarray, names: list[str], title: str) -> bytes:
@@ -114,7 +138,52 @@ def _plot_per_class(classes: list[dict[str, Any]]) -> bytes:
     return render.figure_png(fig)
 
 
-def _html(result: dict[str, Any], confusion: bytes, bars: bytes) -> str:
+def _automation_sections(result: dict[str, Any], curve: bytes) -> list[str]:
+    auto = result["automation"]
+    sets = result.get("prediction_sets")
+    intro = (
+        f"<p>Prediction sets at coverage {sets['coverage_target']:g}: empirical coverage "
+        f"{sets['empirical_coverage']:.3f}, mean set size {sets['mean_set_size']:.2f}, singletons "
+        f"{sets['singleton_share']:.1%} (on the hold-out they were calibrated on).</p>"
+        if sets
+        else "<p>This version has no prediction-set calibration (trained before it existed): `jobclass calibrate`.</p>"
+    )
+    targets = render.table(
+        ["target accuracy", "per-class: share automated", "accuracy", "global: share automated", "accuracy"],
+        automation_rows(auto),
+        digits=4,
+    )
+    curve_rows = render.table(
+        ["share automated", "accuracy of the automated part", "confidence threshold"],
+        [[p["share"], p["accuracy"], p["threshold"]] for p in auto["curve"]],
+        digits=4,
+    )
+    at95 = next((t for t in auto["targets"] if t["target"] == 0.95), None)
+    per_class = (
+        render.table(
+            ["predicted label", "answers", "threshold", "share automated", "accuracy automated", "accuracy"],
+            [
+                [c["label"], c["n"], c["threshold"], c["share_automated"], c["accuracy_automated"], c["accuracy"]]
+                for c in at95["per_class_by_label"]
+            ],
+            digits=4,
+        )
+        if at95
+        else ""
+    )
+    return [
+        "<h2>Automation: share automated vs accuracy of the automated part</h2>",
+        intro,
+        render.img(curve, "share automated against accuracy of the automated part"),
+        targets,
+        "<h3>One global threshold</h3>",
+        curve_rows,
+        "<h3>Per class at 95 % target accuracy (per-class thresholds)</h3>",
+        per_class,
+    ]
+
+
+def _html(result: dict[str, Any], confusion: bytes, bars: bytes, curve: bytes) -> str:
     cov = result["coverage"]
     overview = render.table(
         ["measure", "value"],
@@ -147,5 +216,6 @@ def _html(result: dict[str, Any], confusion: bytes, bars: bytes) -> str:
             "<h2>Per class</h2>",
             render.img(bars, "per-class precision, recall and F1"),
             classes,
+            *_automation_sections(result, curve),
         ],
     )

@@ -25,7 +25,16 @@ from app.errors import Conflict, NotFound
 from app.runtime import Runtime
 from app.services.dataset import HoldOut, LabelledSet, holdout_of, read_labelled, require_classes, require_holdout
 from app.services.jobs import Job
-from app.services.promotion import as_served, champion, decide_promotion, score_on_holdout
+from app.services.promotion import (
+    as_served,
+    champion,
+    decide_promotion,
+    holdout_probabilities,
+    score_on_holdout,
+    scores_of,
+)
+from app.services.uncertainty import summary as uncertainty_summary
+from app.services.uncertainty import uncertainty_for
 from app.settings import Settings
 from indexing.cache import encode_cached, encode_in_steps
 from indexing.sparse import to_csr
@@ -43,6 +52,7 @@ class TrainResult:
     n_examples: int
     metrics: dict[str, Any]
     params: dict[str, Any]
+    uncertainty: dict[str, Any] | None = None  # app.services.uncertainty.summary of the new version
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,7 @@ class RetrainResult:
     challenger_scores: dict[str, float]  # accuracy and macro-F1 on the shared validation set
     champion_scores: dict[str, float] | None
     seconds: float
+    operating_point: dict[str, Any] | None = None  # app.services.uncertainty.summary of the challenger
 
 
 @dataclass(frozen=True)
@@ -92,29 +103,45 @@ def train(
     show_progress: bool = False,
     activate: bool = True,
     progress: Progress | None = None,
+    target_accuracy: float | None = None,
 ) -> TrainResult:
-    """Train a new version on every labelled vacancy and (by default) make it active unconditionally."""
+    """Train a new version on every labelled vacancy and (by default) make it active unconditionally.
+    Its prediction sets are calibrated on the hold-out, with an automation operating point for
+    ``target_accuracy`` (default: the setting ``target_accuracy``; none: the conformal abstain rule)."""
     fit = _fit(runtime, session, show_progress=show_progress, progress=progress)
-    version, meta = _register(runtime, session, fit, parent=runtime.registry.active_version())
+    served = as_served(fit.classifier, runtime.settings.head_variant)
+    probs = holdout_probabilities(served, fit.x, fit.data.y, fit.split, fit.inputs)
+    block = _uncertainty(runtime, fit, probs, target_accuracy)
+    version, meta = _register(runtime, session, fit, parent=runtime.registry.active_version(), uncertainty=block)
     if activate:
         switch_model(runtime, session, version, fit.classifier, meta)
-    return TrainResult(version, len(fit.data), fit.report.to_dict(), fit.classifier.params.to_dict())
+    return TrainResult(
+        version, len(fit.data), fit.report.to_dict(), fit.classifier.params.to_dict(), uncertainty_summary(block)
+    )
 
 
 def retrain(
-    runtime: Runtime, session: Session, margin: float | None = None, *, progress: Progress | None = None
+    runtime: Runtime,
+    session: Session,
+    margin: float | None = None,
+    *,
+    progress: Progress | None = None,
+    target_accuracy: float | None = None,
 ) -> RetrainResult:
     """Train a challenger on every labelled vacancy (ingested and feedback-corrected), score it and the
     active champion on the same validation set (the hold-out, neighbours drawn from the training part),
     and promote it only if its accuracy ≥ the champion's − ``margin`` (default: the setting
     ``promotion_margin``). Both are scored in the served head variant. The challenger is registered
-    either way, with the comparison in its metrics."""
+    either way, with the comparison in its metrics, and its prediction sets and operating point
+    (``target_accuracy``, default the setting) calibrated on the hold-out."""
     start = time.perf_counter()
     margin = runtime.settings.promotion_margin if margin is None else margin
     champ, why_none = champion(runtime)
     fit = _fit(runtime, session, progress=progress)
     served = as_served(fit.classifier, runtime.settings.head_variant)
-    challenger_scores = score_on_holdout(served, fit.x, fit.data.y, fit.split, fit.inputs)
+    probs = holdout_probabilities(served, fit.x, fit.data.y, fit.split, fit.inputs)
+    challenger_scores = scores_of(probs, fit.data.y[fit.split.val], fit.classifier.labels)
+    block = _uncertainty(runtime, fit, probs, target_accuracy)
     promotion = decide_promotion(
         champ,
         why_none,
@@ -126,7 +153,7 @@ def retrain(
     )
     promoted, reason = promotion["promoted"], promotion["reason"]
     parent = champ.version if champ else runtime.registry.active_version()
-    version, meta = _register(runtime, session, fit, parent=parent, extra={"promotion": promotion})
+    version, meta = _register(runtime, session, fit, parent=parent, extra={"promotion": promotion}, uncertainty=block)
     if promoted:
         switch_model(runtime, session, version, fit.classifier, meta)
     log.info("retrained %s: %s (%s)", version, "promoted" if promoted else "kept the champion", reason)
@@ -144,6 +171,7 @@ def retrain(
         challenger_scores=challenger_scores,
         champion_scores=promotion["champion_scores"],
         seconds=time.perf_counter() - start,
+        operating_point=uncertainty_summary(block),
     )
 
 
@@ -246,8 +274,19 @@ def _embed(runtime: Runtime, texts: list[str], show_progress: bool, progress: Pr
     return encode_in_steps(runtime.encoder, texts, runtime.cache, runtime.settings.index_batch_size, progress)
 
 
+def _uncertainty(runtime: Runtime, fit: _Fit, probs: np.ndarray, target_accuracy: float | None) -> dict[str, Any]:
+    target = runtime.settings.target_accuracy if target_accuracy is None else target_accuracy
+    return uncertainty_for(runtime, probs, fit.data.y[fit.split.val], fit.classifier.labels, target)
+
+
 def _register(
-    runtime: Runtime, session: Session, fit: _Fit, *, parent: str | None, extra: dict[str, Any] | None = None
+    runtime: Runtime,
+    session: Session,
+    fit: _Fit,
+    *,
+    parent: str | None,
+    extra: dict[str, Any] | None = None,
+    uncertainty: dict[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     metrics = {**fit.report.to_dict(), **(extra or {})}
     return register_head(
@@ -259,6 +298,7 @@ def _register(
         metrics,
         parent=parent,
         dim=fit.x.shape[1],
+        uncertainty=uncertainty,
     )
 
 
@@ -273,10 +313,12 @@ def register_head(
     parent: str | None,
     dim: int,
     encoder_version: str | None = None,
+    uncertainty: dict[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Save a head in the registry and record it in ``model_versions`` (not yet active): the one place a
     head version is registered. ``settings`` name the embedder it was trained on; ``vacancies`` are
-    its training data (hashed); ``encoder_version``: the fine-tuned encoder it belongs to, if any."""
+    its training data (hashed); ``encoder_version``: the fine-tuned encoder it belongs to, if any;
+    ``uncertainty``: its prediction-set calibration and operating point (``app.services.uncertainty``)."""
     metadata: dict[str, Any] = {
         "embedder": settings.embedding_model,
         "embedding": settings.embedding_signature,
@@ -288,6 +330,7 @@ def register_head(
         "parent": parent,
         "n_train": len(vacancies),
         "validation": "holdout",
+        **({"uncertainty": uncertainty} if uncertainty is not None else {}),
     }
     # The row is flushed first (a database outage fails here, before anything is on disk), the folder is
     # written, then the row commits; a failed commit discards the folder: no version without a row.
@@ -332,11 +375,11 @@ def switch_model(
         runtime.set_model(classifier, version, meta)
 
 
-def start_retrain(runtime: Runtime, margin: float | None = None) -> Job:
+def start_retrain(runtime: Runtime, margin: float | None = None, target_accuracy: float | None = None) -> Job:
     """Retrain in a background job (one at a time); classification goes on with the champion meanwhile."""
 
     def run(progress: Progress) -> RetrainResult:
         with runtime.sessions() as session:
-            return retrain(runtime, session, margin, progress=progress)
+            return retrain(runtime, session, margin, progress=progress, target_accuracy=target_accuracy)
 
     return runtime.jobs.submit("retrain", run)

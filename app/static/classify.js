@@ -14,7 +14,11 @@ function renderResult(result) {
   if (result.abstained) {
     $("result-label").textContent = "Uncertain";
     $("result-native").textContent = `best guess: ${top.display_name}`;
-    badge.textContent = `${percent(result.confidence)} confident, below the threshold`;
+    const set = result.prediction_set || [];
+    badge.textContent =
+      set.length > 1
+        ? `${percent(result.confidence)} confident; could be: ${set.slice(0, 4).map((p) => p.display_name).join(", ")}`
+        : `${percent(result.confidence)} confident, below the threshold`;
     badge.className = "badge uncertain";
   } else {
     // in a hierarchical taxonomy the answer may be a parent of the top leaf: show it and its path

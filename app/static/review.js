@@ -10,6 +10,7 @@ function readFilters() {
   return {
     max_confidence: raw === "" ? "" : String(Math.min(100, Math.max(0, Number(raw))) / 100),
     limit: $("limit").value,
+    order: $("order").value,
     unreviewed: $("unreviewed").checked,
   };
 }
@@ -22,6 +23,7 @@ function applyUrl() {
     $("max-confidence").value = Number.isFinite(value) ? String(Math.round(value * 1000) / 10) : "";
   }
   if (params.has("limit")) $("limit").value = params.get("limit");
+  if (params.has("order")) $("order").value = params.get("order");
   if (params.has("unreviewed")) $("unreviewed").checked = params.get("unreviewed") === "true";
 }
 
@@ -39,6 +41,16 @@ function statusBadge(item) {
 function labelName(label) {
   const found = labels.find((t) => t.label === label);
   return found ? found.display_name : label;
+}
+
+// What makes the item informative: the labels of its prediction set, the top-1 − top-2 margin.
+function uncertaintyNote(item) {
+  const parts = [];
+  if (item.set_size && item.set_size > 1) {
+    parts.push(`could be: ${(item.prediction_set || []).slice(0, 4).map(labelName).join(", ")}`);
+  }
+  if (item.margin !== null && item.margin !== undefined) parts.push(`margin ${percent(item.margin)}`);
+  return parts.length ? el("span", { class: "when" }, parts.join(" · ")) : null;
 }
 
 function renderItem(item) {
@@ -116,6 +128,7 @@ function renderItem(item) {
         { class: "head" },
         predicted,
         el("span", { class: item.abstained ? "badge uncertain" : "badge" }, `${percent(item.confidence)} confident`),
+        uncertaintyNote(item),
       ),
       el("div", { class: "head" }, badge, el("span", { class: "when" }, formatTime(item.created_at))),
       text,
@@ -128,7 +141,11 @@ function renderItem(item) {
 async function load(event) {
   if (event) event.preventDefault();
   const filters = readFilters();
-  const params = new URLSearchParams({ limit: filters.limit, unreviewed: String(filters.unreviewed) });
+  const params = new URLSearchParams({
+    limit: filters.limit,
+    order: filters.order,
+    unreviewed: String(filters.unreviewed),
+  });
   if (filters.max_confidence !== "") params.set("max_confidence", filters.max_confidence);
   history.replaceState(null, "", `?${params}`);
   $("queue-error").textContent = "";

@@ -64,10 +64,20 @@ def test_bench_scores_every_method_and_writes_the_report(tmp_path: Path) -> None
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved["methods"]["fused"]["accuracy"] == pytest.approx(result["methods"]["fused"]["accuracy"])
     assert saved["methods"]["fused"]["per_class_f1"] == pytest.approx(result["methods"]["fused"]["per_class_f1"])
+    u = result["uncertainty"]  # prediction sets and automation: chosen on validation, measured on test
+    assert u["coverage_target"] == 0.9 and u["n_calibration"] == result["n_val"]
+    assert 0.0 <= u["test"]["empirical_coverage"] <= 1.0 and u["test"]["mean_set_size"] >= 1.0
+    assert u["test"]["n"] == len(test)
+    assert u["validation"]["empirical_coverage"] >= 0.9  # in sample, by construction of the quantile
+    targets = {t["target"]: t for t in u["automation"]["targets"]}
+    assert {"per_class", "global"} <= set(targets[0.95]) and 0.0 <= targets[0.95]["per_class"]["share_automated"] <= 1
+    assert u["automation"]["curve"][-1]["share"] == pytest.approx(1.0)
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| fused_int8_pruned |" in report and "confusion_fused.png" in report
     assert "| fused_hier |" in report and "fused_hier − fused" in report and "LCA score" in report
+    assert "empirical coverage" in report and "| 0.95 |" in report and "automation.png" in report
     assert (tmp_path / "out" / "confusion_fused.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "automation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     calls = len(encoder.calls)
     run_bench(train, None, test, encoder, cache, BenchConfig(name="again", timing=False))

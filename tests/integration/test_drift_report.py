@@ -201,10 +201,33 @@ def test_report_scores_the_active_model_on_its_hold_out(runtime: Runtime, tmp_pa
     assert sum(supports.values()) == result["n_val"]
     assert set(TOPICS) >= {label for label, n in supports.items() if n}  # only the seeded classes
 
+    # the automation curve: the most confident share of the hold-out and its accuracy, falling as it grows
+    auto = result["automation"]
+    curve = auto["curve"]
+    assert auto["n"] == result["n_val"] and curve[-1]["share"] == pytest.approx(1.0)
+    assert curve[-1]["accuracy"] == pytest.approx(result["accuracy"])
+    assert [t["target"] for t in auto["targets"]] == [0.8, 0.85, 0.9, 0.95, 0.97, 0.99]
+    for t in auto["targets"]:
+        for rule in ("per_class", "global"):  # chosen and measured on the same hold-out: the target holds
+            acc = t[rule]["accuracy_automated"]
+            assert acc is None or acc >= t["target"]
+        assert t["per_class"]["share_automated"] >= t["global"]["share_automated"]
+    sets = result["prediction_sets"]
+    assert sets["coverage_target"] == runtime.settings.coverage and sets["empirical_coverage"] >= 0.5
+    assert result["operating_point"]["n_holdout"] == result["n_val"]
+
     written = write_model_report(result, tmp_path / "report")
-    assert [p.name for p in written] == ["report.json", "report.html", "confusion.png", "per_class.png"]
+    assert [p.name for p in written] == [
+        "report.json",
+        "report.html",
+        "confusion.png",
+        "per_class.png",
+        "automation.png",
+    ]
     assert json.loads((tmp_path / "report" / "report.json").read_text())["confusion_matrix"] == cm.tolist()
-    assert (tmp_path / "report" / "report.html").read_text().count("data:image/png;base64,") == 2
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "share automated" in page
+    assert (tmp_path / "report" / "automation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_without_a_model(runtime: Runtime) -> None:

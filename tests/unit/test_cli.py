@@ -41,7 +41,9 @@ def test_help_lists_every_command_with_a_description() -> None:
     assert result.exit_code == 0, result.output
     group = typer.main.get_command(cli)
     commands = group.commands  # type: ignore[attr-defined]
-    assert {"setup", "serve", "ingest", "train", "reindex", "retrain", "drift", "report", "models"} <= set(commands)
+    assert {"setup", "serve", "ingest", "train", "calibrate", "reindex", "retrain", "drift", "report", "models"} <= set(
+        commands
+    )
     lines = result.output.splitlines()
     for name, command in commands.items():
         summary = command.get_short_help_str(limit=1000)
@@ -71,6 +73,22 @@ def test_report_without_a_model_is_one_line(state: Path) -> None:
     result = runner.invoke(cli, ["report", "--out", str(state / "report")])
     assert result.exit_code == 1
     assert "run `jobclass train`" in one_error_line(result)
+
+
+def test_calibrate_without_a_model_is_one_line(state: Path) -> None:
+    migrate(f"sqlite:///{state / 'jobclass.db'}")
+    result = runner.invoke(cli, ["calibrate", "--target-accuracy", "0.95"])
+    assert result.exit_code == 1
+    assert "run `jobclass train`" in one_error_line(result)
+    assert runner.invoke(cli, ["calibrate", "--target-accuracy", "1.5"]).exit_code == 2  # outside (0, 1)
+
+
+@pytest.mark.parametrize("coverage", ["1", "0", "1.5", "-0.1"])
+def test_a_coverage_outside_zero_one_is_one_line(state: Path, monkeypatch: pytest.MonkeyPatch, coverage: str) -> None:
+    monkeypatch.setenv("JOBCLASS_COVERAGE", coverage)
+    result = runner.invoke(cli, ["migrate"])
+    assert result.exit_code == 2
+    assert "JOBCLASS_COVERAGE" in one_error_line(result)
 
 
 def test_unmigrated_database_says_to_migrate(state: Path) -> None:
