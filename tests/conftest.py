@@ -43,6 +43,9 @@ def make_settings(state_dir: Path, **overrides: object) -> Settings:
         "database_url": f"sqlite:///{state_dir / 'test.db'}",
         "qdrant_path": ":memory:",
         "embedding_model": "fake-encoder",
+        # tests that load the real model keep torch: an OpenVINO export per test folder would cost seconds each
+        # (tests/unit/test_embed_backend.py covers the backends)
+        "embedding_backend": "torch",
         "abstain_threshold": 0.0,
         "microbatch": False,  # tests that need micro-batching turn it on (tests/unit/test_batching.py)
         # five extra head fits per training would double the suite; cross-fitting has its own tests
