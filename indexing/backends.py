@@ -153,6 +153,7 @@ def ensure_export(
         )
     exporter = exporter or export_model
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(target)
     tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     label = backend_label(backend, quantization)
@@ -185,6 +186,20 @@ def ensure_export(
             raise
     log.info("exported %s in %.1fs", label, info["seconds"])
     return target
+
+
+def _remove_abandoned(target: Path) -> None:
+    """``.tmp-*`` exports of this target left by processes that died (killed mid-export)."""
+    for tmp in target.parent.glob(f".tmp-{target.name}-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def calibration_dataset(model: SentenceTransformer, texts: Sequence[str]) -> Any:

@@ -139,6 +139,17 @@ def test_an_export_is_made_once_and_reused(tmp_path: Path) -> None:
     assert int8 != first and int8.name.startswith("openvino-int8-") and len(calls) == 2
 
 
+def test_an_export_abandoned_by_a_dead_process_is_removed(tmp_path: Path) -> None:
+    source = str(_model_folder(tmp_path))
+    root = tmp_path / "exports"
+    target = backends.export_path(root, source, "openvino", "none")
+    root.mkdir()
+    dead = target.with_name(f".tmp-{target.name}-999999999")  # no such process
+    dead.mkdir()
+    backends.ensure_export(root, source, "openvino", "none", exporter=_fake_exporter([]))
+    assert not dead.exists()
+
+
 def test_new_weights_get_a_new_export(tmp_path: Path) -> None:
     folder = _model_folder(tmp_path)
     before = backends.export_path(tmp_path / "exports", str(folder), "openvino", "none")
