@@ -164,11 +164,11 @@ class SentenceEmbedder:
         self.backend: Backend = backend
         self.quantization: Quantization = quantization
         source = resolve_model_path(model)
-        model = self._load_backend(source, device, export_root, calibration) if backend != "torch" else None
-        if model is None:
+        loaded = self._load_backend(source, device, export_root, calibration) if backend != "torch" else None
+        if loaded is None:
             self.backend, self.quantization = "torch", "none"
-            model = self._load_torch(source, device)
-        self._model: Any = model  # a SentenceTransformer
+            loaded = self._load_torch(source, device)
+        self._model: Any = loaded  # a SentenceTransformer
         if max_seq_length is not None:
             self._model.max_seq_length = max_seq_length
         dim = self._model.get_embedding_dimension()
