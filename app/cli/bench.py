@@ -208,11 +208,12 @@ def bench_encoders(
     datasets: Annotated[
         Path | None, typer.Option(help="folder with jobbert_titles_isco, en_google_job_skills, banking77")
     ] = None,
+    accuracy: Annotated[bool, typer.Option("--accuracy/--speed-only", help="also LR and kNN accuracy")] = True,
 ) -> None:
     """Encoder backends side by side: texts/s on titles and postings, cosine to float32, LR and kNN accuracy."""
     from app.bench.encoders import VARIANTS, EncoderBenchConfig, run_encoder_bench, write_encoder_outputs
 
-    cfg = EncoderBenchConfig(rounds=rounds)
+    cfg = EncoderBenchConfig(rounds=rounds, accuracy=accuracy)
     if datasets is not None:
         cfg.datasets = datasets
     if variants:
