@@ -22,6 +22,7 @@ from app.errors import IncompatibleModelError, Unavailable
 from app.services.jobs import JobRegistry
 from app.settings import Settings
 from app.taxonomy import Taxonomy
+from indexing.backends import backend_label
 from indexing.cache import EmbeddingCache
 from indexing.embed import Encoder
 from indexing.extract import ExtractingEncoder, Extractor, ExtractorError, TextExtractor, parse_labels
@@ -33,6 +34,22 @@ from models.registry import ModelRegistry, NoActiveModel
 
 log = logging.getLogger(__name__)
 VACANCY_LOCK_STRIPES = 64
+
+
+def backend_hint(found: Any, expected: dict[str, str]) -> str:
+    """When only the encoder backend differs (e.g. a state folder built before OpenVINO became the default):
+    the setting that serves the existing model and index as they are."""
+    if not isinstance(found, dict):
+        return ""
+    without = {k: v for k, v in found.items() if k != "backend"}
+    if without != {k: v for k, v in expected.items() if k != "backend"}:
+        return ""
+    backend = str(found.get("backend", "torch"))
+    name, _, quantization = backend.partition("-")
+    setting = f"JOBCLASS_EMBEDDING_BACKEND={name}" + (
+        f" JOBCLASS_EMBEDDING_QUANTIZATION={quantization}" if quantization else ""
+    )
+    return f" (they were built with the {backend} encoder backend: or set {setting} to keep them)"
 
 
 @dataclass(frozen=True)
@@ -97,9 +114,36 @@ class Runtime:
             with self._encoder_lock:
                 if self._encoder is None:
                     s = self.settings
-                    log.info("loading embedding model %s (%s)", s.embedding_model, s.embedding_dtype)
-                    self._encoder = self._batched(load_encoder(s))
+                    log.info(
+                        "loading embedding model %s (%s, %s)",
+                        s.embedding_model,
+                        s.embedding_dtype,
+                        backend_label(s.embedding_backend, s.embedding_quantization),
+                    )
+                    loaded = load_encoder(s)
+                    self._settle_backend(loaded)
+                    self._encoder = self._batched(loaded)
         return self._encoder if not self.settings.extractor_model else self._extracting_encoder(self._encoder)
+
+    def _settle_backend(self, encoder: Encoder) -> None:
+        """An export that failed while loading fell back to torch: the settings (and so the embedding
+        signature of what is trained and indexed from now on) follow what runs. A loaded head of the other
+        backend is then not served: 503 with the fix, never vectors of one backend against the other's head."""
+        s = self.settings
+        running = getattr(encoder, "backend_label", None)
+        wanted = backend_label(s.embedding_backend, s.embedding_quantization)
+        if running is None or running == wanted:
+            return
+        self.settings = s.model_copy(update={"embedding_backend": "torch", "embedding_quantization": "none"})
+        loaded = self._model
+        if loaded is not None and loaded.metadata.get("embedding") != self.settings.embedding_signature:
+            self._model = None
+            raise Unavailable(
+                f"the {wanted} export failed (see the log), embedding with {running}, but model {loaded.version} "
+                f"was trained on {wanted} embeddings: fix the export (delete its .failed marker in "
+                f"{s.encoder_export_dir}) or set JOBCLASS_EMBEDDING_BACKEND=torch and run `jobclass reindex` "
+                f"and `jobclass train`"
+            )
 
     # ---- lexical encoder (BM25 sparse vectors for the hybrid query and for training) -------------
     @property
@@ -185,6 +229,7 @@ class Runtime:
             raise IncompatibleModelError(
                 f"model {meta.get('version')} was trained on embeddings {meta.get('embedding')}, but the "
                 f"settings give {expected}: run `jobclass reindex` and `jobclass train` after changing them"
+                + backend_hint(meta.get("embedding"), expected)
             )
         # A hierarchical taxonomy rolls the model's probabilities up its tree: the classes must be its leaves.
         if classifier is not None and self.taxonomy.is_hierarchical and classifier.labels != list(self.taxonomy.leaves):
@@ -204,7 +249,7 @@ class Runtime:
         if found is not None and found != expected:
             raise IncompatibleModelError(
                 f"the collection behind {self.store.alias!r} holds vectors of {found}, but the settings "
-                f"give {expected}: run `jobclass reindex`"
+                f"give {expected}: run `jobclass reindex`" + backend_hint(found, expected)
             )
         if self.store.has_hybrid_layout() is False:
             raise IncompatibleModelError(NEEDS_REINDEX.format(alias=self.store.alias))

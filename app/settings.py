@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -9,6 +10,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from indexing.backends import RUNTIME_PACKAGES, backend_label, missing_runtime
 from models.compress import Variant
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -16,6 +18,8 @@ DATA_DIR = PROJECT_ROOT / "data"
 
 
 MIN_TOKEN_CHARS = 16
+log = logging.getLogger(__name__)
+_warned_backends: set[str] = set()
 
 
 class Settings(BaseSettings):
@@ -42,6 +46,14 @@ class Settings(BaseSettings):
     # bfloat16 where the CPU has native bf16 (AVX512-BF16/AMX), float32 elsewhere; int8 = dynamic quantization
     embedding_dtype: Literal["float32", "bfloat16", "int8"] = "bfloat16"
     embedding_chunking: Literal["none", "sentences"] = "sentences"  # mean of sentence-chunk embeddings
+    # The runtime that runs the encoder: "torch" (sentence-transformers as is), "openvino" (optimum-intel, the
+    # `openvino` extra; exported once into STATE_DIR/encoders/exports, bf16 precision hint where the CPU has
+    # native bf16: faster than torch at cosine 0.9999, docs/performance.md), "onnx" (needs optimum-onnx, not
+    # installable beside sentence-transformers 6). A missing runtime or a failed export falls back to torch (one
+    # log line). Part of the embedding signature.
+    embedding_backend: Literal["torch", "openvino", "onnx"] = "torch"
+    # "int8": static int8 quantisation (openvino, calibrated on the shipped sample texts) or dynamic (onnx)
+    embedding_quantization: Literal["none", "int8"] = "none"
     embedding_batch_size: int = Field(32, ge=1, le=1024)
     embedding_cache: bool = True
     # Micro-batching: concurrent small encode calls (single /v1/classify requests) share one model call.
@@ -167,6 +179,27 @@ class Settings(BaseSettings):
             raise ValueError("the production profile needs JOBCLASS_ADMIN_TOKEN")
         if self.database_url and not self.database_url.startswith(("sqlite", "postgresql")):
             raise ValueError("JOBCLASS_DATABASE_URL must be a sqlite:// or postgresql+psycopg:// URL")
+        if self.embedding_backend == "torch" and self.embedding_quantization != "none":
+            raise ValueError(
+                "JOBCLASS_EMBEDDING_QUANTIZATION=int8 needs JOBCLASS_EMBEDDING_BACKEND=openvino or onnx "
+                "(torch's dynamic quantization is JOBCLASS_EMBEDDING_DTYPE=int8)"
+            )
+        if self.embedding_backend != "torch" and self.embedding_dtype == "int8":
+            raise ValueError(
+                f"JOBCLASS_EMBEDDING_DTYPE=int8 is torch's dynamic quantization; with "
+                f"JOBCLASS_EMBEDDING_BACKEND={self.embedding_backend} use JOBCLASS_EMBEDDING_QUANTIZATION=int8"
+            )
+        missing = missing_runtime(self.embedding_backend)
+        if missing is not None:  # the settings say what really runs: the signature stays honest
+            if self.embedding_backend not in _warned_backends:
+                _warned_backends.add(self.embedding_backend)
+                log.warning(
+                    "JOBCLASS_EMBEDDING_BACKEND=%s: %s is not installed (pip install %s): embedding with torch",
+                    self.embedding_backend,
+                    missing,
+                    " ".join(RUNTIME_PACKAGES[self.embedding_backend]),
+                )
+            self.embedding_backend, self.embedding_quantization = "torch", "none"
         return self
 
     @property
@@ -185,11 +218,17 @@ class Settings(BaseSettings):
     @property
     def embedding_signature(self) -> dict[str, str]:
         """What makes two vectors comparable: a head or a collection is valid only for this signature."""
-        return {
-            "model": self.embedding_model,
-            "prefix": self.embedding_prefix,
-            "chunking": self.embedding_chunking,
-        } | ({"extractor": self.extractor_signature} if self.extractor_model else {})
+        backend = backend_label(self.embedding_backend, self.embedding_quantization)
+        return (
+            {
+                "model": self.embedding_model,
+                "prefix": self.embedding_prefix,
+                "chunking": self.embedding_chunking,
+            }
+            # torch vectors keep the signature they had before backends existed: their heads and indexes stay valid
+            | ({"backend": backend} if backend != "torch" else {})
+            | ({"extractor": self.extractor_signature} if self.extractor_model else {})
+        )
 
     @property
     def extractor_signature(self) -> str:
@@ -203,6 +242,11 @@ class Settings(BaseSettings):
     @property
     def model_dir(self) -> Path:
         return self.state_dir / "models"
+
+    @property
+    def encoder_export_dir(self) -> Path:
+        """Where the configured encoder is exported for a non-torch backend (once, then reused)."""
+        return self.state_dir / "encoders" / "exports"
 
     @property
     def cache_path(self) -> Path:

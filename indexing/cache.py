@@ -1,4 +1,4 @@
-"""On-disk embedding cache keyed by (model, prefix, dtype, text hash).
+"""On-disk embedding cache keyed by (model, prefix, dtype, chunking, backend, text hash).
 
 Embedding dominates every offline job (training, reindex, bench); the cache makes re-runs cheap.
 """
@@ -64,7 +64,8 @@ def cache_key_model(encoder: Encoder) -> str:
     prefix = getattr(encoder, "prefix", "")
     dtype = getattr(encoder, "dtype", "float32")
     chunking = getattr(encoder, "chunking", "none")
-    return f"{encoder.name}|{prefix}|{dtype}|{chunking}|{encoder.dim}"
+    backend = getattr(encoder, "backend_label", "torch")  # torch keeps the key it had before backends existed
+    return f"{encoder.name}|{prefix}|{dtype}|{chunking}|{encoder.dim}" + (f"|{backend}" if backend != "torch" else "")
 
 
 def encode_cached(

@@ -9,9 +9,11 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
+
+from indexing.backends import Backend, Calibration, ExportError, Quantization, backend_label, ensure_export, load_export
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,12 @@ class SentenceEmbedder:
     ``bf16_fallback=False`` forces it, for benchmarks). ``dtype="int8"`` quantizes the Linear layers
     dynamically (int8 weights and activations): faster than float32 on AVX2, but cosine to float32 only
     ≈0.94, so it is not a default. ``self.dtype`` is the dtype in use. The output is always float32.
+
+    ``backend="openvino"`` (or ``"onnx"``) runs an export of the model made once into ``export_root``
+    (``indexing.backends``), with ``quantization="int8"`` a quantised one (OpenVINO: calibrated on the texts
+    ``calibration`` returns); ``dtype`` becomes OpenVINO's precision hint. A missing runtime (ImportError) or
+    a failed export falls back to torch with one warning: ``self.backend`` (and ``self.quantization``) are
+    what runs, and ``self.backend_label`` names both (the cache key and the embedding signature use it).
     """
 
     def __init__(
@@ -139,10 +147,11 @@ class SentenceEmbedder:
         max_seq_length: int | None = None,
         chunking: Chunking = "sentences",
         bf16_fallback: bool = True,
+        backend: Backend = "torch",
+        quantization: Quantization = "none",
+        export_root: Path | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
-        import torch
-        from sentence_transformers import SentenceTransformer
-
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.name = model
         self.prefix = prefix
@@ -152,18 +161,54 @@ class SentenceEmbedder:
             log.warning("this CPU has no native bfloat16 (AVX512-BF16/AMX): embedding in float32, which is faster here")
         self.batch_size = batch_size
         self.chunking: Chunking = chunking
-        torch_dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
-        self._model = SentenceTransformer(resolve_model_path(model), device=device, model_kwargs={"dtype": torch_dtype})
-        if self.dtype == "int8":
-            with warnings.catch_warnings():  # torch.ao dynamic quantization works but warns it is deprecated
-                warnings.simplefilter("ignore")
-                torch.ao.quantization.quantize_dynamic(self._model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        self.backend: Backend = backend
+        self.quantization: Quantization = quantization
+        source = resolve_model_path(model)
+        loaded = self._load_backend(source, device, export_root, calibration) if backend != "torch" else None
+        if loaded is None:
+            self.backend, self.quantization = "torch", "none"
+            loaded = self._load_torch(source, device)
+        self._model: Any = loaded  # a SentenceTransformer
         if max_seq_length is not None:
             self._model.max_seq_length = max_seq_length
         dim = self._model.get_embedding_dimension()
         if dim is None:
             raise ValueError(f"model {model!r} does not report an embedding dimension")
         self.dim = int(dim)
+
+    @property
+    def backend_label(self) -> str:
+        return backend_label(self.backend, self.quantization)
+
+    def _load_torch(self, source: str, device: str) -> Any:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch_dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
+        st = SentenceTransformer(source, device=device, model_kwargs={"dtype": torch_dtype})
+        if self.dtype == "int8":
+            with warnings.catch_warnings():  # torch.ao dynamic quantization works but warns it is deprecated
+                warnings.simplefilter("ignore")
+                torch.ao.quantization.quantize_dynamic(st, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        return st
+
+    def _load_backend(self, source: str, device: str, export_root: Path | None, calibration: Calibration | None) -> Any:
+        """The exported model, or None (with one warning) when the runtime is missing or the export fails."""
+        label = self.backend_label
+        if device != "cpu" or export_root is None or self.dtype == "int8":
+            why = "a CPU device" if device != "cpu" else "an export folder" if export_root is None else "no torch int8"
+            log.warning("the %s backend needs %s: embedding with torch", label, why)
+            return None
+        try:
+            folder = ensure_export(Path(export_root), source, self.backend, self.quantization, calibration)
+            return load_export(folder, self.backend, self.dtype)
+        except ImportError as exc:
+            log.warning("the %s backend's runtime is not installed (%s): embedding with torch", label, exc)
+        except ExportError as exc:
+            log.warning("%s: embedding with torch", exc)
+        except Exception as exc:  # a damaged export: a runtime error of the backend
+            log.warning("loading the %s export of %s failed (%s): embedding with torch", label, source, exc)
+        return None
 
     def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
         if len(texts) == 0:

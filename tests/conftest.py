@@ -43,6 +43,9 @@ def make_settings(state_dir: Path, **overrides: object) -> Settings:
         "database_url": f"sqlite:///{state_dir / 'test.db'}",
         "qdrant_path": ":memory:",
         "embedding_model": "fake-encoder",
+        # tests that load the real model keep torch: an OpenVINO export per test folder would cost seconds each
+        # (tests/unit/test_embed_backend.py covers the backends)
+        "embedding_backend": "torch",
         "abstain_threshold": 0.0,
         # The seeded hold-outs are a handful of rows: at the default coverage 0.9 the conformal rank
         # ceil((n + 1)·0.9) exceeds n, the set is every label and every answer abstains (as it should with

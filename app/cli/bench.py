@@ -202,6 +202,37 @@ def bench_perf(
     typer.echo(f"wrote {out}/metrics.json and {out}/report.md")
 
 
+def bench_encoders(
+    out: Annotated[Path, typer.Option(help="output folder for encoders.json and encoders.md")] = Path("perf"),
+    rounds: Annotated[int, typer.Option(min=1, help="timed rounds per variant (the median counts)")] = 5,
+    variants: Annotated[
+        str | None,
+        typer.Option(help="comma-separated: torch-float32,torch-bfloat16,openvino-bf16,openvino-int8,onnx-int8"),
+    ] = None,
+    datasets: Annotated[
+        Path | None, typer.Option(help="folder with jobbert_titles_isco, en_google_job_skills, banking77")
+    ] = None,
+    accuracy: Annotated[bool, typer.Option("--accuracy/--speed-only", help="also LR and kNN accuracy")] = True,
+) -> None:
+    """Encoder backends side by side: texts/s on titles and postings, cosine to float32, LR and kNN accuracy."""
+    from app.bench.encoders import VARIANTS, EncoderBenchConfig, run_encoder_bench, write_encoder_outputs
+
+    cfg = EncoderBenchConfig(rounds=rounds, accuracy=accuracy)
+    if datasets is not None:
+        cfg.datasets = datasets
+    if variants:
+        chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
+        unknown = sorted(set(chosen) - {v.name for v in VARIANTS})
+        if unknown:
+            raise InvalidInput(
+                f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(v.name for v in VARIANTS)}"
+            )
+        cfg.variants = chosen
+    result = run_encoder_bench(get_settings(), cfg, typer.echo)
+    write_encoder_outputs(result, out)
+    typer.echo(f"wrote {out}/encoders.json and {out}/encoders.md")
+
+
 def _bench_dataset(
     folder: Path, settings: Settings, encoder: Encoder, cache: EmbeddingCache, out: Path, cv_below: int
 ) -> dict[str, Any]:
@@ -337,6 +368,7 @@ def register(cli: typer.Typer) -> None:
     cli.command()(bench)
     cli.command("bench-danish")(bench_danish)
     cli.command("bench-perf")(bench_perf)
+    cli.command("bench-encoders")(bench_encoders)
     cli.command("bench-all")(bench_all)
     cli.command()(loadtest)
     cli.command("train-extractor")(train_extractor_command)

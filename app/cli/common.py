@@ -31,7 +31,6 @@ from pydantic import ValidationError
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from typer.core import TyperGroup
-from typer.exceptions import TyperException
 
 from app.encoders import resolve_encoder_settings
 from app.errors import Conflict, InvalidInput, NotFound, RegistryError, ServiceError
@@ -49,6 +48,21 @@ BAD_INPUT = 2
 FAILED = 1
 TRACEBACK_ENV = "JOBCLASS_TRACEBACK"
 _FILE_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def _typer_usage_errors() -> tuple[type[BaseException], ...]:
+    """typer's own usage errors: ``TyperException`` since typer 0.26 (which vendors click), click's
+    ``ClickException`` before (typer < 0.26 comes with huggingface-hub < 1.22, which optimum-intel needs)."""
+    try:
+        from typer.exceptions import TyperException  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        from click.exceptions import ClickException
+
+        return (ClickException,)
+    return (TyperException,)
+
+
+_PASS_THROUGH: tuple[type[BaseException], ...] = (typer.Exit, typer.Abort, *_typer_usage_errors())
 
 
 # ---- the error policy -------------------------------------------------------------------------
@@ -116,10 +130,10 @@ class ErrorPolicy(TyperGroup):
     """The root group: runs the command (or sub-group) and turns any error into ``error: …`` and an
     exit code (see the module docstring). typer's exits and usage errors pass through."""
 
-    def invoke(self, ctx: Any) -> Any:  # typer's vendored click.Context
+    def invoke(self, ctx: Any) -> Any:  # a click.Context (typer's vendored copy since typer 0.26)
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, TyperException):
+        except _PASS_THROUGH:
             raise
         except Exception as exc:
             code, message = describe(exc)
