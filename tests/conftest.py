@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 from qdrant_client import QdrantClient
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, delete, text
 from sqlalchemy.orm import sessionmaker
 
-from app.db import make_engine, migrate
+from app.db import JobRow, make_engine, migrate
 from app.runtime import Runtime
+from app.services.jobs import JobRegistry
 from app.settings import Settings
 from indexing.edge_store import EdgeClient
 from tests.fakes import FakeEncoder
@@ -121,7 +122,17 @@ def db_sessions(migrated_engine: Engine) -> Iterator[sessionmaker]:
 def runtime(settings: Settings, migrated_engine: Engine, db_sessions: sessionmaker) -> Iterator[Runtime]:
     rt = Runtime(settings, encoder=FakeEncoder(), qdrant=memory_qdrant(), engine=migrated_engine)
     rt.sessions = db_sessions
+    # On Postgres, job rows go through their own connections: a job's thread and the request threads polling
+    # it must not share the test's one connection (their savepoints interleave). They are deleted afterwards.
+    # (SQLite: the test's open write transaction would lock another connection out; one connection it is.)
+    own_jobs = migrated_engine.dialect.name == "postgresql"
+    if own_jobs:
+        rt.jobs = JobRegistry(sessionmaker(bind=migrated_engine, expire_on_commit=False))
     yield rt
+    if own_jobs:
+        rt.jobs.shutdown()
+        with migrated_engine.begin() as connection:
+            connection.execute(delete(JobRow))
     if rt.cache is not None:
         rt.cache.close()
     rt.store.client.close()
