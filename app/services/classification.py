@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,6 +20,7 @@ from indexing.extract import ExtractingEncoder, Extraction
 from indexing.language import UNDETERMINED, detect_language
 from indexing.store import Hit, StoreError
 from models.classifier import FusedClassifier, Neighbour
+from models.conformal import Decision
 from models.training import MAX_K
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,11 @@ def classify(
     )
     probs = classifier.predict_proba(vectors, neighbours, texts)  # texts: the lexical signal
     decisions = loaded.rule.decide(probs, runtime.settings.abstain_threshold)
+    if neighbours is not None:
+        decisions = [
+            follow_human_label(classifier, d, probs[i], row)
+            for i, (d, row) in enumerate(zip(decisions, neighbours, strict=True))
+        ]
     disagreement = head_knn_disagreement(classifier, vectors, neighbours)
     top_k = max(1, min(top_k, classifier.n_classes))
     results = []
@@ -175,6 +181,19 @@ def classify(
     if session is not None:
         store_predictions(session, results)
     return results
+
+
+def follow_human_label(
+    classifier: FusedClassifier, decision: Decision, probs: np.ndarray, neighbours: Sequence[Neighbour]
+) -> Decision:
+    """An answer that follows a labelled near-duplicate (the classifier's near-duplicate override: a human
+    labelled this very text) does not abstain on the set rule or the class thresholds; the floor still applies."""
+    label = classifier.duplicate_label(neighbours)
+    if not decision.abstained or decision.reason == "below_floor" or label is None:
+        return decision
+    if classifier.index[label] != int(np.argmax(probs)):
+        return decision
+    return replace(decision, abstained=False, reason=None)
 
 
 def head_knn_disagreement(
