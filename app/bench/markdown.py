@@ -65,7 +65,8 @@ def _uncertainty_lines(u: dict[str, Any]) -> list[str]:
         f"Prediction sets (coverage target {u['coverage_target']:g}, calibrated on the {u['n_calibration']} validation "
         f"rows, {u['mondrian_classes']} classes with their own threshold): on test, empirical coverage "
         f"{t['empirical_coverage']:.4f}, mean set size {t['mean_set_size']:.2f}, "
-        f"singletons {t['singleton_share']:.1%}.",
+        f"singletons {t['singleton_share']:.1%}; the sets as calibrated (empty ones, {t.get('empty_share', 0):.1%}, "
+        f"not replaced by the top label) cover {t.get('raw_coverage', t['empirical_coverage']):.4f}.",
         "",
         "Automation on test, thresholds chosen on validation (share automated / accuracy of the automated part):",
         "",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,6 +27,7 @@ from indexing.extract import ExtractingEncoder, Extraction
 from indexing.language import UNDETERMINED, detect_language
 from indexing.store import Hit, StoreError
 from models.classifier import FusedClassifier, Neighbour
+from models.conformal import Decision
 from models.hierarchy import Answer
 from models.training import MAX_K
 
@@ -141,6 +142,11 @@ def classify(
     )
     probs = classifier.predict_proba(vectors, neighbours, texts)  # texts: the lexical signal
     decisions = loaded.rule.decide(probs, runtime.settings.abstain_threshold)
+    if neighbours is not None:
+        decisions = [
+            follow_human_label(classifier, d, probs[i], row)
+            for i, (d, row) in enumerate(zip(decisions, neighbours, strict=True))
+        ]
     disagreement = head_knn_disagreement(classifier, vectors, neighbours)
     answers = hierarchical_answers(runtime, classifier, probs)
     top_k = max(1, min(top_k, classifier.n_classes))
@@ -200,6 +206,19 @@ def hierarchical_answers(runtime: Runtime, classifier: FusedClassifier, probs: n
     if not runtime.taxonomy.is_hierarchical:
         return None
     return runtime.taxonomy.hierarchy.answers(probs, classifier.labels, runtime.settings.answer_threshold)
+
+
+def follow_human_label(
+    classifier: FusedClassifier, decision: Decision, probs: np.ndarray, neighbours: Sequence[Neighbour]
+) -> Decision:
+    """An answer that follows a labelled near-duplicate (the classifier's near-duplicate override: a human
+    labelled this very text) does not abstain on the set rule or the class thresholds; the floor still applies."""
+    label = classifier.duplicate_label(neighbours)
+    if not decision.abstained or decision.reason == "below_floor" or label is None:
+        return decision
+    if classifier.index[label] != int(np.argmax(probs)):
+        return decision
+    return replace(decision, abstained=False, reason=None)
 
 
 def head_knn_disagreement(
