@@ -122,7 +122,8 @@ def test_predictions_filter_by_confidence(client: TestClient, runtime: Runtime) 
         set_confidence(runtime, pid, confidence)
     low = client.get("/v1/predictions", params={"max_confidence": 0.45}).json()["predictions"]
     assert [(p["id"], p["confidence"]) for p in low] == [(ids[2], 0.45), (ids[0], 0.2)]
-    assert client.get("/v1/predictions", params={"max_confidence": 0.1}).json() == {"predictions": [], "order": "newest"}
+    empty = client.get("/v1/predictions", params={"max_confidence": 0.1}).json()
+    assert empty == {"predictions": [], "order": "newest"}
 
 
 def test_predictions_reject_bad_parameters(bare_client: TestClient) -> None:
