@@ -93,3 +93,19 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(self.wait_s)
         self.sock.close()
+
+
+def classify(client: TestClient, text: str, **fields: Any) -> dict[str, Any]:
+    """``POST /v1/classify`` of ``text`` (and any other request ``fields``), asserted 200; its JSON."""
+    response = client.post("/v1/classify", json={"text": text, **fields})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def correct(client: TestClient, prediction_id: str, label: str) -> dict[str, Any]:
+    """``POST /v1/feedback`` of ``label`` for ``prediction_id``, asserted 201; its JSON."""
+    response = client.post("/v1/feedback", json={"prediction_id": prediction_id, "label": label})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body

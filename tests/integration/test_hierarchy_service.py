@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from app.main import create_app
 from app.runtime import Runtime
 from app.services.vacancies import ingest_csv
 from tests.conftest import make_settings, memory_qdrant
-from tests.factories import seed, write_csv
+from tests.factories import classify, seed, write_csv
 from tests.fakes import FakeEncoder
 
 BUILD, IT, CARE = "Bygge og anlæg", "It og teleteknik", "Sundhed, omsorg og personlig pleje"
@@ -53,13 +52,6 @@ def tree_runtime(tmp_path: Path, migrated_engine: Engine, db_sessions: sessionma
     rt.store.client.close()
 
 
-def classify(client: TestClient, text: str) -> dict[str, Any]:
-    response = client.post("/v1/classify", json={"text": text, "top_k": 4})
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
 def set_threshold(runtime: Runtime, tmp_path: Path, value: float) -> None:
     runtime.settings = make_settings(tmp_path, taxonomy_path=runtime.settings.taxonomy_path, hierarchy_threshold=value)
 
@@ -71,7 +63,7 @@ def test_hierarchical_answers_fall_back_to_the_parent(
     classifier = tree_runtime.model.classifier
     assert classifier.labels == [BUILD, IT, CARE, "Pædagogisk arbejde"]  # trained on the leaves
     with TestClient(create_app(tree_runtime.settings, tree_runtime)) as client:
-        sure = classify(client, "carpenter for timber roofing and scaffolding on a building site")
+        sure = classify(client, "carpenter for timber roofing and scaffolding on a building site", top_k=4)
         assert sure["label"] == BUILD and sure["level"] == 1 and sure["path"] == [TECH, BUILD]
         assert not sure["abstained"]
 
@@ -79,14 +71,14 @@ def test_hierarchical_answers_fall_back_to_the_parent(
         split = np.array([0.4, 0.35, 0.15, 0.1])
         monkeypatch.setattr(classifier, "predict_proba", lambda x, *_a, **_k: np.tile(split, (len(x), 1)))
         set_threshold(tree_runtime, tmp_path, 0.3)
-        assert classify(client, MIXED)["path"] == [TECH, BUILD]
+        assert classify(client, MIXED, top_k=4)["path"] == [TECH, BUILD]
         set_threshold(tree_runtime, tmp_path, 0.5)  # no leaf reaches it, their parent does (0.75)
-        parent = classify(client, MIXED)
+        parent = classify(client, MIXED, top_k=4)
         assert parent["label"] == TECH and parent["level"] == 0 and parent["path"] == [TECH]
         assert not parent["abstained"] and parent["probabilities"][0]["label"] == BUILD
         assert parent["confidence"] == pytest.approx(0.4)  # the top leaf's, as before
         set_threshold(tree_runtime, tmp_path, 0.8)  # not even the best root
-        none = classify(client, MIXED)
+        none = classify(client, MIXED, top_k=4)
         assert none["abstained"] and none["label"] is None and none["level"] is None and none["path"] == []
 
         taxonomy = {t["label"]: t for t in client.get("/v1/taxonomy").json()["labels"]}

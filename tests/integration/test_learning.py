@@ -29,7 +29,7 @@ from app.services.training import retrain
 from app.settings import Settings
 from models.classifier import DUPLICATE_TRUST, FusedClassifier
 from models.training import holdout_split
-from tests.factories import seed, wait_for_job
+from tests.factories import classify, correct, seed, wait_for_job
 from tests.fakes import FakeEncoder, SlowEncoder
 
 CARPENTER = "carpenter needed for timber roofing and scaffolding on our building site in aarhus"
@@ -52,20 +52,6 @@ def client(runtime: Runtime, tmp_path: Path) -> Iterator[TestClient]:
     seed(runtime, tmp_path)
     with TestClient(create_app(runtime.settings, runtime)) as test_client:
         yield test_client
-
-
-def classify(client: TestClient, text: str) -> dict[str, Any]:
-    response = client.post("/v1/classify", json={"text": text})
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def correct(client: TestClient, prediction_id: str, label: str) -> dict[str, Any]:
-    response = client.post("/v1/feedback", json={"prediction_id": prediction_id, "label": label})
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 def use_head_only(runtime: Runtime) -> None:

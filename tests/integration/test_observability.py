@@ -23,7 +23,7 @@ from app.db import Prediction
 from app.main import create_app
 from app.runtime import Runtime
 from app.settings import Settings
-from tests.factories import seed
+from tests.factories import classify, seed
 from tests.fakes import FakeEncoder
 
 CARPENTER = "carpenter needed for timber roofing and scaffolding on our building site in aarhus"
@@ -60,12 +60,6 @@ def bare_app(bare_runtime: Runtime) -> FastAPI:
 def bare_client(bare_app: FastAPI) -> Iterator[TestClient]:
     with TestClient(bare_app) as test_client:
         yield test_client
-
-
-def classify(client: TestClient, text: str) -> dict:
-    response = client.post("/v1/classify", json={"text": text})
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def set_confidence(runtime: Runtime, prediction_id: str, confidence: float) -> None:

@@ -21,7 +21,7 @@ from app.services.dataset import read_labelled
 from app.services.feedback import feedback_vacancy_id, submit_feedback
 from app.services.training import retrain
 from tests.conftest import make_settings
-from tests.factories import one_error_line, seed
+from tests.factories import classify, correct, one_error_line, seed
 
 GUARD = "night shift guard for cctv surveillance of a warehouse"
 SECURITY, LEADERSHIP = "Vagt, sikkerhed og overvågning", "Ledelse"
@@ -32,20 +32,6 @@ def client(runtime: Runtime, tmp_path: Path) -> Iterator[TestClient]:
     seed(runtime, tmp_path)
     with TestClient(create_app(runtime.settings, runtime)) as test_client:
         yield test_client
-
-
-def classify(client: TestClient, text: str) -> dict[str, Any]:
-    response = client.post("/v1/classify", json={"text": text})
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def correct(client: TestClient, prediction_id: str, label: str) -> dict[str, Any]:
-    response = client.post("/v1/feedback", json={"prediction_id": prediction_id, "label": label})
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 def review(client: TestClient, prediction_id: str, **params: Any) -> dict[str, Any] | None:
