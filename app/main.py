@@ -55,7 +55,6 @@ class BodyLimitMiddleware:
             await _refuse(scope, receive, send, BodyTooLarge(self.limit))
             return
         seen = 0
-        started = False
 
         async def counted_receive() -> Message:
             nonlocal seen
@@ -66,17 +65,7 @@ class BodyLimitMiddleware:
                     raise BodyTooLarge(self.limit)
             return message
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except BodyTooLarge as exc:
-            if started:
-                raise
-            await _refuse(scope, receive, send, exc)
+        await _guarded(self.app, scope, receive, send, counted_receive)
 
 
 UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})  # ASCII is UTF-8
@@ -144,7 +133,6 @@ class BodyReadMiddleware:
         deadline = loop.time() + seconds
         complete = False  # the whole body arrived: later receives (waiting for a disconnect) are not timed
         first = True
-        started = False
 
         async def guarded_receive() -> Message:
             nonlocal complete, first
@@ -164,17 +152,25 @@ class BodyReadMiddleware:
                     raise BodyNotUtf8(found)
             return message
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        await _guarded(self.app, scope, receive, send, guarded_receive)
 
-        try:
-            await self.app(scope, guarded_receive, tracked_send)
-        except BodyError as exc:  # raised outside FastAPI's handlers (which answer it themselves)
-            if started:
-                raise
-            await _refuse(scope, receive, send, exc)
+
+async def _guarded(app: ASGIApp, scope: Scope, receive: Receive, send: Send, checked_receive: Receive) -> None:
+    """Run ``app`` reading the body through ``checked_receive``; a ``BodyError`` it raises outside FastAPI's
+    handlers (which answer it themselves) is answered here, unless the response has already started."""
+    started = False
+
+    async def tracked_send(message: Message) -> None:
+        nonlocal started
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await app(scope, checked_receive, tracked_send)
+    except BodyError as exc:
+        if started:
+            raise
+        await _refuse(scope, receive, send, exc)
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, exc: BodyError) -> None:
