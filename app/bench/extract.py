@@ -46,7 +46,7 @@ class Rows:
 
 
 def read_rows(path: Path) -> Rows:
-    csv.field_size_limit(10_000_000)
+    csv.field_size_limit(max(csv.field_size_limit(), 10_000_000))
     with path.open(newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
     if not rows or not {"id", "text", "label"} <= set(rows[0]):

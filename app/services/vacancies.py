@@ -28,7 +28,6 @@ from indexing.extract import TextExtractor
 
 REQUIRED_COLUMNS = ("id", "text", "label")
 FIELD_LIMIT = 10_000_000  # characters in one field; a longer one is refused (an unclosed quote, mostly)
-csv.field_size_limit(FIELD_LIMIT)
 
 
 def _column_length(name: str) -> int:
@@ -88,10 +87,11 @@ def _decode(path: Path) -> str:
         ) from exc
 
 
+TOO_LONG = f"a field is longer than {FIELD_LIMIT:,} characters (an unclosed quote?)"
+
+
 def _csv_problem(exc: csv.Error) -> str:
-    if "field limit" in str(exc):
-        return f"a field is longer than {FIELD_LIMIT:,} characters (an unclosed quote?)"
-    return f"not readable as CSV ({exc})"
+    return TOO_LONG if "field limit" in str(exc) else f"not readable as CSV ({exc})"
 
 
 def read_csv(path: Path, required: Sequence[str] = REQUIRED_COLUMNS) -> Iterator[CsvRow]:
@@ -101,6 +101,8 @@ def read_csv(path: Path, required: Sequence[str] = REQUIRED_COLUMNS) -> Iterator
     text = _decode(path)
     if not text.strip():
         raise InvalidInput(f"{path} is empty: the first line must be the header {','.join(required)}")
+    # csv's own limit is process-wide (bulk raises it for its files), so this file's is checked here
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
     reader = csv.reader(io.StringIO(text, newline=""))
     last = 0  # the line the previous record ended on
     try:
@@ -116,6 +118,8 @@ def read_csv(path: Path, required: Sequence[str] = REQUIRED_COLUMNS) -> Iterator
             line, last = last + 1, reader.line_num
             if not fields:
                 continue
+            if any(len(field) > FIELD_LIMIT for field in fields):
+                raise InvalidInput(f"{path}: line {line}: {TOO_LONG}")
             rows += 1
             values = dict(zip(header, fields, strict=False))
             if len(fields) == len(header):
