@@ -73,9 +73,15 @@ class Prediction(Base):
     external_id: Mapped[str | None] = mapped_column(String(128))
     text: Mapped[str] = mapped_column(Text)
     text_hash: Mapped[str] = mapped_column(String(64), index=True)
-    label: Mapped[str] = mapped_column(String(200))
+    label: Mapped[str] = mapped_column(String(200))  # the most probable (finest) label, also when it abstained
     confidence: Mapped[float] = mapped_column(Float)
     abstained: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the answer given (0007): ``label``, or in a hierarchical taxonomy the deepest node that met the
+    # threshold (a parent of ``label``); null when it abstained. Its depth and root → answer path: null for
+    # rows stored before 0007 (whose answer was their label unless they abstained)
+    answer: Mapped[str | None] = mapped_column(String(200))
+    level: Mapped[int | None] = mapped_column(Integer)
+    path: Mapped[list[str] | None] = mapped_column(JSON)
     probabilities: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     neighbours: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     model_version: Mapped[str] = mapped_column(String(64), index=True)

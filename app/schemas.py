@@ -230,10 +230,17 @@ class PredictionPublic(BaseModel):
     external_id: str | None
     created_at: datetime
     text: str = Field(description="The cleaned text that was classified.")
-    label: str = Field(description="The top label, also when the model abstained.")
+    label: str = Field(description="The top (finest) label, also when the model abstained.")
     display_name: str
     confidence: float
     abstained: bool
+    answer: str | None = Field(
+        None,
+        description="The answer the service gave: `label`, or in a hierarchical taxonomy the parent it fell back "
+        "to; null when it abstained.",
+    )
+    level: int | None = Field(None, description="Depth of `answer`; null when abstained or stored before it was.")
+    path: list[str] | None = Field(None, description="Root → `answer`; null when stored before it was.")
     probabilities: list[LabelProbability]
     neighbours: list[NeighbourPublic]
     model_version: str

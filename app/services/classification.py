@@ -249,6 +249,9 @@ def store_predictions(session: Session, results: Sequence[Classification], *, id
                 label=r.probabilities[0].label,
                 confidence=r.confidence,
                 abstained=r.abstained,
+                answer=r.label,
+                level=r.level,
+                path=r.path,
                 probabilities=[{"label": p.label, "probability": p.probability} for p in r.probabilities],
                 neighbours=[
                     {"vacancy_id": h.vacancy_id, "label": h.label, "score": h.score, "rank_score": h.rank_score}

@@ -68,6 +68,9 @@ class PredictionView:
     set_size: int | None = None
     margin: float | None = None
     disagreement: float | None = None
+    answer: str | None = None  # the answer given (a parent of ``label`` in a hierarchy); None: it abstained
+    level: int | None = None  # None also for rows stored before the level was
+    path: list[str] | None = None
 
 
 def list_predictions(
@@ -138,5 +141,8 @@ def _view(row: Prediction, feedback: list[Feedback], taxonomy: Taxonomy) -> Pred
         prediction_set=row.prediction_set,
         set_size=row.set_size,
         margin=row.margin,
+        answer=row.answer,
+        level=row.level,
+        path=row.path,
         disagreement=row.disagreement,
     )

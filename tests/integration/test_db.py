@@ -6,9 +6,9 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, inspect, select, text
 
-from app.db import Base, Vacancy
+from app.db import Base, Vacancy, make_engine, migrate
 from app.runtime import Runtime
 from app.services.vacancies import count_labelled, ingest_csv
 from tests.factories import write_csv
@@ -54,3 +54,21 @@ def test_ingest_upserts_by_id_and_reports_bad_rows(runtime: Runtime, tmp_path: P
         assert labels == {"v1": "Bygge og anlæg", "v2": "Ledelse", "v3": None}
         revisions = {vid: rev for vid, rev in session.execute(select(Vacancy.id, Vacancy.revision))}
         assert revisions == {"v1": 1, "v2": 1, "v3": 0}  # each change is counted (index writes are ordered by it)
+
+
+def test_0007_fills_the_answer_of_older_predictions_from_their_label(tmp_path: Path) -> None:
+    """Before 0007 an answer was the top label unless it abstained; level and path stay unknown."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrate(url, "0006")
+    engine = make_engine(url)
+    row = "INSERT INTO predictions (id, text, text_hash, label, confidence, abstained, probabilities, neighbours, "
+    row += "model_version, created_at) VALUES (:id, 't', 'h', :label, 0.5, :abstained, '[]', '[]', 'm', '2026-01-01')"
+    with engine.begin() as conn:
+        conn.execute(text(row), {"id": "answered", "label": "Ledelse", "abstained": False})
+        conn.execute(text(row), {"id": "abstained", "label": "Ledelse", "abstained": True})
+    migrate(url)
+    with engine.connect() as conn:
+        found: dict[str, str | None] = {i: a for i, a in conn.execute(text("SELECT id, answer FROM predictions"))}
+        levels = set(conn.execute(text("SELECT level FROM predictions")).scalars())
+    engine.dispose()
+    assert found == {"answered": "Ledelse", "abstained": None} and levels == {None}

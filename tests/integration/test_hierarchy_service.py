@@ -80,6 +80,12 @@ def test_hierarchical_answers_fall_back_to_the_parent(
         set_threshold(tree_runtime, tmp_path, 0.8)  # not even the best root
         none = classify(client, MIXED, top_k=4)
         assert none["abstained"] and none["label"] is None and none["level"] is None and none["path"] == []
+        stored = {p["id"]: p for p in client.get("/v1/predictions", params={"limit": 10}).json()["predictions"]}
+        kept = stored[parent["prediction_id"]]  # the answer given is stored beside the top leaf
+        assert (kept["label"], kept["answer"], kept["level"], kept["path"]) == (BUILD, TECH, 0, [TECH])
+        kept = stored[none["prediction_id"]]
+        assert (kept["label"], kept["answer"], kept["level"], kept["path"]) == (BUILD, None, None, [])
+        assert stored[sure["prediction_id"]]["path"] == [TECH, BUILD]
 
         taxonomy = {t["label"]: t for t in client.get("/v1/taxonomy").json()["labels"]}
         assert (taxonomy[IT]["parent"], taxonomy[IT]["leaf"]) == (TECH, True)
