@@ -233,6 +233,20 @@ def test_classify_correct_and_review(server: ServerThread, driver: Any) -> None:
     wait.until(ec.text_to_be_present_in_element((By.ID, "queue-summary"), "Nothing to review"))
     assert not driver.find_elements(By.CSS_SELECTOR, "li[data-prediction-id]")
 
+    # 5. a reviewer retracts the second correction: the item needs review again, and the server agrees
+    driver.find_element(By.ID, "unreviewed").click()
+    driver.find_element(By.ID, "refresh").click()
+    second_item = (By.CSS_SELECTOR, f"li[data-prediction-id='{second}']")
+    wait.until(ec.text_to_be_present_in_element(second_item, "Reviewed:"))
+    retract = driver.find_element(*second_item).find_element(By.CSS_SELECTOR, "button.retract")
+    assert retract.is_displayed()
+    retract.click()
+    wait.until(ec.text_to_be_present_in_element(second_item, "Needs review"))
+    assert not driver.find_element(*second_item).find_element(By.CSS_SELECTOR, "button.retract").is_displayed()
+    stored = {p["id"]: p for p in api(server, "/v1/predictions?limit=10")["predictions"]}
+    assert stored[second]["reviewed_label"] is None and stored[second]["feedback_count"] == 0
+    assert stored[prediction_id]["reviewed_label"] == CORRECTED  # the other correction stands
+
 
 def test_extracted_terms_are_shown_when_an_extractor_is_active(server: ServerThread, driver: Any) -> None:
     """Without an extractor the section stays hidden (the answer's `extraction` is null)."""
