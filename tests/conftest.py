@@ -8,6 +8,7 @@ under CI=true.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from qdrant_client import QdrantClient
 from sqlalchemy import Engine, delete, text
 from sqlalchemy.orm import sessionmaker
 
-from app.db import JobRow, make_engine, migrate
+from app.db import JobRow, make_engine, make_session_factory, migrate
 from app.runtime import Runtime
 from app.services.jobs import JobRegistry
 from app.settings import Settings
@@ -97,24 +98,30 @@ def migrated_engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
 
 
 @pytest.fixture
-def db_sessions(migrated_engine: Engine) -> Iterator[sessionmaker]:
-    """A session factory bound to one connection whose transaction is rolled back after the test;
-    the code under test may commit freely (commits become savepoints)."""
+def db_sessions(migrated_engine: Engine, tmp_path: Path) -> Iterator[sessionmaker]:
+    """A session factory whose writes the next test never sees, the code under test committing freely.
+
+    Postgres: bound to one connection whose transaction is rolled back after the test (commits become
+    savepoints). SQLite: a copy of the migrated database for this test alone, with the service's own engine
+    (a connection per session, as in production): a job's thread and the requests polling it never share a
+    connection, whose savepoints would interleave."""
+    if migrated_engine.dialect.name == "sqlite":
+        copy = tmp_path / "db-copy.sqlite"
+        with migrated_engine.connect() as source:
+            raw, target = source.connection.driver_connection, sqlite3.connect(copy)
+            try:
+                raw.backup(target)  # type: ignore[union-attr]
+            finally:
+                target.close()
+        engine = make_engine(f"sqlite:///{copy}")
+        yield make_session_factory(engine)
+        engine.dispose()
+        return
     connection = migrated_engine.connect()
-    sqlite = migrated_engine.dialect.name == "sqlite"
-    if sqlite:
-        # pysqlite defers BEGIN to the first INSERT/UPDATE, so a SAVEPOINT can open the outermost
-        # transaction and its RELEASE commit it: the test's writes would outlive the rollback. Take
-        # transaction control from the driver for this connection and begin for real.
-        connection.connection.driver_connection.isolation_level = None  # type: ignore[union-attr]
     outer = connection.begin()
-    if sqlite:
-        connection.exec_driver_sql("BEGIN")
     factory = sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
     yield factory
     outer.rollback()
-    if sqlite:
-        connection.connection.driver_connection.isolation_level = ""  # type: ignore[union-attr]
     connection.close()
 
 
@@ -124,7 +131,7 @@ def runtime(settings: Settings, migrated_engine: Engine, db_sessions: sessionmak
     rt.sessions = db_sessions
     # On Postgres, job rows go through their own connections: a job's thread and the request threads polling
     # it must not share the test's one connection (their savepoints interleave). They are deleted afterwards.
-    # (SQLite: the test's open write transaction would lock another connection out; one connection it is.)
+    # (SQLite: db_sessions is a per-test database with a connection per session already.)
     own_jobs = migrated_engine.dialect.name == "postgresql"
     if own_jobs:
         rt.jobs = JobRegistry(sessionmaker(bind=migrated_engine, expire_on_commit=False))

@@ -397,11 +397,6 @@ def test_encoder_upgrade_and_rollback_run_as_jobs(
 ) -> None:
     """The HTTP side of the encoder lifecycle; the fine-tuning and model loading are the fakes (the real
     chain is tested in test_upgrade_encoder)."""
-    if runtime.engine is not None and runtime.engine.dialect.name == "sqlite":
-        # The test's one rolled-back SQLite connection is shared by the job's thread and the polling requests;
-        # over this long job their savepoints interleave (a harness limit, not the service's: every worker has
-        # its own connections). Postgres runs it, with job rows on their own connections (tests/conftest.py).
-        pytest.skip("shared SQLite test connection across the job thread and the polling thread")
     from app.api import admin
     from app.services import encoder_upgrade
 
