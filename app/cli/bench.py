@@ -233,6 +233,27 @@ def bench_encoders(
     typer.echo(f"wrote {out}/encoders.json and {out}/encoders.md")
 
 
+def bench_bulk(
+    out: Annotated[Path, typer.Option(help="output folder for bulk.json and bulk.md")] = Path("docs/perf"),
+    titles: Annotated[int, typer.Option(min=10, help="job titles in the speed and Ray runs")] = 2000,
+    ads: Annotated[int, typer.Option(min=10, help="long postings in the speed run")] = 300,
+    rounds: Annotated[int, typer.Option(min=1, help="alternating rounds per path (the median counts)")] = 2,
+    ray: Annotated[bool, typer.Option("--ray/--no-ray", help="also Ray Data against one process")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Ray actors")] = 2,
+    kill: Annotated[bool, typer.Option("--kill/--no-kill", help="also kill -9 at half and resume")] = True,
+    datasets: Annotated[Path | None, typer.Option(help="folder with jobbert_titles_isco, en_google_job_skills")] = None,
+) -> None:
+    """classify-file against the raw encoder (titles and postings), Ray against one process, kill -9 and resume."""
+    from app.bench.bulk import BulkBenchConfig, run_bulk_bench, write_bulk_outputs
+
+    cfg = BulkBenchConfig(n_titles=titles, n_ads=ads, rounds=rounds, ray=ray, workers=workers, kill=kill)
+    if datasets is not None:
+        cfg.datasets = datasets
+    result = run_bulk_bench(get_settings(), cfg, typer.echo)
+    write_bulk_outputs(result, out)
+    typer.echo(f"wrote {out}/bulk.json and {out}/bulk.md")
+
+
 def _bench_dataset(
     folder: Path, settings: Settings, encoder: Encoder, cache: EmbeddingCache, out: Path, cv_below: int
 ) -> dict[str, Any]:
@@ -369,6 +390,7 @@ def register(cli: typer.Typer) -> None:
     cli.command("bench-danish")(bench_danish)
     cli.command("bench-perf")(bench_perf)
     cli.command("bench-encoders")(bench_encoders)
+    cli.command("bench-bulk")(bench_bulk)
     cli.command("bench-all")(bench_all)
     cli.command()(loadtest)
     cli.command("train-extractor")(train_extractor_command)
