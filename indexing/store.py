@@ -463,11 +463,14 @@ class VectorStore:
         """One hybrid query per text, batched: a dense prefetch (``k``) and a sparse prefetch (``k``; left out
         when the text has no lexical term), both under the filter, fused by RRF (``Σ 1/(rank + 2)``).
 
-        Each hit carries ``rank_score`` (the fused score) and ``score`` (the cosine of the L2-normalised
-        query and the returned dense vector). The fusion is asked for every candidate (up to ``2k``) and
-        the top ``k`` kept here in one order on every backend — fused score, then cosine, then vacancy
-        id — which is the order ``models.knn.rrf_fuse`` gives (a point of the dense list before a
-        sparse-only one of equal score). Ties at a prefetch's own cut are Qdrant's to break."""
+        Each hit carries ``rank_score`` (the fused score) and ``score`` (its cosine to the query). The cosines
+        come from the engine, never from returned vectors (turning 384 floats per hit into Python objects was
+        most of a batch's time): the same batch holds each text's dense query (the prefetch's own ``k``), and
+        the few hits only the sparse side found get theirs from one more dense query restricted to their ids.
+        The fusion is asked for every candidate (up to ``2k``) and the top ``k`` kept here in one order on
+        every backend — fused score, then cosine, then vacancy id — which is the order ``models.knn.rrf_fuse``
+        gives (a point of the dense list before a sparse-only one of equal score). Ties at a prefetch's own
+        cut are Qdrant's to break."""
         if len(dense) == 0:
             return []
         if len(sparse) != len(dense):
@@ -476,30 +479,55 @@ class VectorStore:
         if exclude_ids:
             flt = replace(flt or SearchFilter(), exclude_ids=[*(flt.exclude_ids if flt else ()), *exclude_ids])
         query_filter = flt.to_qdrant() if flt else None
-        queries = np.asarray(dense, dtype=np.float32)
-        norms = np.linalg.norm(queries, axis=1, keepdims=True)
-        unit = queries / np.where(norms > 0, norms, 1.0)
+        queries = [v.tolist() for v in np.asarray(dense, dtype=np.float32)]
         requests = []
         for v, sv in zip(queries, sparse, strict=True):
-            prefetch = [models.Prefetch(query=v.tolist(), using=DENSE, limit=k, filter=query_filter)]
+            prefetch = [models.Prefetch(query=v, using=DENSE, limit=k, filter=query_filter)]
             if sv:
                 prefetch.append(models.Prefetch(query=_qdrant_sparse(sv), using=LEXICAL, limit=k, filter=query_filter))
+            fused = models.FusionQuery(fusion=models.Fusion.RRF)
             requests.append(
-                models.QueryRequest(
-                    prefetch=prefetch,
-                    query=models.FusionQuery(fusion=models.Fusion.RRF),
-                    limit=k * len(prefetch),
-                    with_payload=True,
-                    with_vector=[DENSE],
-                )
+                models.QueryRequest(prefetch=prefetch, query=fused, limit=k * len(prefetch), with_payload=True)
             )
+            requests.append(models.QueryRequest(query=v, using=DENSE, limit=k, filter=query_filter, with_payload=False))
         responses = self.client.query_batch_points(target, requests=requests)
+        answers = responses[0::2]
+        cosines = [{str(p.id): float(p.score) for p in r.points} for r in responses[1::2]]
+        self._sparse_only_cosines(target, queries, answers, cosines)
         rows = []
-        for u, response in zip(unit, responses, strict=True):
-            hits = [_hybrid_hit(p, u) for p in response.points]
+        for answer, cosine in zip(answers, cosines, strict=True):
+            hits = [
+                replace(_hit(p), score=cosine.get(str(p.id), 0.0), rank_score=float(p.score)) for p in answer.points
+            ]
             hits.sort(key=lambda h: (-round(h.rank_score or 0.0, 6), -round(h.score, 6), h.vacancy_id))
             rows.append(hits[:k])
         return rows
+
+    def _sparse_only_cosines(
+        self,
+        target: str,
+        queries: Sequence[list[float]],
+        answers: Sequence[models.QueryResponse],
+        cosines: list[dict[str, float]],
+    ) -> None:
+        """Add to ``cosines`` those of the hits the dense query did not return: one dense query per text,
+        restricted to those ids, in one batch."""
+        missing = [[p.id for p in a.points if str(p.id) not in c] for a, c in zip(answers, cosines, strict=True)]
+        asked = [i for i, ids in enumerate(missing) if ids]
+        if not asked:
+            return
+        requests = [
+            models.QueryRequest(
+                query=queries[i],
+                using=DENSE,
+                limit=len(missing[i]),
+                filter=models.Filter(must=[models.HasIdCondition(has_id=missing[i])]),
+                with_payload=False,
+            )
+            for i in asked
+        ]
+        for i, response in zip(asked, self.client.query_batch_points(target, requests=requests), strict=True):
+            cosines[i].update((str(p.id), float(p.score)) for p in response.points)
 
     @_store_boundary
     def drop(self, collection: str) -> None:
@@ -539,13 +567,6 @@ class VectorStore:
 
 def _qdrant_sparse(vector: SparseVector) -> models.SparseVector:
     return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
-
-
-def _hybrid_hit(point: models.ScoredPoint, unit_query: np.ndarray) -> Hit:
-    named = point.vector if isinstance(point.vector, dict) else {}
-    dense = named.get(DENSE)
-    cosine = float(np.dot(unit_query, np.asarray(dense, dtype=np.float32))) if dense is not None else 0.0
-    return replace(_hit(point), score=cosine, rank_score=float(point.score))
 
 
 def _hit(point: models.ScoredPoint) -> Hit:
