@@ -238,15 +238,30 @@ def bench_bulk(
     titles: Annotated[int, typer.Option(min=10, help="job titles in the speed and Ray runs")] = 2000,
     ads: Annotated[int, typer.Option(min=10, help="long postings in the speed run")] = 300,
     rounds: Annotated[int, typer.Option(min=1, help="alternating rounds per path (the median counts)")] = 2,
+    speed: Annotated[bool, typer.Option("--speed/--no-speed", help="classify-file against the raw encoder")] = True,
     ray: Annotated[bool, typer.Option("--ray/--no-ray", help="also Ray Data against one process")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Ray actors")] = 2,
+    ray_set: Annotated[str, typer.Option(help="texts of the Ray comparison: titles or ads")] = "titles",
+    ray_rows: Annotated[int, typer.Option(min=10, help="rows of the Ray comparison")] = 2000,
     kill: Annotated[bool, typer.Option("--kill/--no-kill", help="also kill -9 at half and resume")] = True,
     datasets: Annotated[Path | None, typer.Option(help="folder with jobbert_titles_isco, en_google_job_skills")] = None,
 ) -> None:
     """classify-file against the raw encoder (titles and postings), Ray against one process, kill -9 and resume."""
     from app.bench.bulk import BulkBenchConfig, run_bulk_bench, write_bulk_outputs
 
-    cfg = BulkBenchConfig(n_titles=titles, n_ads=ads, rounds=rounds, ray=ray, workers=workers, kill=kill)
+    if ray_set not in ("titles", "ads"):
+        raise InvalidInput(f"--ray-set must be titles or ads, not {ray_set!r}")
+    cfg = BulkBenchConfig(
+        n_titles=titles,
+        n_ads=ads,
+        rounds=rounds,
+        speed=speed,
+        ray=ray,
+        workers=workers,
+        ray_set=ray_set,
+        ray_rows=ray_rows,
+        kill=kill,
+    )
     if datasets is not None:
         cfg.datasets = datasets
     result = run_bulk_bench(get_settings(), cfg, typer.echo)

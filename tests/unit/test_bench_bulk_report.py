@@ -17,6 +17,7 @@ def result(**kill: Any) -> dict[str, Any]:
         "speed": {"titles": speed},
         "ray": {
             "rows": 300,
+            "mean_chars": 1461,
             "workers": 2,
             "one_process_per_s": 100.0,
             "ray_per_s": 85.0,
@@ -44,8 +45,13 @@ def result(**kill: Any) -> dict[str, Any]:
 def test_every_section_is_in_the_report() -> None:
     text = bulk_markdown(result())
     assert "| titles | 300 | 27 | 226.8 | 122.2 | 0.54 |" in text
-    assert "| 300 | 2 | 100.0 | 85.0 | 0.85 | 12.5 s |" in text
+    assert "| 300 | 1461 | 2 | 100.0 | 85.0 | 0.85 | 12.5 s |" in text
     assert "200 records committed" in text and "exactly once and in order: ✓" in text
+
+
+def test_a_run_without_the_speed_section_has_no_speed_table() -> None:
+    text = bulk_markdown({**result(), "speed": {}})
+    assert "× raw encoder" not in text and "Ray Data against one process" in text
 
 
 def test_a_repeated_row_or_a_left_part_is_a_failure() -> None:
