@@ -282,7 +282,8 @@ def bulk_markdown(result: dict[str, Any]) -> str:
             f"{k['resume_exit_code']} after {k['resume_seconds']:.0f} s. Output: {k['output_rows']} rows, "
             f"{k['distinct_ids']} distinct ids, every input row exactly once and in order: {ok}.",
         ]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return text.replace("\n\n\n", "\n\n")  # a section left out leaves no double gap
 
 
 def write_bulk_outputs(result: dict[str, Any], out: Path) -> None:
