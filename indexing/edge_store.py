@@ -227,7 +227,7 @@ def _edge_query(query: Any, using: str | None) -> Any:
         return qe.Query.Nearest(qe.SparseVector(list(query.indices), list(query.values)), using=using)
     if isinstance(query, np.ndarray):
         query = query.tolist()
-    if isinstance(query, list) and all(isinstance(x, float) for x in query[:1]):  # a float list (tolist())
+    if isinstance(query, list) and query and isinstance(query[0], float):  # tolist() of a float array: as it is
         return qe.Query.Nearest(query, using=using)
     if isinstance(query, list) and all(isinstance(x, int | float) for x in query):
         return qe.Query.Nearest([float(x) for x in query], using=using)

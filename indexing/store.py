@@ -496,9 +496,7 @@ class VectorStore:
         self._sparse_only_cosines(target, queries, answers, cosines)
         rows = []
         for answer, cosine in zip(answers, cosines, strict=True):
-            hits = [
-                replace(_hit(p), score=cosine.get(str(p.id), 0.0), rank_score=float(p.score)) for p in answer.points
-            ]
+            hits = [_hit(p, cosine.get(str(p.id), 0.0), float(p.score)) for p in answer.points]
             hits.sort(key=lambda h: (-round(h.rank_score or 0.0, 6), -round(h.score, 6), h.vacancy_id))
             rows.append(hits[:k])
         return rows
@@ -569,12 +567,14 @@ def _qdrant_sparse(vector: SparseVector) -> models.SparseVector:
     return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
 
 
-def _hit(point: models.ScoredPoint) -> Hit:
+def _hit(point: models.ScoredPoint, score: float | None = None, rank_score: float | None = None) -> Hit:
+    """The hit of a point; ``score`` (default: the point's own) and ``rank_score`` for a hybrid answer."""
     payload = point.payload or {}
     return Hit(
         vacancy_id=str(payload.get("vacancy_id", point.id)),
         label=str(payload.get("label", "")),
-        score=float(point.score),
+        score=float(point.score) if score is None else score,
+        rank_score=rank_score,
         source=str(payload.get("source", "")),
         snippet=str(payload.get("snippet", "")),
         created_at=payload.get("created_at"),

@@ -57,6 +57,10 @@ class BulkBenchConfig:
     kill_rows: int = 1000  # titles in the kill -9 run
     part_rows: int = 100
 
+    def __post_init__(self) -> None:
+        if self.ray_set not in ("titles", "ads"):
+            raise ValueError(f"ray_set must be titles or ads, not {self.ray_set!r}")
+
 
 def _texts(path: Path, n: int) -> list[str]:
     """The first ``n`` texts of a labelled CSV, repeated when it has fewer."""
@@ -64,6 +68,10 @@ def _texts(path: Path, n: int) -> list[str]:
     if not texts:
         raise ValueError(f"{path} has no texts")
     return [texts[i % len(texts)] for i in range(n)]
+
+
+def _mean_chars(texts: Sequence[str]) -> int:
+    return round(sum(map(len, texts)) / len(texts))
 
 
 def _write_input(path: Path, texts: Sequence[str]) -> Path:
@@ -105,7 +113,7 @@ def _speed(runtime: Runtime, name: str, texts: Sequence[str], folder: Path, roun
     raw_s, bulk_s = statistics.median(raw), statistics.median(bulk)
     return {
         "rows": len(texts),
-        "mean_chars": round(sum(map(len, texts)) / len(texts)),
+        "mean_chars": _mean_chars(texts),
         "raw_encoder_per_s": len(texts) / raw_s,
         "classify_file_per_s": len(texts) / bulk_s,
         "ratio": raw_s / bulk_s,
@@ -124,7 +132,7 @@ def _ray(runtime: Runtime, settings: Settings, texts: Sequence[str], folder: Pat
     local_rate = len(texts) / local
     return {
         "rows": len(texts),
-        "mean_chars": round(sum(map(len, texts)) / len(texts)),
+        "mean_chars": _mean_chars(texts),
         "workers": workers,
         "one_process_per_s": local_rate,
         "ray_per_s": result.rate,
@@ -202,8 +210,6 @@ class _Result:
 
 def run_bulk_bench(settings: Settings, cfg: BulkBenchConfig, say: Say) -> dict[str, Any]:
     started = time.perf_counter()
-    if cfg.ray_set not in ("titles", "ads"):
-        raise ValueError(f"ray_set must be titles or ads, not {cfg.ray_set!r}")
     sources = {
         "titles": cfg.datasets / "jobbert_titles_isco" / "val.csv",
         "ads": cfg.datasets / "en_google_job_skills" / "train.csv",  # 614 postings, repeated when asked for more
@@ -243,10 +249,10 @@ def bulk_markdown(result: dict[str, Any]) -> str:
         f"embedder `{result['embedder']}`, {result['machine']['cpu_count']} CPUs, load average at the end "
         + ", ".join(f"{x:.1f}" for x in result["machine"]["load_average"])
         + f". Whole run {result['seconds']:.0f} s (setup {result['setup_seconds']:.0f} s).",
-        "",
     ]
     if result["speed"]:
         lines += [
+            "",
             "## Rows per second, side by side (median of the rounds, alternating)",
             "",
             "| texts | rows | mean chars | raw encoder /s | classify-file /s | × raw encoder |",
@@ -282,8 +288,7 @@ def bulk_markdown(result: dict[str, Any]) -> str:
             f"{k['resume_exit_code']} after {k['resume_seconds']:.0f} s. Output: {k['output_rows']} rows, "
             f"{k['distinct_ids']} distinct ids, every input row exactly once and in order: {ok}.",
         ]
-    text = "\n".join(lines) + "\n"
-    return text.replace("\n\n\n", "\n\n")  # a section left out leaves no double gap
+    return "\n".join(lines) + "\n"
 
 
 def write_bulk_outputs(result: dict[str, Any], out: Path) -> None:

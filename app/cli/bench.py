@@ -249,19 +249,20 @@ def bench_bulk(
     """classify-file against the raw encoder (titles and postings), Ray against one process, kill -9 and resume."""
     from app.bench.bulk import BulkBenchConfig, run_bulk_bench, write_bulk_outputs
 
-    if ray_set not in ("titles", "ads"):
-        raise InvalidInput(f"--ray-set must be titles or ads, not {ray_set!r}")
-    cfg = BulkBenchConfig(
-        n_titles=titles,
-        n_ads=ads,
-        rounds=rounds,
-        speed=speed,
-        ray=ray,
-        workers=workers,
-        ray_set=ray_set,
-        ray_rows=ray_rows,
-        kill=kill,
-    )
+    try:
+        cfg = BulkBenchConfig(
+            n_titles=titles,
+            n_ads=ads,
+            rounds=rounds,
+            speed=speed,
+            ray=ray,
+            workers=workers,
+            ray_set=ray_set,
+            ray_rows=ray_rows,
+            kill=kill,
+        )
+    except ValueError as exc:  # the option values themselves (--ray-set)
+        raise InvalidInput(str(exc)) from exc
     if datasets is not None:
         cfg.datasets = datasets
     result = run_bulk_bench(get_settings(), cfg, typer.echo)
