@@ -46,12 +46,12 @@ class Settings(BaseSettings):
     # bfloat16 where the CPU has native bf16 (AVX512-BF16/AMX), float32 elsewhere; int8 = dynamic quantization
     embedding_dtype: Literal["float32", "bfloat16", "int8"] = "bfloat16"
     embedding_chunking: Literal["none", "sentences"] = "sentences"  # mean of sentence-chunk embeddings
-    # The runtime that runs the encoder: "torch" (sentence-transformers as is), "openvino" (optimum-intel, the
-    # `openvino` extra; exported once into STATE_DIR/encoders/exports, bf16 precision hint where the CPU has
-    # native bf16: faster than torch at cosine 0.9999, docs/performance.md), "onnx" (needs optimum-onnx, not
+    # The runtime that runs the encoder: "openvino" (the default; optimum-intel, exported once into
+    # STATE_DIR/encoders/exports, bf16 precision hint where the CPU has native bf16: faster than torch at cosine
+    # 0.9999, docs/performance.md), "torch" (sentence-transformers as is), "onnx" (needs optimum-onnx, not
     # installable beside sentence-transformers 6). A missing runtime or a failed export falls back to torch (one
     # log line). Part of the embedding signature.
-    embedding_backend: Literal["torch", "openvino", "onnx"] = "torch"
+    embedding_backend: Literal["torch", "openvino", "onnx"] = "openvino"
     # "int8": static int8 quantisation (openvino, calibrated on the shipped sample texts) or dynamic (onnx)
     embedding_quantization: Literal["none", "int8"] = "none"
     embedding_batch_size: int = Field(32, ge=1, le=1024)

@@ -265,6 +265,15 @@ def _quantize_openvino(model: SentenceTransformer, out: Path, calibration: Calib
     shutil.rmtree(scratch, ignore_errors=True)
 
 
+class _DropExportGuess(logging.Filter):
+    """optimum-intel guesses whether a local folder still needs converting by looking it up like a hub repo;
+    for a local export that lookup fails and it warns "Could not infer whether the model was already
+    converted" at every start, although it then loads the IR as asked. The warning says nothing here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Could not infer whether the model was already converted" not in record.getMessage()
+
+
 def load_export(folder: Path, backend: str, dtype: str) -> SentenceTransformer:
     """The exported model in ``folder`` (no export: the file is there)."""
     from sentence_transformers import SentenceTransformer
@@ -273,4 +282,9 @@ def load_export(folder: Path, backend: str, dtype: str) -> SentenceTransformer:
     kwargs: dict[str, Any] = {"file_name": info["file_name"], "subfolder": backend}
     if backend == "openvino":
         kwargs["ov_config"] = ov_config(dtype)
-    return SentenceTransformer(str(folder), device="cpu", backend=backend, model_kwargs=kwargs)  # type: ignore[arg-type]
+    optimum_log, drop = logging.getLogger("optimum.intel.openvino.modeling_base"), _DropExportGuess()
+    optimum_log.addFilter(drop)
+    try:
+        return SentenceTransformer(str(folder), device="cpu", backend=backend, model_kwargs=kwargs)  # type: ignore[arg-type]
+    finally:
+        optimum_log.removeFilter(drop)
