@@ -128,9 +128,10 @@ class ClassificationPublic(BaseModel):
     prediction_set: list[LabelProbability] = Field(
         default_factory=list,
         description="The conformal prediction set: every label whose probability reaches its class threshold "
-        "(calibrated on the hold-out for JOBCLASS_COVERAGE), most probable first; never empty (the top label "
-        "when no label reaches its threshold). More than one label, or a top label below its threshold, abstains "
-        "unless the model has an automation operating point.",
+        "(calibrated on the hold-out and the training rows' out-of-fold predictions for JOBCLASS_COVERAGE), most "
+        "probable first; empty when no label reaches its threshold (the answer is then too uncertain to name "
+        "a set at that coverage). More than one label, or a top label below its threshold (an empty set among "
+        "them), abstains unless the model has an automation operating point.",
     )
     abstain_reason: AbstainReason | None = Field(
         None,

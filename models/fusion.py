@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -129,6 +129,9 @@ class TuningResult:
     head_accuracy: float
     knn_accuracy: float
     lexical_accuracy: float | None = None
+    # the fused probabilities of the tuning rows under ``params`` (out-of-fold when tuned on cross-fitted
+    # predictions: what prediction sets can be calibrated on beside the hold-out)
+    probs: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def tune(
@@ -191,7 +194,8 @@ def tune(
         lexical_temperature=lexical_temperature,
     )
     p_head, p_lex = p_head_raw, p_lex_raw
-    pred = fuse(p_head, best_knn, params, p_lex, lex_ok=lex_ok).argmax(axis=1)
+    p_fused = fuse(p_head, best_knn, params, p_lex, lex_ok=lex_ok)
+    pred = p_fused.argmax(axis=1)
     return TuningResult(
         params=params,
         accuracy=accuracy(y, pred),
@@ -199,6 +203,7 @@ def tune(
         head_accuracy=accuracy(y, p_head.argmax(axis=1)),
         knn_accuracy=accuracy(y, best_knn.argmax(axis=1)),
         lexical_accuracy=None if p_lex is None else accuracy(y, p_lex.argmax(axis=1)),
+        probs=p_fused,
     )
 
 

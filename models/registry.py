@@ -19,10 +19,12 @@ import json
 import os
 import secrets
 import shutil
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -31,6 +33,9 @@ from models.compress import VARIANTS, Variant
 from models.lexical import FILES as LEXICAL_FILES
 
 ACTIVE = "ACTIVE"
+# extra calibration rows of a version (out-of-fold p(true class) and class of its training rows), for
+# ``jobclass calibrate`` to pool with the hold-out as training did (models.conformal)
+CALIBRATION_FILE = "calibration.npz"
 TMP_PREFIX = "."  # ``.tmp-<version>`` (a save in progress or one that crashed), ``.ACTIVE.tmp``: never versions
 
 
@@ -84,8 +89,16 @@ class ModelRegistry:
             raise RegistryError(f"invalid model version {version!r}")
         return self.root / version
 
-    def save(self, classifier: FusedClassifier, metadata: dict[str, Any], version: str | None = None) -> str:
-        """Write a new version (not yet active) and return its id."""
+    def save(
+        self,
+        classifier: FusedClassifier,
+        metadata: dict[str, Any],
+        version: str | None = None,
+        *,
+        calibration: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> str:
+        """Write a new version (not yet active) and return its id; ``calibration``: extra calibration rows
+        ``(p_true, y)`` kept beside it (:meth:`calibration`)."""
         version = version or self.new_version_id()
         final = self.path(version)
         if final.exists():
@@ -106,6 +119,10 @@ class ModelRegistry:
                 files = [f for f in (tmp / LEXICAL_DIR).iterdir() if f.is_file()]
                 lexical_bytes = sum(f.stat().st_size for f in files)
                 meta["lexical"] = {"bytes": lexical_bytes, "features": classifier.lexical.n_features}
+            if calibration is not None:
+                p_true, y = calibration
+                np.savez(tmp / CALIBRATION_FILE, p_true=np.asarray(p_true, np.float32), y=np.asarray(y, np.int32))
+                meta["calibration_rows"] = len(y)
             (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
             os.replace(tmp, final)  # a version folder is either complete or absent
         except (OSError, SafetensorError) as exc:
@@ -189,6 +206,21 @@ class ModelRegistry:
         if isinstance(meta, str):
             raise self._damaged(version, path, meta)
         return meta
+
+    def calibration(self, version: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The extra calibration rows ``(p_true, y)`` saved with ``version``; None when it has none (trained
+        without cross-fitting, or before they were kept). A damaged file is a :class:`ModelDamaged`."""
+        path = self.path(version) / CALIBRATION_FILE
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as data:
+                p_true, y = np.asarray(data["p_true"], np.float64), np.asarray(data["y"], np.int64)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise self._damaged(version, path, _why(exc)) from exc
+        if p_true.shape != y.shape or p_true.ndim != 1:
+            raise self._damaged(version, path, "p_true and y differ in shape")
+        return p_true, y
 
     def load(self, version: str | None = None, variant: Variant = "fp32") -> tuple[FusedClassifier, dict[str, Any]]:
         """Version ``version`` (default: the active one) as a classifier in ``variant``, and its metadata.

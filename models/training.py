@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from models.classifier import FusedClassifier, Neighbour, neighbours_from_arrays
+from models.conformal import true_class_probs
 from models.fusion import fuse, tune
 from models.head import HeadConfig, LinearHead
 from models.knn import exact_neighbours, hybrid_candidates, hybrid_votes, knn_vote
@@ -75,6 +76,10 @@ class TrainReport:
     # the fused probabilities of the validation rows before any refit (not serialised): what prediction sets
     # and automation thresholds can be calibrated on when the validation split is a clean hold-out
     val_probs: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # with cross-fitting: each training row's fused out-of-fold probability of its true class and the class
+    # (``oof_true``, ``oof_y``), more calibration rows for the prediction sets (``models.conformal``)
+    oof_true: np.ndarray | None = field(default=None, repr=False, compare=False)
+    oof_y: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_train": self.n_train, "n_val": self.n_val, "best_epoch": self.best_epoch, **self.metrics}
@@ -333,6 +338,8 @@ def train_classifier(
             classifier.lexical = LexicalModel(n_classes, lex_config).fit(all_texts, all_y)
         n_train += len(y_va)
     report = TrainReport(n_train=n_train, n_val=len(y_va), best_epoch=best_epoch, metrics=metrics, val_probs=p_fused)
+    if crossfitting and tuned.probs is not None:
+        report.oof_true, report.oof_y = true_class_probs(tuned.probs, y_tr), np.asarray(y_tr, dtype=np.int64)
     return classifier, report
 
 

@@ -96,6 +96,7 @@ class Fitted:
     corpus_labels: list[str] = field(default_factory=list)
     inputs: list[TextInputs] = field(default_factory=list)  # train, val, test texts with their BM25 vectors
     val_probs: np.ndarray | None = None  # the served fusion on the validation split, before the refit
+    oof: tuple[np.ndarray, np.ndarray] | None = None  # training rows' out-of-fold (p_true, y): calibration rows
 
 
 def load_bench_encoder(settings: Settings) -> tuple[Encoder, EmbeddingCache]:
@@ -217,6 +218,7 @@ def _fit_served(
     out.params["lexical_features"] = clf.lexical.n_features if clf.lexical is not None else 0
     out.params["fit_seconds"] = round(time.perf_counter() - t0, 2)
     out.val_probs = report.val_probs
+    out.oof = (report.oof_true, report.oof_y) if report.oof_true is not None and report.oof_y is not None else None
     say(f"  head/lexical/kNN/fusion fitted in {time.perf_counter() - t0:.1f}s: {clf.params}")
     return clf
 
@@ -411,7 +413,9 @@ def run_bench(
     if fine is not None:
         result["fine"] = fine
     if fitted.val_probs is not None:
-        result["uncertainty"] = bench_uncertainty(fitted.val_probs, y_va, fitted.probs["fused"], y_te, labels, cfg)
+        result["uncertainty"] = bench_uncertainty(
+            fitted.val_probs, y_va, fitted.probs["fused"], y_te, labels, cfg, extra=fitted.oof
+        )
     if cfg.timing:
         assert fitted.classifier is not None and fitted.corpus is not None
         all_labels = [*train.labels, *val.labels]
@@ -429,18 +433,22 @@ def bench_uncertainty(
     y_te: np.ndarray,
     labels: list[str],
     cfg: BenchConfig,
+    *,
+    extra: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Prediction sets and automation of the served fusion: conformal thresholds and automation thresholds
-    chosen on the validation split (the fusion before its refit on train + validation, as the service
-    calibrates on its hold-out), measured on the test split (rows with a label unseen in training left out)."""
+    """Prediction sets and automation of the served fusion: conformal thresholds chosen on the validation
+    split (the fusion before its refit on train + validation, as the service calibrates on its hold-out)
+    pooled with the training rows' out-of-fold ``extra`` rows, automation thresholds on the validation split,
+    both measured on the test split (rows with a label unseen in training left out)."""
     from app.services.uncertainty import automation_report
 
     known = y_te >= 0
-    cal = calibrate_conformal(val_probs, y_va, cfg.coverage, min_class_rows=cfg.min_class_rows)
+    cal = calibrate_conformal(val_probs, y_va, cfg.coverage, min_class_rows=cfg.min_class_rows, extra=extra)
     auto = automation_report(test_probs[known], y_te[known], labels, choose_on=(val_probs, y_va))
     return {
         "coverage_target": cfg.coverage,
-        "n_calibration": len(y_va),
+        "n_calibration": cal.n,
+        "n_holdout": len(y_va),
         "mondrian_classes": int(cal.mondrian.sum()),
         "test": set_metrics(test_probs[known], y_te[known], cal.thresholds),
         "validation": set_metrics(val_probs, y_va, cal.thresholds),

@@ -66,7 +66,7 @@ class Classification:
     cleaned_text: str = field(default="", repr=False)  # what is stored: scrubbed unless JOBCLASS_STORE_RAW_TEXT
     extraction: Extraction | None = field(default=None, repr=False)  # when an extractor is configured
     extracted_from: str = field(default="", repr=False)  # the text the span offsets refer to; never stored
-    # uncertainty (models.conformal): the prediction set (most probable first, never empty), why the answer
+    # uncertainty (models.conformal): the prediction set (most probable first, may be empty), why the answer
     # abstained (None: it did not), top-1 − top-2 probability, head/kNN disagreement (None without neighbours)
     prediction_set: list[LabelProbability] = field(default_factory=list)
     abstain_reason: str | None = None

@@ -88,6 +88,14 @@ class _Fit:
     split: HoldOut
     inputs: TextInputs
 
+    @property
+    def calibration(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The training rows' out-of-fold ``(p_true, y)`` when the fusion was cross-fitted (extra
+        calibration rows for the prediction sets, saved with the version)."""
+        if self.report.oof_true is None or self.report.oof_y is None:
+            return None
+        return self.report.oof_true, self.report.oof_y
+
 
 def data_hash(rows: list[tuple[str, str, str]]) -> str:
     digest = hashlib.sha256()
@@ -276,7 +284,7 @@ def _embed(runtime: Runtime, texts: list[str], show_progress: bool, progress: Pr
 
 def _uncertainty(runtime: Runtime, fit: _Fit, probs: np.ndarray, target_accuracy: float | None) -> dict[str, Any]:
     target = runtime.settings.target_accuracy if target_accuracy is None else target_accuracy
-    return uncertainty_for(runtime, probs, fit.data.y[fit.split.val], fit.classifier.labels, target)
+    return uncertainty_for(runtime, probs, fit.data.y[fit.split.val], fit.classifier.labels, target, fit.calibration)
 
 
 def _register(
@@ -299,6 +307,7 @@ def _register(
         parent=parent,
         dim=fit.x.shape[1],
         uncertainty=uncertainty,
+        calibration=fit.calibration,
     )
 
 
@@ -314,6 +323,7 @@ def register_head(
     dim: int,
     encoder_version: str | None = None,
     uncertainty: dict[str, Any] | None = None,
+    calibration: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Save a head in the registry and record it in ``model_versions`` (not yet active): the one place a
     head version is registered. ``settings`` name the embedder it was trained on; ``vacancies`` are
@@ -351,7 +361,7 @@ def register_head(
     saved = False
     try:
         session.flush()
-        runtime.registry.save(classifier, metadata, version)
+        runtime.registry.save(classifier, metadata, version, calibration=calibration)
         saved = True
         session.commit()
     except BaseException:

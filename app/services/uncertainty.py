@@ -87,17 +87,23 @@ def per_class_automation(
 
 
 def resampled_coverage(
-    probs: np.ndarray, y: np.ndarray, coverage: float, min_class_rows: int, seed: int = 0
+    probs: np.ndarray,
+    y: np.ndarray,
+    coverage: float,
+    min_class_rows: int,
+    seed: int = 0,
+    extra: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Coverage and set size out of sample: calibrate on a random half of the hold-out, measure on the
-    other half, ``RESAMPLES`` times (the calibration set itself would flatter)."""
+    """Coverage and set size out of sample: calibrate on a random half of the hold-out (with the ``extra``
+    rows), measure on the other half, ``RESAMPLES`` times (the calibration set itself would flatter)."""
     rng = np.random.default_rng(seed)
     n = len(y)
     cov, size = [], []
+    rows = max(1, min_class_rows // 2)  # a half of the hold-out: half the rows for a class's own threshold
     for _ in range(RESAMPLES if n >= 4 else 0):
         order = rng.permutation(n)
         a, b = order[: n // 2], order[n // 2 :]
-        cal = calibrate_conformal(probs[a], y[a], coverage, min_class_rows=max(1, min_class_rows // 2))
+        cal = calibrate_conformal(probs[a], y[a], coverage, min_class_rows=rows, extra=extra)
         m = set_metrics(probs[b], y[b], cal.thresholds)
         cov.append(m["empirical_coverage"])
         size.append(m["mean_set_size"])
@@ -118,22 +124,31 @@ def compute_uncertainty(
     target_accuracy: float | None = None,
     min_class_rows: int = 30,
     floor: float = 0.0,
+    extra: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """The ``uncertainty`` block of a model version from its hold-out probabilities and true classes."""
+    """The ``uncertainty`` block of a model version from its hold-out probabilities and true classes;
+    ``extra``: the training rows' out-of-fold ``(p_true, y)``, pooled with the hold-out for the conformal
+    thresholds (``models.conformal``)."""
     probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y, dtype=np.int64)
-    cal = calibrate_conformal(probs, y, coverage, min_class_rows=min_class_rows)
+    cal = calibrate_conformal(probs, y, coverage, min_class_rows=min_class_rows, extra=extra)
     if cal.global_threshold <= 0.0:
         log.warning(
-            "a hold-out of %d rows is too small for coverage %g: every label is in every prediction set and "
+            "%d calibration rows are too few for coverage %g: every label is in every prediction set and "
             "every answer abstains under the conformal rule (ingest more labelled data, or lower JOBCLASS_COVERAGE)",
-            len(y),
+            cal.n,
             coverage,
         )
+    resampled = resampled_coverage(probs, y, coverage, min_class_rows, extra=extra)
     block: dict[str, Any] = {
-        "conformal": {**cal.to_dict(labels), "holdout_too_small": bool(cal.global_threshold <= 0.0)},
+        "conformal": {
+            **cal.to_dict(labels),
+            "n_holdout": len(y),
+            "n_out_of_fold": 0 if extra is None else len(extra[1]),
+            "holdout_too_small": bool(cal.global_threshold <= 0.0),
+        },
         "holdout": {
             **set_metrics(probs, y, cal.thresholds),
-            **{f"resampled_{k}": v for k, v in resampled_coverage(probs, y, coverage, min_class_rows).items()},
+            **{f"resampled_{k}": v for k, v in resampled.items()},
         },
         "operating_point": (
             operating_point(probs, y, labels, target_accuracy) if target_accuracy is not None else None
@@ -173,13 +188,19 @@ def summary(block: dict[str, Any] | None) -> dict[str, Any] | None:
         "coverage_target": block["conformal"]["coverage"],
         "empirical_coverage": hold.get("resampled_empirical_coverage"),
         "mean_set_size": hold.get("mean_set_size"),
-        "n_holdout": block["conformal"].get("n"),
+        "n_holdout": block["conformal"].get("n_holdout", block["conformal"].get("n")),
+        "n_calibration": block["conformal"].get("n"),
         "mondrian_classes": len(block["conformal"].get("mondrian_classes", [])),
     }
 
 
 def uncertainty_for(
-    runtime: Runtime, probs: np.ndarray, y: np.ndarray, labels: Sequence[str], target: float | None
+    runtime: Runtime,
+    probs: np.ndarray,
+    y: np.ndarray,
+    labels: Sequence[str],
+    target: float | None,
+    extra: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """``compute_uncertainty`` with the runtime's settings (coverage, minimum class rows, floor)."""
     s = runtime.settings
@@ -191,6 +212,7 @@ def uncertainty_for(
         target_accuracy=target,
         min_class_rows=s.conformal_min_class_rows,
         floor=s.abstain_threshold,
+        extra=extra,
     )
 
 
@@ -212,7 +234,8 @@ def calibrate(runtime: Runtime, session: Session, target_accuracy: float | None)
     x = encode_cached(runtime.encoder, data.texts, runtime.cache)
     inputs = text_inputs(runtime, data.texts)
     probs = holdout_probabilities(classifier, x, data.y, split, inputs)
-    block = uncertainty_for(runtime, probs, data.y[split.val], classifier.labels, target_accuracy)
+    extra = runtime.registry.calibration(loaded.version)  # the out-of-fold rows training pooled, if any
+    block = uncertainty_for(runtime, probs, data.y[split.val], classifier.labels, target_accuracy, extra)
     meta = runtime.registry.update_metadata(loaded.version, uncertainty=block)
     with runtime.model_lock:
         current = runtime.model if runtime.has_model else None

@@ -48,6 +48,8 @@ function uncertaintyNote(item) {
   const parts = [];
   if (item.set_size && item.set_size > 1) {
     parts.push(`could be: ${(item.prediction_set || []).slice(0, 4).map(labelName).join(", ")}`);
+  } else if (item.set_size === 0) {
+    parts.push("no label reaches its threshold");
   }
   if (item.margin !== null && item.margin !== undefined) parts.push(`margin ${percent(item.margin)}`);
   return parts.length ? el("span", { class: "when" }, parts.join(" · ")) : null;

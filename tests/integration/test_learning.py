@@ -28,6 +28,7 @@ from app.services.index import reindex
 from app.services.training import retrain
 from app.settings import Settings
 from models.classifier import DUPLICATE_TRUST, FusedClassifier
+from models.registry import ModelDamaged
 from models.training import holdout_split
 from tests.factories import classify, correct, seed, wait_for_job
 from tests.fakes import FakeEncoder, SlowEncoder
@@ -356,3 +357,35 @@ def test_training_tunes_the_fusion_on_out_of_fold_predictions(runtime: Runtime, 
     assert tuning["on"] == "out_of_fold_5"
     assert tuning["n"] == meta["metrics"]["n_train"]  # every training example, not the hold-out
     assert meta["metrics"]["n_val"] > 0
+
+
+def test_prediction_sets_are_calibrated_on_the_hold_out_and_the_out_of_fold_rows(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """Cross-fitting gives every training row an out-of-fold probability: those rows join the hold-out as
+    calibration rows, are kept with the version, and `calibrate` pools them again."""
+    from app.services.uncertainty import calibrate
+
+    runtime.settings.fusion_crossfit = 5
+    runtime.settings.coverage = 0.9
+    seed(runtime, tmp_path, n_per_label=8)
+    version = runtime.model.version
+    meta = runtime.registry.metadata(version)
+    conformal = meta["uncertainty"]["conformal"]
+    n_train, n_val = meta["metrics"]["n_train"], meta["metrics"]["n_val"]
+    assert (conformal["n_holdout"], conformal["n_out_of_fold"], conformal["n"]) == (n_val, n_train, n_val + n_train)
+    p_true, y = runtime.registry.calibration(version) or (None, None)
+    assert p_true is not None and y is not None and len(y) == n_train == meta["calibration_rows"]
+    assert ((p_true >= 0.0) & (p_true <= 1.0)).all() and set(y.tolist()) <= set(
+        range(len(runtime.model.classifier.labels))
+    )
+    # alone, the hold-out is too small for 90 % (ceil((n + 1) · 0.9) > n): every label would be in every set
+    assert n_val < 9 and not conformal["holdout_too_small"] and conformal["global_threshold"] > 0.0
+    with runtime.sessions() as session:
+        again = calibrate(runtime, session, None)
+    assert again["conformal"]["n"] == n_val + n_train
+    assert again["conformal"]["global_threshold"] == pytest.approx(conformal["global_threshold"])
+
+    (runtime.registry.path(version) / "calibration.npz").write_bytes(b"not a zip file")
+    with pytest.raises(ModelDamaged, match=r"calibration\.npz"), runtime.sessions() as session:
+        calibrate(runtime, session, None)

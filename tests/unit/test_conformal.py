@@ -84,6 +84,41 @@ def test_mondrian_thresholds_cover_each_class_where_the_global_one_does_not() ->
     assert abs(float(np.mean(overall_g)) - 0.9) < 0.01  # ... while covering 90 % overall
 
 
+def test_pooled_out_of_fold_rows_narrow_the_realised_coverage() -> None:
+    # a 66-row hold-out (the Google postings' size) alone, or with 600 more rows scored out of fold
+    rng = np.random.default_rng(3)
+    p, y = synthetic(20000, rng)
+    alone: list[float] = []
+    pooled: list[float] = []
+    for _ in range(60):
+        order = rng.permutation(len(y))
+        held, oof, test = order[:66], order[66:666], order[666:4666]
+        extra = (p[oof, y[oof]], y[oof])
+        for out, cal in (
+            (alone, calibrate_conformal(p[held], y[held], 0.9, mondrian=False)),
+            (pooled, calibrate_conformal(p[held], y[held], 0.9, mondrian=False, extra=extra)),
+        ):
+            out.append(set_metrics(p[test], y[test], cal.thresholds)["empirical_coverage"])
+    assert float(np.std(pooled)) < 0.6 * float(np.std(alone))
+    assert abs(float(np.mean(pooled)) - 0.9) < 0.01
+
+
+def test_the_mondrian_gate_counts_hold_out_rows_and_the_threshold_uses_all() -> None:
+    rng = np.random.default_rng(4)
+    p, y = synthetic(3000, rng)
+    held, oof = np.arange(200), np.arange(200, 3000)
+    counts = np.bincount(y[held], minlength=K)
+    gate = int(np.sort(counts)[K // 2])  # about half of the classes pass on their hold-out rows
+    extra = (p[oof, y[oof]], y[oof])
+    cal = calibrate_conformal(p[held], y[held], 0.9, min_class_rows=gate, extra=extra)
+    assert (cal.mondrian == (counts >= gate)).all() and cal.n == 3000
+    c = int(np.flatnonzero(cal.mondrian)[0])
+    mine = y == c  # its threshold comes from every row of the class, hold-out and out-of-fold
+    assert cal.thresholds[c] == pytest.approx(1.0 - conformal_quantile(1.0 - p[mine, c], 0.9))
+    with pytest.raises(ValueError, match="same length"):
+        calibrate_conformal(p[held], y[held], 0.9, extra=(extra[0], extra[1][:-1]))
+
+
 def test_a_small_class_shares_the_global_threshold() -> None:
     rng = np.random.default_rng(2)
     p, y = synthetic(400, rng)
@@ -95,11 +130,14 @@ def test_a_small_class_shares_the_global_threshold() -> None:
     assert np.allclose(back.thresholds, cal.thresholds) and (back.mondrian == cal.mondrian).all()
 
 
-def test_sets_are_ordered_by_probability_and_never_empty() -> None:
+def test_sets_are_ordered_by_probability_and_may_be_empty() -> None:
     probs = np.array([[0.5, 0.3, 0.2], [0.34, 0.33, 0.33], [0.1, 0.3, 0.6]])
     thresholds = np.array([0.25, 0.25, 0.9])
     assert prediction_sets(probs, thresholds) == [[0, 1], [0, 1], [1]]
-    assert prediction_sets(np.array([[0.4, 0.35, 0.25]]), np.array([0.9, 0.9, 0.9])) == [[0]]  # empty: top-1
+    # no label reaches its threshold: the set is empty (filling it with the top label would over-cover)
+    assert prediction_sets(np.array([[0.4, 0.35, 0.25]]), np.array([0.9, 0.9, 0.9])) == [[]]
+    m = set_metrics(np.array([[0.4, 0.35, 0.25], [0.95, 0.03, 0.02]]), np.array([0, 0]), np.array([0.9, 0.9, 0.9]))
+    assert (m["empirical_coverage"], m["empty_share"], m["mean_set_size"]) == (0.5, 0.5, 0.5)
 
 
 def test_the_abstain_rule() -> None:
@@ -115,7 +153,7 @@ def test_the_abstain_rule() -> None:
     assert [(d.prediction_set, d.abstained, d.reason) for d in got] == [
         ([0], False, None),
         ([1], True, "below_class_threshold"),  # 0.5 < a's 0.6; b's 0.45 ≥ 0.3: the set is {b}, not the top label
-        ([0], True, "below_class_threshold"),  # nothing reaches its threshold: the top label, abstaining
+        ([], True, "below_class_threshold"),  # nothing reaches its threshold: an empty set, abstaining
         ([1], False, None),
     ]
     assert got[1].margin == pytest.approx(0.05)
