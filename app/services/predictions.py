@@ -3,8 +3,9 @@
 Orders (``order``): ``newest`` (the default), and by value for a reviewer, most informative first:
 ``uncertainty`` (largest prediction set, then smallest margin, then largest head/kNN disagreement),
 ``margin`` (top-1 − top-2 probability, smallest first), ``set_size`` (largest first, then smallest margin)
-and ``disagreement`` (largest first, then smallest margin). Predictions stored before these were recorded
-(null) come last; ties go to the newest."""
+and ``disagreement`` (largest first, then smallest margin). An empty prediction set (no label reaches its
+threshold) ranks above every other size: the model could name no label at the coverage. Predictions stored
+before these were recorded (null) come last; ties go to the newest."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import exists, select
+from sqlalchemy import case, exists, select
 from sqlalchemy.orm import Session
 
 from app.db import Feedback, Prediction
@@ -24,16 +25,18 @@ MAX_LIMIT = 200
 Order = Literal["newest", "uncertainty", "margin", "set_size", "disagreement"]
 ORDERS: tuple[str, ...] = get_args(Order)
 _NEWEST = (Prediction.created_at.desc(), Prediction.id.desc())
+EMPTY_SET_RANK = 1_000_000  # an empty set sorts as the largest (a taxonomy has fewer labels than this)
+_SET_RANK = case((Prediction.set_size == 0, EMPTY_SET_RANK), else_=Prediction.set_size)
 _ORDER_BY: dict[str, tuple[Any, ...]] = {
     "newest": _NEWEST,
     "uncertainty": (
-        Prediction.set_size.desc().nulls_last(),
+        _SET_RANK.desc().nulls_last(),
         Prediction.margin.asc().nulls_last(),
         Prediction.disagreement.desc().nulls_last(),
         *_NEWEST,
     ),
     "margin": (Prediction.margin.asc().nulls_last(), *_NEWEST),
-    "set_size": (Prediction.set_size.desc().nulls_last(), Prediction.margin.asc().nulls_last(), *_NEWEST),
+    "set_size": (_SET_RANK.desc().nulls_last(), Prediction.margin.asc().nulls_last(), *_NEWEST),
     "disagreement": (Prediction.disagreement.desc().nulls_last(), Prediction.margin.asc().nulls_last(), *_NEWEST),
 }
 

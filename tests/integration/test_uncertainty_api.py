@@ -85,7 +85,7 @@ def _row(i: int, *, set_size: int | None, margin: float | None, disagreement: fl
         neighbours=[],
         model_version="v",
         created_at=datetime(2026, 12, 1, tzinfo=UTC) + timedelta(minutes=i),
-        prediction_set=["Ledelse"] * (set_size or 1) if set_size is not None else None,
+        prediction_set=["Ledelse"] * set_size if set_size is not None else None,
         set_size=set_size,
         margin=margin,
         disagreement=disagreement,
@@ -100,6 +100,7 @@ def test_the_review_queue_orders_by_value(runtime: Runtime) -> None:
         _row(3, set_size=2, margin=0.01, disagreement=None),
         _row(4, set_size=None, margin=None, disagreement=None),  # stored before 0005
         _row(5, set_size=1, margin=0.5, disagreement=0.8),
+        _row(6, set_size=0, margin=0.3, disagreement=0.2),  # no label reached its threshold: the most uncertain
     ]
     with runtime.sessions() as session:
         session.add_all(rows)
@@ -112,14 +113,15 @@ def test_the_review_queue_orders_by_value(runtime: Runtime) -> None:
             assert answer.status_code == 200, answer.text
             return [p["id"] for p in answer.json()["predictions"]]
 
-        assert ids(None) == ids("newest") == ["p05", "p04", "p03", "p02", "p01", "p00"]
-        assert ids("uncertainty") == ["p02", "p01", "p03", "p05", "p00", "p04"]
-        assert ids("margin") == ["p03", "p02", "p01", "p05", "p00", "p04"]
-        assert ids("set_size") == ["p02", "p01", "p03", "p05", "p00", "p04"]
-        assert ids("disagreement") == ["p05", "p02", "p00", "p01", "p03", "p04"]
-        first = client.get("/v1/predictions", params={"order": "uncertainty", "limit": 1}).json()
+        assert ids(None) == ids("newest") == ["p06", "p05", "p04", "p03", "p02", "p01", "p00"]
+        assert ids("uncertainty") == ["p06", "p02", "p01", "p03", "p05", "p00", "p04"]
+        assert ids("margin") == ["p03", "p02", "p01", "p06", "p05", "p00", "p04"]
+        assert ids("set_size") == ["p06", "p02", "p01", "p03", "p05", "p00", "p04"]
+        assert ids("disagreement") == ["p05", "p02", "p06", "p00", "p01", "p03", "p04"]
+        first = client.get("/v1/predictions", params={"order": "uncertainty", "limit": 2}).json()
         assert first["order"] == "uncertainty"
-        [item] = first["predictions"]
+        empty, item = first["predictions"]
+        assert empty["set_size"] == 0 and empty["prediction_set"] == []
         assert item["set_size"] == 3 and item["margin"] == pytest.approx(0.05) and len(item["prediction_set"]) == 3
         bad = client.get("/v1/predictions", params={"order": "random"})
         assert bad.status_code == 422 and "order" in bad.text
