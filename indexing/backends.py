@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -224,9 +224,10 @@ def export_model(source: str, out: Path, backend: str, quantization: str, calibr
     from sentence_transformers import SentenceTransformer
 
     if backend == "openvino":
-        model = SentenceTransformer(
-            source, device="cpu", backend="openvino", model_kwargs={"ov_config": ov_config("float32")}
-        )
+        with _quiet_export_guess():
+            model = SentenceTransformer(
+                source, device="cpu", backend="openvino", model_kwargs={"ov_config": ov_config("float32")}
+            )
         model.save_pretrained(str(out))
         if quantization == "int8":
             _quantize_openvino(model, out, calibration)
@@ -267,11 +268,21 @@ def _quantize_openvino(model: SentenceTransformer, out: Path, calibration: Calib
 
 class _DropExportGuess(logging.Filter):
     """optimum-intel guesses whether a local folder still needs converting by looking it up like a hub repo;
-    for a local export that lookup fails and it warns "Could not infer whether the model was already
-    converted" at every start, although it then loads the IR as asked. The warning says nothing here."""
+    for a local folder that lookup fails and it warns "Could not infer whether the model was already
+    converted" at every export and start, although it then converts or loads as asked. It says nothing here."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Could not infer whether the model was already converted" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_export_guess() -> Iterator[None]:
+    optimum_log, drop = logging.getLogger("optimum.intel.openvino.modeling_base"), _DropExportGuess()
+    optimum_log.addFilter(drop)
+    try:
+        yield
+    finally:
+        optimum_log.removeFilter(drop)
 
 
 def load_export(folder: Path, backend: str, dtype: str) -> SentenceTransformer:
@@ -282,9 +293,5 @@ def load_export(folder: Path, backend: str, dtype: str) -> SentenceTransformer:
     kwargs: dict[str, Any] = {"file_name": info["file_name"], "subfolder": backend}
     if backend == "openvino":
         kwargs["ov_config"] = ov_config(dtype)
-    optimum_log, drop = logging.getLogger("optimum.intel.openvino.modeling_base"), _DropExportGuess()
-    optimum_log.addFilter(drop)
-    try:
+    with _quiet_export_guess():
         return SentenceTransformer(str(folder), device="cpu", backend=backend, model_kwargs=kwargs)  # type: ignore[arg-type]
-    finally:
-        optimum_log.removeFilter(drop)

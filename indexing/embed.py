@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import re
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -169,6 +170,10 @@ class SentenceEmbedder:
             self.backend, self.quantization = "torch", "none"
             loaded = self._load_torch(source, device)
         self._model: Any = loaded  # a SentenceTransformer
+        # An OpenVINO (or ONNX Runtime) model wraps one compiled infer request: two threads encoding at once
+        # fail with "Infer Request is busy". Their calls take turns (each already uses every core); torch
+        # modules run concurrent forward passes safely and keep running them side by side.
+        self._turns: threading.Lock | None = threading.Lock() if self.backend != "torch" else None
         if max_seq_length is not None:
             self._model.max_seq_length = max_seq_length
         dim = self._model.get_embedding_dimension()
@@ -228,6 +233,12 @@ class SentenceEmbedder:
 
     def _encode_raw(self, texts: list[str], show_progress: bool) -> np.ndarray:
         inputs = [self.prefix + t for t in texts] if self.prefix else texts
+        if self._turns is None:
+            return self._run(inputs, show_progress)
+        with self._turns:
+            return self._run(inputs, show_progress)
+
+    def _run(self, inputs: list[str], show_progress: bool) -> np.ndarray:
         vectors = self._model.encode(
             inputs,
             batch_size=self.batch_size,

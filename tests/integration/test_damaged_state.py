@@ -94,6 +94,7 @@ def cli_env(state: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("JOBCLASS_STATE_DIR", str(state))
     monkeypatch.setenv("JOBCLASS_DATABASE_URL", f"sqlite:///{state / 'test.db'}")
     monkeypatch.setenv("JOBCLASS_EMBEDDING_MODEL", "fake-encoder")
+    monkeypatch.setenv("JOBCLASS_EMBEDDING_BACKEND", "torch")  # as make_settings: the state was built on it
     monkeypatch.setenv("JOBCLASS_QDRANT_BACKEND", "local")
     get_settings.cache_clear()
     yield state

@@ -197,6 +197,7 @@ def cli_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     monkeypatch.setenv("JOBCLASS_STATE_DIR", str(state))
     monkeypatch.setenv("JOBCLASS_DATABASE_URL", f"sqlite:///{state / 'jobclass.db'}")
     monkeypatch.setenv("JOBCLASS_EMBEDDING_MODEL", "fake-encoder")
+    monkeypatch.setenv("JOBCLASS_EMBEDDING_BACKEND", "torch")  # as make_settings: the state was built on it
     monkeypatch.setenv("JOBCLASS_QDRANT_BACKEND", "edge")
     monkeypatch.setenv("JOBCLASS_FUSION_CROSSFIT", "0")
     monkeypatch.setenv("JOBCLASS_MICROBATCH", "false")

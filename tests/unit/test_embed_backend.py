@@ -262,3 +262,9 @@ def test_openvino_embeddings_match_torch(tmp_path: Path, caplog: pytest.LogCaptu
         again = load_encoder(settings)
     assert again.backend_label == "openvino" and np.allclose(again.encode(texts), ov.encode(texts), atol=1e-5)
     assert not [r for r in caplog.records if "Could not infer" in r.getMessage()]
+    # one compiled infer request: threads encoding at once take turns instead of "Infer Request is busy"
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: ov.encode(texts * (i + 1)), range(8)))
+    assert all(np.allclose(r[: len(texts)], results[0], atol=1e-5) for r in results)
