@@ -8,10 +8,12 @@ With a ``label_fine`` column (the level below ``label``) also ``head_hier`` and 
 served classifier trained on the fine labels with ``label`` as their parent, its probabilities rolled up
 to the coarse level (``models.hierarchy``), scored against the flat rows; the ``fine`` section adds the
 accuracy per level, the lowest-common-ancestor score and the service's answers that fall back to the parent.
-All are fit on the training split, tuned on the
-validation split (carved out of training when none is given), refit on train + validation, and scored
-on the test split. The embedded texts go through the production cleaning; embeddings are cached on
-disk keyed by (embedder signature, text hash), so re-runs only pay for the models.
+All are fit on the training split and tuned on the
+validation split (carved out of training when none is given: 10 %, the service's JOBCLASS_VALIDATION_FRACTION);
+the TF-IDF baseline is then refit on train + validation (its best), the served rows are not (the service keeps
+its hold-out unseen by every version, and its index, so the vote, holds it); all are scored on the test split.
+The embedded texts go through the production cleaning; embeddings are cached on disk keyed by (embedder
+signature, text hash), so re-runs only pay for the models.
 
 The fitting and scoring steps here (``fit_all``, ``fit_classifier``, ``score``, ``indices``…) are shared
 with ``app.bench.extract`` and ``app.bench.finetune_rows``.
@@ -95,7 +97,7 @@ class Fitted:
     corpus: np.ndarray | None = None
     corpus_labels: list[str] = field(default_factory=list)
     inputs: list[TextInputs] = field(default_factory=list)  # train, val, test texts with their BM25 vectors
-    val_probs: np.ndarray | None = None  # the served fusion on the validation split, before the refit
+    val_probs: np.ndarray | None = None  # the served fusion on the validation split
     oof: tuple[np.ndarray, np.ndarray] | None = None  # training rows' out-of-fold (p_true, y): calibration rows
 
 
@@ -199,7 +201,8 @@ def _fit_served(
     tr: Arrays, va: Arrays, inputs: list[TextInputs], labels: list[str], cfg: BenchConfig, out: Fitted, say: Say
 ) -> FusedClassifier:
     """The served classifier: head, lexical model and hybrid vote cross-fitted and tuned on the training
-    split, scored on validation, refit on both (``train_classifier``, as ``jobclass train`` runs it)."""
+    split, scored on validation, **not** refit on it (``train_classifier`` as ``jobclass train`` runs it: the
+    hold-out stays unseen by every version; the index, and so the vote, holds it)."""
     t0 = time.perf_counter()
     clf, report = train_classifier(
         tr.x,
@@ -209,7 +212,7 @@ def _fit_served(
         y_val=va.y,
         seed=cfg.seed,
         abstain_threshold=cfg.abstain_threshold,
-        refit=True,
+        refit=False,
         crossfit=CROSSFIT_FOLDS,
         inputs=inputs[0],
         inputs_val=inputs[1],
@@ -258,7 +261,8 @@ def fit_all(
     cfg: BenchConfig,
     say: Say,
 ) -> Fitted:
-    """Every method fitted on train (tuned on validation, refit on both); their test probabilities."""
+    """Every method fitted on train (tuned on validation; the TF-IDF baseline refit on both, the served
+    fusion not, as the service trains it); their test probabilities."""
     tr, va, te = Arrays(x_tr, y_tr, texts_tr), Arrays(x_va, y_va, texts_va), Arrays(x_te, np.empty(0), texts_te)
     out = Fitted()
     _fit_tfidf(tr, va, te, len(labels), out, say)
@@ -437,7 +441,7 @@ def bench_uncertainty(
     extra: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Prediction sets and automation of the served fusion: conformal thresholds chosen on the validation
-    split (the fusion before its refit on train + validation, as the service calibrates on its hold-out)
+    split (as the service calibrates on its hold-out)
     pooled with the training rows' out-of-fold ``extra`` rows, automation thresholds on the validation split,
     both measured on the test split (rows with a label unseen in training left out)."""
     from app.services.uncertainty import automation_report
@@ -480,7 +484,7 @@ def hierarchical_level(
     say: Say = log.info,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The served classifier trained on the fine labels (as ``_fit_served``: cross-fitted and tuned on
-    train, refit on train + val), its test probabilities rolled up to the coarse labels (``head_hier``,
+    train, not refit), its test probabilities rolled up to the coarse labels (``head_hier``,
     ``fused_hier``, columns in ``coarse_labels`` order), and the hierarchy-aware scores of its answers."""
     assert train.fine is not None and val.fine is not None and test.fine is not None
     x_tr, x_va, x_te = arrays
@@ -497,7 +501,7 @@ def hierarchical_level(
         y_val=y_va,
         seed=cfg.seed,
         abstain_threshold=cfg.abstain_threshold,
-        refit=True,
+        refit=False,
         crossfit=CROSSFIT_FOLDS,
         inputs=inputs[0],
         inputs_val=inputs[1],
