@@ -319,7 +319,7 @@ def bench_all(
     dtype = getattr(encoder, "dtype", settings.embedding_dtype)
     text = benchmarks_markdown(
         settings.embedding_model,
-        f"dtype {dtype}, chunking {settings.embedding_chunking}",
+        f"backend {getattr(encoder, 'backend_label', 'torch')}, dtype {dtype}, chunking {settings.embedding_chunking}",
         time.perf_counter() - started,
         settings.embedding_cache,
         summary_rows,
