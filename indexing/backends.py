@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -266,23 +267,39 @@ def _quantize_openvino(model: SentenceTransformer, out: Path, calibration: Calib
     shutil.rmtree(scratch, ignore_errors=True)
 
 
-class _DropExportGuess(logging.Filter):
-    """optimum-intel guesses whether a local folder still needs converting by looking it up like a hub repo;
-    for a local folder that lookup fails and it warns "Could not infer whether the model was already
-    converted" at every export and start, although it then converts or loads as asked. It says nothing here."""
+# What optimum-intel and sentence-transformers say at every export or load of a local folder that does not
+# apply here: optimum guesses whether the folder still needs converting by looking it up like a hub repo (the
+# lookup fails, it then converts or loads as asked); sentence-transformers recommends saving the export, which
+# ``export_model`` does; torch's tracer warns about shape-dependent branches of the traced BERT, which the
+# exported IR handles with dynamic shapes (the cosine to torch is checked in tests).
+_NOISE: dict[str, str] = {
+    "optimum.intel.openvino.modeling_base": "Could not infer whether the model was already converted",
+    "sentence_transformers.backend.utils": "Saving the exported OpenVINO model is heavily recommended",
+}
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Could not infer whether the model was already converted" not in record.getMessage()
+        return self.text not in record.getMessage()
 
 
 @contextlib.contextmanager
 def _quiet_export_guess() -> Iterator[None]:
-    optimum_log, drop = logging.getLogger("optimum.intel.openvino.modeling_base"), _DropExportGuess()
-    optimum_log.addFilter(drop)
+    filters = [(logging.getLogger(name), _DropMessage(text)) for name, text in _NOISE.items()]
+    for logger, drop in filters:
+        logger.addFilter(drop)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.*")
+            yield
     finally:
-        optimum_log.removeFilter(drop)
+        for logger, drop in filters:
+            logger.removeFilter(drop)
 
 
 def load_export(folder: Path, backend: str, dtype: str) -> SentenceTransformer:

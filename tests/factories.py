@@ -40,7 +40,7 @@ def seed(runtime: Runtime, tmp_path: Path, n_per_label: int = 12) -> None:
 
 
 def wait_for_job(
-    client: TestClient, accepted: Any, headers: Mapping[str, str] | None = None, timeout: float = 60.0
+    client: TestClient, accepted: Any, headers: Mapping[str, str] | None = None, timeout: float = 180.0
 ) -> dict[str, Any]:
     """Poll the job behind a 202 answer until it has finished; return its last status."""
     assert accepted.status_code == 202, accepted.text

@@ -93,7 +93,7 @@ def resampled_coverage(
     min_class_rows: int,
     seed: int = 0,
     extra: tuple[np.ndarray, np.ndarray] | None = None,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Coverage and set size out of sample: calibrate on a random half of the hold-out (with the ``extra``
     rows), measure on the other half, ``RESAMPLES`` times (the calibration set itself would flatter)."""
     rng = np.random.default_rng(seed)
@@ -108,9 +108,10 @@ def resampled_coverage(
         cov.append(m["empirical_coverage"])
         size.append(m["mean_set_size"])
     return {
-        "empirical_coverage": float(np.mean(cov)) if cov else float("nan"),
-        "empirical_coverage_std": float(np.std(cov)) if cov else float("nan"),
-        "mean_set_size": float(np.mean(size)) if size else float("nan"),
+        # None, not NaN, when the hold-out is too small to halve: the block is stored as JSON (Postgres refuses NaN)
+        "empirical_coverage": float(np.mean(cov)) if cov else None,
+        "empirical_coverage_std": float(np.std(cov)) if cov else None,
+        "mean_set_size": float(np.mean(size)) if size else None,
         "resamples": len(cov),
     }
 

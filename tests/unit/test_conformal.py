@@ -3,6 +3,7 @@ abstain rule, and per-class automation thresholds against one global threshold."
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -220,3 +221,14 @@ def test_the_stored_block_and_its_summary() -> None:
     plain = summary(compute_uncertainty(p, y, labels, coverage=0.9))
     assert plain is not None and plain["rule"] == "conformal" and plain["target_accuracy"] is None
     assert summary(None) is None and summary({}) is None
+
+
+def test_a_tiny_hold_out_gives_a_block_that_stores_as_strict_json() -> None:
+    # three hold-out rows cannot be halved for the resampled estimate: None, never NaN (Postgres refuses NaN)
+    rng = np.random.default_rng(5)
+    p, y = synthetic(300, rng)
+    extra = (p[np.arange(3, 300), y[3:]], y[3:])
+    block = compute_uncertainty(p[:3], y[:3], [str(i) for i in range(K)], coverage=0.9, extra=extra)
+    assert block["holdout"]["resampled_empirical_coverage"] is None
+    assert block["conformal"]["n"] == 300 and not block["conformal"]["holdout_too_small"]
+    json.dumps(block, allow_nan=False)

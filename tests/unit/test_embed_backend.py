@@ -261,7 +261,8 @@ def test_openvino_embeddings_match_torch(tmp_path: Path, caplog: pytest.LogCaptu
     with caplog.at_level(logging.WARNING):  # the second start loads the export, without optimum's guesswork
         again = load_encoder(settings)
     assert again.backend_label == "openvino" and np.allclose(again.encode(texts), ov.encode(texts), atol=1e-5)
-    assert not [r for r in caplog.records if "Could not infer" in r.getMessage()]
+    noise = ("Could not infer", "heavily recommended")  # the export's and the load's (indexing.backends._NOISE)
+    assert not [r for r in caplog.records if any(n in r.getMessage() for n in noise)]
     # one compiled infer request: threads encoding at once take turns instead of "Infer Request is busy"
     from concurrent.futures import ThreadPoolExecutor
 
