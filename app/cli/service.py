@@ -103,9 +103,10 @@ def _operating_point_line(op: dict[str, Any] | None) -> str:
     """One line on the prediction sets and automation of a version on its hold-out."""
     if op is None:
         return "  no prediction-set calibration"
-    acc = op["accuracy_automated"]
+    acc, cov = op["accuracy_automated"], op["empirical_coverage"]
+    coverage = f"{cov:.3f}" if cov is not None else "not estimated (too few hold-out rows to halve)"
     line = (
-        f"  hold-out of {op['n_holdout']}: coverage {op['empirical_coverage']:.3f} (target {op['coverage_target']:g}), "
+        f"  hold-out of {op['n_holdout']}: coverage {coverage} (target {op['coverage_target']:g}), "
         f"mean set size {op['mean_set_size']:.2f}; automated {op['share_automated']:.1%}"
         f"{f' at accuracy {acc:.4f}' if acc is not None else ''}"
     )
