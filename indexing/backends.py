@@ -225,7 +225,7 @@ def export_model(source: str, out: Path, backend: str, quantization: str, calibr
     from sentence_transformers import SentenceTransformer
 
     if backend == "openvino":
-        with _quiet_export_guess():
+        with _export_noise_muted():
             model = SentenceTransformer(
                 source, device="cpu", backend="openvino", model_kwargs={"ov_config": ov_config("float32")}
             )
@@ -288,7 +288,7 @@ class _DropMessage(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_export_guess() -> Iterator[None]:
+def _export_noise_muted() -> Iterator[None]:
     filters = [(logging.getLogger(name), _DropMessage(text)) for name, text in _NOISE.items()]
     for logger, drop in filters:
         logger.addFilter(drop)
@@ -310,5 +310,5 @@ def load_export(folder: Path, backend: str, dtype: str) -> SentenceTransformer:
     kwargs: dict[str, Any] = {"file_name": info["file_name"], "subfolder": backend}
     if backend == "openvino":
         kwargs["ov_config"] = ov_config(dtype)
-    with _quiet_export_guess():
+    with _export_noise_muted():
         return SentenceTransformer(str(folder), device="cpu", backend=backend, model_kwargs=kwargs)  # type: ignore[arg-type]

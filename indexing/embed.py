@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -233,17 +234,12 @@ class SentenceEmbedder:
 
     def _encode_raw(self, texts: list[str], show_progress: bool) -> np.ndarray:
         inputs = [self.prefix + t for t in texts] if self.prefix else texts
-        if self._turns is None:
-            return self._run(inputs, show_progress)
-        with self._turns:
-            return self._run(inputs, show_progress)
-
-    def _run(self, inputs: list[str], show_progress: bool) -> np.ndarray:
-        vectors = self._model.encode(
-            inputs,
-            batch_size=self.batch_size,
-            show_progress_bar=show_progress,
-            convert_to_numpy=True,
-            normalize_embeddings=False,
-        )
+        with self._turns or contextlib.nullcontext():
+            vectors = self._model.encode(
+                inputs,
+                batch_size=self.batch_size,
+                show_progress_bar=show_progress,
+                convert_to_numpy=True,
+                normalize_embeddings=False,
+            )
         return np.asarray(vectors, dtype=np.float32)

@@ -76,10 +76,9 @@ class TrainReport:
     # the fused probabilities of the validation rows before any refit (not serialised): what prediction sets
     # and automation thresholds can be calibrated on when the validation split is a clean hold-out
     val_probs: np.ndarray | None = field(default=None, repr=False, compare=False)
-    # with cross-fitting: each training row's fused out-of-fold probability of its true class and the class
-    # (``oof_true``, ``oof_y``), more calibration rows for the prediction sets (``models.conformal``)
-    oof_true: np.ndarray | None = field(default=None, repr=False, compare=False)
-    oof_y: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # with cross-fitting: each training row's fused out-of-fold probability of its true class and the class,
+    # ``(p_true, y)``: more calibration rows for the prediction sets (``models.conformal``), saved with the version
+    calibration: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_train": self.n_train, "n_val": self.n_val, "best_epoch": self.best_epoch, **self.metrics}
@@ -339,7 +338,7 @@ def train_classifier(
         n_train += len(y_va)
     report = TrainReport(n_train=n_train, n_val=len(y_va), best_epoch=best_epoch, metrics=metrics, val_probs=p_fused)
     if crossfitting and tuned.probs is not None:
-        report.oof_true, report.oof_y = true_class_probs(tuned.probs, y_tr), np.asarray(y_tr, dtype=np.int64)
+        report.calibration = true_class_probs(tuned.probs, y_tr), np.asarray(y_tr, dtype=np.int64)
     return classifier, report
 
 

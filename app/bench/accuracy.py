@@ -221,7 +221,7 @@ def _fit_served(
     out.params["lexical_features"] = clf.lexical.n_features if clf.lexical is not None else 0
     out.params["fit_seconds"] = round(time.perf_counter() - t0, 2)
     out.val_probs = report.val_probs
-    out.oof = (report.oof_true, report.oof_y) if report.oof_true is not None and report.oof_y is not None else None
+    out.oof = report.calibration
     say(f"  head/lexical/kNN/fusion fitted in {time.perf_counter() - t0:.1f}s: {clf.params}")
     return clf
 

@@ -88,14 +88,6 @@ class _Fit:
     split: HoldOut
     inputs: TextInputs
 
-    @property
-    def calibration(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The training rows' out-of-fold ``(p_true, y)`` when the fusion was cross-fitted (extra
-        calibration rows for the prediction sets, saved with the version)."""
-        if self.report.oof_true is None or self.report.oof_y is None:
-            return None
-        return self.report.oof_true, self.report.oof_y
-
 
 def data_hash(rows: list[tuple[str, str, str]]) -> str:
     digest = hashlib.sha256()
@@ -284,7 +276,8 @@ def _embed(runtime: Runtime, texts: list[str], show_progress: bool, progress: Pr
 
 def _uncertainty(runtime: Runtime, fit: _Fit, probs: np.ndarray, target_accuracy: float | None) -> dict[str, Any]:
     target = runtime.settings.target_accuracy if target_accuracy is None else target_accuracy
-    return uncertainty_for(runtime, probs, fit.data.y[fit.split.val], fit.classifier.labels, target, fit.calibration)
+    y_val, labels = fit.data.y[fit.split.val], fit.classifier.labels
+    return uncertainty_for(runtime, probs, y_val, labels, target, fit.report.calibration)
 
 
 def _register(
@@ -307,7 +300,7 @@ def _register(
         parent=parent,
         dim=fit.x.shape[1],
         uncertainty=uncertainty,
-        calibration=fit.calibration,
+        calibration=fit.report.calibration,
     )
 
 
