@@ -567,6 +567,38 @@ class EdgeClient:
             for r in records
         ]
 
+    def scroll(
+        self,
+        collection_name: str,
+        *,
+        limit: int = 10,
+        offset: Any = None,
+        with_payload: bool = True,
+        with_vectors: bool | list[str] = False,
+        **_: Any,
+    ) -> tuple[list[models.Record], Any]:
+        """One page of points in id order and the offset of the next (None after the last page)."""
+        request = qe.ScrollRequest(
+            offset=_edge_id(offset) if offset is not None else None,
+            limit=limit,
+            with_payload=with_payload,
+            with_vector=with_vectors,
+        )
+        coll = self._acquire(collection_name)
+        try:
+            records, next_offset = coll.shard.scroll(request)
+        finally:
+            self._release(coll)
+        page = [
+            models.Record(
+                id=_client_id(r.id),
+                payload=r.payload if with_payload else None,
+                vector=_client_vector(r.vector, with_vectors) if with_vectors else None,
+            )
+            for r in records
+        ]
+        return page, _client_id(next_offset) if next_offset is not None else None
+
     def query_batch_points(
         self, collection_name: str, requests: Sequence[models.QueryRequest], **_: Any
     ) -> list[models.QueryResponse]:

@@ -31,7 +31,7 @@ import functools
 import re
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, runtime_checkable
@@ -110,6 +110,15 @@ class StoreClient(Protocol):
         with_payload: bool = True,
         with_vectors: bool | list[str] = False,
     ) -> list[models.Record]: ...
+    def scroll(
+        self,
+        collection_name: str,
+        *,
+        limit: int = 10,
+        offset: Any = None,
+        with_payload: bool = True,
+        with_vectors: bool | list[str] = False,
+    ) -> tuple[list[models.Record], Any]: ...
     def query_batch_points(
         self, collection_name: str, requests: Sequence[models.QueryRequest]
     ) -> list[models.QueryResponse]: ...
@@ -413,13 +422,27 @@ class VectorStore:
         if not records or not isinstance(records[0].vector, dict) or DENSE not in records[0].vector:
             return None
         named = records[0].vector
-        lexical = named.get(LEXICAL)
-        sparse = (
-            SparseVector(tuple(int(i) for i in lexical.indices), tuple(float(v) for v in lexical.values))
-            if isinstance(lexical, models.SparseVector)
-            else EMPTY_SPARSE
-        )
-        return StoredVectors(np.asarray(named[DENSE], dtype=np.float32), sparse)
+        return StoredVectors(np.asarray(named[DENSE], dtype=np.float32), _stored_sparse(named.get(LEXICAL)))
+
+    def iter_points(self, page: int = 1024) -> Iterator[tuple[dict[str, Any], StoredVectors]]:
+        """Every point of the live collection with its payload and both vectors, read a page at a time."""
+        offset: Any = None
+        while True:
+            records, offset = self._scroll_page(offset, page)
+            for record in records:
+                named = record.vector if isinstance(record.vector, dict) else {}
+                if DENSE in named:
+                    yield (
+                        record.payload or {},
+                        StoredVectors(np.asarray(named[DENSE], dtype=np.float32), _stored_sparse(named.get(LEXICAL))),
+                    )
+            if offset is None or not records:
+                return
+
+    @_store_boundary
+    def _scroll_page(self, offset: Any, page: int) -> tuple[list[models.Record], Any]:
+        target = self._require_hybrid()
+        return self.client.scroll(target, limit=page, offset=offset, with_payload=True, with_vectors=True)
 
     @_store_boundary
     def indexed_revision(self, vacancy_id: str) -> int | None:
@@ -567,13 +590,23 @@ def _qdrant_sparse(vector: SparseVector) -> models.SparseVector:
     return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
 
 
+def _stored_sparse(lexical: Any) -> SparseVector:
+    if not isinstance(lexical, models.SparseVector):
+        return EMPTY_SPARSE
+    return SparseVector(tuple(int(i) for i in lexical.indices), tuple(float(v) for v in lexical.values))
+
+
 def _hit(point: models.ScoredPoint, score: float | None = None, rank_score: float | None = None) -> Hit:
     """The hit of a point; ``score`` (default: the point's own) and ``rank_score`` for a hybrid answer."""
-    payload = point.payload or {}
+    return hit_of(point.payload or {}, float(point.score) if score is None else score, rank_score, point.id)
+
+
+def hit_of(payload: dict[str, Any], score: float, rank_score: float | None = None, point: Any = None) -> Hit:
+    """The hit of a point's payload, with its ``score`` (cosine) and ``rank_score`` (RRF)."""
     return Hit(
-        vacancy_id=str(payload.get("vacancy_id", point.id)),
+        vacancy_id=str(payload.get("vacancy_id", point)),
         label=str(payload.get("label", "")),
-        score=float(point.score) if score is None else score,
+        score=score,
         rank_score=rank_score,
         source=str(payload.get("source", "")),
         snippet=str(payload.get("snippet", "")),

@@ -39,6 +39,13 @@ def classify_file(
         str | None, typer.Option(help="Ray cluster address (with --engine ray); default: a local Ray.")
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Ray actors embedding and classifying (--engine ray).")] = 2,
+    knn: Annotated[
+        str,
+        typer.Option(
+            help="Neighbours from an in-memory copy of the index read once (memory), from the store per batch "
+            "(store), or memory when the index fits (auto)."
+        ),
+    ] = "auto",
 ) -> None:
     """Classify every row of a CSV, JSONL or Parquet file into a file of labels (resumable: rerun to continue)."""
     from app.services.bulk import BulkOptions, file_format
@@ -56,6 +63,7 @@ def classify_file(
         store=store,
         restart=restart,
         overwrite=overwrite,
+        knn=knn,  # type: ignore[arg-type]  # checked by app.services.bulk.bulk_index
     )
     if engine == "ray":
         _classify_on_ray(options, address, workers)

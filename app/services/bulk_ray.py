@@ -8,7 +8,9 @@ callable class: each actor builds its runtime, encoder and classifier once, with
 the read and write tasks keep a slot) → each batch checked, cleaned, embedded, searched (kNN) and fused by
 :func:`app.services.classification.classify`, the same path as the service → ``write_parquet`` /
 ``write_csv`` / ``write_json`` into the folder ``OUT``. The kNN neighbours come from the Qdrant server of
-``JOBCLASS_QDRANT_URL``, or, with the embedded index, from a read-only copy of its folder per actor.
+``JOBCLASS_QDRANT_URL``, or, with the embedded index, from a read-only copy of its folder per actor; either
+way each actor reads the index into memory when it fits (``--knn``, as for the local engine:
+``app.services.bulk.bulk_index``).
 
 Unlike the local engine, a Ray job is not resumable from parts (Ray retries failed tasks itself), writes a
 folder of files (in no fixed order), does not check ids for duplicates across the file (that needs the whole
@@ -43,7 +45,9 @@ from app.services.bulk import (
     ERROR_HEADER,
     BulkOptions,
     InputRow,
+    KnnSource,
     arrow_schema,
+    bulk_index,
     check_row,
     errors_path,
     output_row,
@@ -130,11 +134,13 @@ class ClassifyBatches:
         text_column: str,
         errors_dir: str,
         threads: int | None = None,
+        knn: KnnSource = "auto",
     ) -> None:
         _limit_threads(threads)
         self.runtime = factory(_copy_index(snapshot) if snapshot else None)
         if self.runtime.load_active_model() is None:
             raise Unavailable("no trained model is active: run `jobclass train`")
+        self.index = bulk_index(self.runtime, knn)  # the actor's in-memory copy, as the local engine reads one
         self.top_k, self.id_column, self.text_column = top_k, id_column, text_column
         self.errors_dir = Path(errors_dir)
         self.schema = arrow_schema(top_k, False)
@@ -153,7 +159,14 @@ class ClassifyBatches:
             else:
                 bad.append(("", row.id, reason))
         results = (
-            classify(self.runtime, None, [ClassifyItem(r.text or "", r.id) for r in good], self.top_k, batch=True)
+            classify(
+                self.runtime,
+                None,
+                [ClassifyItem(r.text or "", r.id) for r in good],
+                self.top_k,
+                batch=True,
+                index=self.index,
+            )
             if good
             else []
         )
@@ -286,6 +299,7 @@ def classify_file_on_ray(
                     options.text_column,
                     str(errors_dir),
                     _threads_per_worker(workers),
+                    options.knn,
                 ),
                 batch_format="pyarrow",
                 batch_size=options.batch_size,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,6 +26,7 @@ from indexing.cache import text_hash
 from indexing.clean import clean_text, scrub_names
 from indexing.extract import ExtractingEncoder, Extraction
 from indexing.language import UNDETERMINED, detect_language
+from indexing.sparse import SparseVector
 from indexing.store import Hit, StoreError
 from models.classifier import FusedClassifier, Neighbour
 from models.conformal import Decision
@@ -106,6 +108,13 @@ def stored_texts(runtime: Runtime, items: Sequence[ClassifyItem], scrubbed: list
     return [clean_text(i.text, max_chars=runtime.settings.clean_max_chars, scrub=False) for i in items]
 
 
+class HybridSearcher(Protocol):
+    """What answers the neighbour query: the vector store, or a bulk run's in-memory copy of it
+    (``indexing.memory_index.MemoryIndex``)."""
+
+    def hybrid_search_many(self, dense: np.ndarray, sparse: Sequence[SparseVector], k: int) -> list[list[Hit]]: ...
+
+
 def classify(
     runtime: Runtime,
     session: Session | None,
@@ -113,10 +122,12 @@ def classify(
     top_k: int = 5,
     *,
     batch: bool = False,
+    index: HybridSearcher | None = None,
 ) -> list[Classification]:
     """Classify a batch with one embedding call and one batched neighbour query, then store one
     prediction row per item (``stored`` says whether that write happened). ``batch``: the items
-    came as a batch request (errors name ``items[i].text``)."""
+    came as a batch request (errors name ``items[i].text``). ``index``: where the neighbours come from
+    (default: the runtime's vector store)."""
     cleaned = clean_items(runtime, items, batch=batch)
     texts, extractions = extract_and_scrub(runtime, cleaned)
     loaded = runtime.model  # one reference for the whole batch, even if a new model is swapped in
@@ -131,7 +142,7 @@ def classify(
     k = max(MAX_K, classifier.params.k, SHOWN_NEIGHBOURS)
     hits: list[list[Hit]] | None
     try:
-        hits = runtime.store.hybrid_search_many(vectors, runtime.lexical.queries(texts), k)
+        hits = (index or runtime.store).hybrid_search_many(vectors, runtime.lexical.queries(texts), k)
     except StoreError as exc:  # index unavailable (or of the old layout): the head answers alone
         log.warning("vector store unavailable, classifying with the head alone: %s", exc)
         hits = None

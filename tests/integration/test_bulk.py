@@ -39,6 +39,7 @@ from app.services.bulk import (
     read_output,
 )
 from app.services.classification import ClassifyItem, classify
+from indexing import memory_index
 from tests.bulk_child import make_state, open_state
 from tests.factories import one_error_line
 
@@ -104,6 +105,25 @@ def test_each_format_round_trips_through_the_batch_path(
         assert row["model_version"] == want.model_version == seeded.model.version
         assert str(row["abstained"]).lower() == "false"
     assert not parts_dir(out).exists() and not errors_path(out).exists()
+
+
+def test_the_in_memory_index_and_the_store_give_the_same_file(
+    seeded: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = write_input(tmp_path / "in.csv", ads(30))
+    runs = {}
+    for knn in ("memory", "store"):
+        classify_file(seeded, options(src, tmp_path / f"{knn}.csv", top_k=3, batch_size=8, knn=knn))
+        runs[knn] = read_output(tmp_path / f"{knn}.csv")
+    assert runs["memory"] == runs["store"] and len(runs["memory"]) == 30
+    with pytest.raises(InvalidInput, match="--knn must be one of auto, memory, store"):
+        classify_file(seeded, options(src, tmp_path / "x.csv", knn="nearest"))
+    monkeypatch.setattr(memory_index, "MAX_POINTS", 3)  # an index too large to copy
+    with pytest.raises(InvalidInput, match="use --knn store"):
+        classify_file(seeded, options(src, tmp_path / "y.csv", knn="memory"))
+    classify_file(seeded, options(src, tmp_path / "auto.csv", top_k=3, batch_size=8))  # auto: queries the store
+    assert read_output(tmp_path / "auto.csv") == runs["store"]
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "y.csv").exists()  # refused before writing
 
 
 def test_a_different_output_format_and_an_empty_input(seeded: Runtime, tmp_path: Path) -> None:

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
 
+from indexing import memory_index
 from indexing.edge_store import EdgeClient
+from indexing.memory_index import MemoryIndex
 from indexing.sparse import LexicalEncoder, SparseVector, to_csr
 from indexing.store import (
     LAYOUT,
@@ -408,3 +410,39 @@ def test_old_layout_collection_asks_for_reindex(tmp_path: Path) -> None:
             and len(store.hybrid_search_many(_queries(1), _sparse_queries(1), 3)[0]) == 3
         )
         client.close()
+
+
+def test_every_point_scrolls_out_with_its_vectors(stores: tuple[VectorStore, VectorStore]) -> None:
+    points = _points(50)
+    _both(stores, points)
+    for store in stores:
+        read = list(store.iter_points(page=16))  # four pages
+        assert sorted(p["vacancy_id"] for p, _ in read) == sorted(p.vacancy_id for p in points)
+        by_id = {p.vacancy_id: p for p in points}
+        for payload, vectors in read:
+            own = by_id[payload["vacancy_id"]]
+            np.testing.assert_allclose(vectors.dense, own.vector, atol=1e-6)
+            assert vectors.sparse.indices == (own.sparse.indices if own.sparse else ())
+            assert payload["label"] == own.label
+
+
+def test_the_in_memory_index_answers_as_the_store(
+    stores: tuple[VectorStore, VectorStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``indexing.memory_index`` (a bulk run's copy of the index) gives the hybrid query's hits, in the same
+    order with the same cosine and RRF scores, as both backends; one query per block of scores as well."""
+    _both(stores, _points(120))
+    dense, sparse = _queries(len(QUERY_TEXTS)), _sparse_queries(len(QUERY_TEXTS))
+    for store in stores:
+        memory = MemoryIndex.load(store)
+        assert len(memory) == 120
+        for block in (memory_index.BLOCK, 120):  # all queries in one product, then one query per product
+            monkeypatch.setattr(memory_index, "BLOCK", block)
+            want, got = store.hybrid_search_many(dense, sparse, 7), memory.hybrid_search_many(dense, sparse, 7)
+            for a, b in zip(want, got, strict=True):
+                _same(a, b)
+    assert memory.hybrid_search_many(np.zeros((0, DIM), np.float32), [], 5) == []
+    with pytest.raises(ValueError, match="unfiltered"):
+        memory.hybrid_search_many(dense, sparse, 7, SearchFilter(labels=["a"]))
+    with pytest.raises(memory_index.TooLarge, match="120 points"):
+        MemoryIndex.load(stores[1], max_points=100)
