@@ -37,13 +37,14 @@ class TooLarge(ValueError):
 @dataclass(frozen=True)
 class MemoryIndex:
     """A read-only copy of a collection: ``dense`` (n × d, L2-normalised), ``docs`` (n × terms, the BM25
-    document parts, CSR), the IDF of each term column, the term id → column map and each point's payload."""
+    document parts, CSR), the IDF of each term column, the term id → column map and each point's payload
+    fields (as a :class:`~indexing.store.Hit` to copy)."""
 
     dense: np.ndarray
     docs: sp.csr_matrix
     term_idf: np.ndarray
     columns: dict[int, int]
-    payloads: list[dict[str, Any]]
+    points: list[Hit]  # each point's hit with score 0: its payload fields, read once
 
     @classmethod
     def load(cls, store: VectorStore, max_points: int | None = None) -> MemoryIndex:
@@ -81,10 +82,10 @@ class MemoryIndex:
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
         matrix = (raw / np.where(norms > 0, norms, 1.0)).astype(np.float32)  # Qdrant normalises cosine vectors too
         term_idf = idf(np.bincount(docs.indices, minlength=len(columns)), len(payloads))
-        return cls(matrix, docs, term_idf, columns, payloads)
+        return cls(matrix, docs, term_idf, columns, [hit_of(payload, 0.0) for payload in payloads])
 
     def __len__(self) -> int:
-        return len(self.payloads)
+        return len(self.points)
 
     def hybrid_search_many(
         self,
@@ -141,9 +142,25 @@ class MemoryIndex:
         for rank, j in enumerate(_top(scores, k)):
             point = int(points[j])
             rrf[point] = rrf.get(point, 0.0) + 1.0 / (rank + RRF_K)
-        hits = [hit_of(self.payloads[p], float(cosine[p]), score) for p, score in rrf.items()]
-        hits.sort(key=lambda h: (-round(h.rank_score or 0.0, 6), -round(h.score, 6), h.vacancy_id))
-        return hits[:k]
+        points = self.points
+        cos = {p: float(cosine[p]) for p in rrf}
+        best = sorted(rrf, key=lambda p: (-round(rrf[p], 6), -round(cos[p], 6), points[p].vacancy_id))[:k]
+        return [_scored(points[p], cos[p], rrf[p]) for p in best]
+
+
+def _scored(point: Hit, score: float, rank_score: float) -> Hit:
+    """``point``'s hit with these scores (positional: a bulk run builds some thirty per text)."""
+    return Hit(
+        point.vacancy_id,
+        point.label,
+        score,
+        point.source,
+        point.snippet,
+        point.created_at,
+        point.text_hash,
+        point.labelled_at,
+        rank_score,
+    )
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:

@@ -44,9 +44,15 @@ def result(**kill: Any) -> dict[str, Any]:
 
 def test_every_section_is_in_the_report() -> None:
     text = bulk_markdown(result())
-    assert "| titles | 300 | 27 | 226.8 | 122.2 | 0.54 |" in text
+    assert "| titles | 300 | 27 | 226.8 | 122.2 | 0.54 | – | – |" in text  # a run from before --knn store
     assert "| 300 | 1461 | 2 | 100.0 | 85.0 | 0.85 | 12.5 s |" in text
     assert "200 records committed" in text and "exactly once and in order: ✓" in text
+
+
+def test_the_store_queried_run_has_its_own_columns() -> None:
+    speed = {**result()["speed"]["titles"], "knn_store_per_s": 61.1, "knn_store_ratio": 0.2694}
+    text = bulk_markdown({**result(), "speed": {"titles": speed}})
+    assert "| titles | 300 | 27 | 226.8 | 122.2 | 0.54 | 61.1 | 0.27 |" in text
 
 
 def test_a_run_without_the_speed_section_has_no_speed_table() -> None:
