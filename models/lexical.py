@@ -70,8 +70,19 @@ class LexicalModel:
         self.n_classes = n_classes
         self.config = config or LexicalConfig()
         self._vectorizers: list[Any] = []
+        self._readers: list[_Reader] = []
         self.coef = np.zeros((n_classes, 0), dtype=np.float32)
         self.intercept = np.zeros(n_classes, dtype=np.float32)
+
+    @property
+    def coef(self) -> np.ndarray:
+        """The regression's (classes × features) weights: a view of the (features × classes) array kept
+        C-contiguous, which a sparse feature row multiplies without a copy of the whole matrix."""
+        return self._coef_t.T
+
+    @coef.setter
+    def coef(self, value: np.ndarray) -> None:
+        self._coef_t = np.ascontiguousarray(np.asarray(value).T)
 
     @property
     def fitted(self) -> bool:
@@ -79,13 +90,31 @@ class LexicalModel:
 
     @property
     def n_features(self) -> int:
-        return int(self.coef.shape[1])
+        return int(self._coef_t.shape[0])
 
     # ---- features ----------------------------------------------------------------------------
     def features(self, texts: Sequence[str]) -> sp.csr_matrix:
+        """The rows' TF-IDF features: sklearn's ``TfidfVectorizer.transform`` of each analyzer (sublinear
+        term frequency, IDF, L2 per analyzer), side by side, computed here from the fitted vocabularies
+        without sklearn's per-call validation (a few milliseconds per request)."""
         if not self.fitted:
             raise RuntimeError("the lexical model is not fitted")
-        return sp.hstack([v.transform(texts) for v in self._vectorizers], format="csr")
+        if not self._readers:
+            self._readers = [_Reader(v) for v in self._vectorizers]
+        indptr, indices, values = [0], list[int](), list[float]()
+        for text in texts:
+            offset = 0
+            for reader in self._readers:
+                cols, weights = reader.row(text)
+                indices.extend(c + offset for c in cols)
+                values.extend(weights)
+                offset += reader.width
+            indptr.append(len(indices))
+        width = sum(reader.width for reader in self._readers)
+        return sp.csr_matrix(
+            (np.asarray(values, dtype=np.float32), np.asarray(indices, dtype=np.int64), np.asarray(indptr)),
+            shape=(len(texts), width),
+        )
 
     def usable(self, features: sp.csr_matrix) -> np.ndarray:
         """Rows with at least one known n-gram (a boolean mask)."""
@@ -98,7 +127,7 @@ class LexicalModel:
         y = np.asarray(y, dtype=np.int64)
         if len(texts) != len(y) or len(y) == 0:
             raise ValueError("the lexical model needs as many labels as texts, and at least one")
-        self._vectorizers = _vectorizers(self.config)
+        self._vectorizers, self._readers = _vectorizers(self.config), []
         x = sp.hstack([v.fit_transform(texts) for v in self._vectorizers], format="csr")
         coef = np.zeros((self.n_classes, x.shape[1]), dtype=np.float32)
         intercept = np.full(self.n_classes, -30.0, dtype=np.float32)  # classes never seen: probability ≈ 0
@@ -117,7 +146,7 @@ class LexicalModel:
         return self
 
     def predict_proba_features(self, features: sp.csr_matrix) -> np.ndarray:
-        logits = np.asarray(features @ self.coef.T, dtype=np.float64) + self.intercept
+        logits = np.asarray(features @ self._coef_t, dtype=np.float64) + self.intercept
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
@@ -162,7 +191,7 @@ class LexicalModel:
         model = cls(int(meta["n_classes"]), config)
         tensors = load_file(str(directory / FILES[1]))
         vocab = tuple({term: i for i, term in enumerate(meta["vocabulary"][k])} for k in ("word", "char"))
-        model._vectorizers = _vectorizers(config, vocab)  # type: ignore[arg-type]
+        model._vectorizers, model._readers = _vectorizers(config, vocab), []  # type: ignore[arg-type]
         for vectorizer, key in zip(model._vectorizers, ("idf.word", "idf.char"), strict=True):
             vectorizer.idf_ = tensors[key].astype(np.float64)
         model.coef, model.intercept = tensors["coef"], tensors["intercept"]
@@ -171,6 +200,30 @@ class LexicalModel:
     @staticmethod
     def exists(directory: Path | str) -> bool:
         return all((Path(directory) / f).is_file() for f in FILES)
+
+
+class _Reader:
+    """One fitted ``TfidfVectorizer``'s transform of a single text, as sklearn computes it: the analyzer's
+    terms counted, those in the vocabulary weighted ``(1 + ln count) · idf``, the row scaled to unit L2."""
+
+    def __init__(self, vectorizer: Any) -> None:
+        self.analyze = vectorizer.build_analyzer()
+        self.vocabulary: dict[str, int] = vectorizer.vocabulary_
+        self.idf = np.asarray(vectorizer.idf_, dtype=np.float64)
+        self.width = len(self.vocabulary)
+
+    def row(self, text: str) -> tuple[list[int], list[float]]:
+        counts: dict[int, int] = {}
+        vocabulary = self.vocabulary
+        for term in self.analyze(text):
+            column = vocabulary.get(term)
+            if column is not None:
+                counts[column] = counts.get(column, 0) + 1
+        if not counts:
+            return [], []
+        cols = sorted(counts)
+        weights = (1.0 + np.log(np.array([counts[c] for c in cols], dtype=np.float64))) * self.idf[cols]
+        return cols, (weights / np.linalg.norm(weights)).tolist()
 
 
 def _ordered(vocabulary: dict[str, Any]) -> list[str]:

@@ -356,14 +356,15 @@ def bench_signals(cfg: PerfConfig, svc: _Service, echo: Echo) -> dict[str, Any]:
     """One ~60-word ad, classified ``signal_rounds`` times each way in adjacent pairs (order alternating):
     the served path (``app.services.classification.classify``: clean, embed, BM25 query vector, one hybrid
     query, head + lexical + vote) vs the two-signal path before the lexical signal (clean, embed, a dense
-    query, head + vote with the same k and temperatures). Nothing is stored on either side."""
+    query, head + vote with the same k and temperatures). Nothing is stored on either side, and both embed
+    through the same encoder without micro-batching (whose wait for company would fall on one side only)."""
     from dataclasses import replace
 
     from app.services.classification import ClassifyItem, classify, clean_items
     from models.classifier import FusedClassifier, Neighbour
     from models.training import MAX_K
 
-    runtime = svc.runtime
+    runtime = svc.runtime_off
     served = runtime.model.classifier
     dense_only = FusedClassifier(served.labels, served.head, replace(served.params, beta=0.0), served.variant)
     item = ClassifyItem(sample_texts(1, 60)[0], "0")
@@ -375,7 +376,7 @@ def bench_signals(cfg: PerfConfig, svc: _Service, echo: Echo) -> dict[str, Any]:
 
     def dense() -> float:
         t0 = time.perf_counter()
-        vectors = svc.encoder.encode(clean_items(runtime, [item]))
+        vectors = runtime.encoder.encode(clean_items(runtime, [item]))
         hits = runtime.store.search_many(vectors, max(MAX_K, served.params.k))
         neighbours = [[Neighbour(h.label, h.score, h.labelled_at) for h in row] for row in hits]
         dense_only.predict_proba(vectors, neighbours)

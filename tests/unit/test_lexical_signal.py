@@ -43,6 +43,20 @@ def test_lexical_model_round_trips_exactly(tmp_path: Path) -> None:
     assert loaded.predict_proba(TEXTS)[:, 3].max() < 1e-6  # an unseen class gets no probability
 
 
+def test_features_are_sklearns_tfidf_transform(tmp_path: Path) -> None:
+    """The inference-time features (computed without sklearn's per-call checks) equal what the fitted
+    ``TfidfVectorizer``s give, before and after a save/load, repeated terms and unknown ones included."""
+    model = LexicalModel(3).fit(TEXTS, Y)
+    texts = [*TEXTS, "tømrer tømrer tømrer tag", "TØMRER på Tag!", "ukendte ord ¤¤¤", "", "a"]
+    for m in (model, LexicalModel.load(tmp_path) if model.save(tmp_path) else model):
+        want = sp.hstack([v.transform(texts) for v in m._vectorizers], format="csr")
+        got = m.features(texts)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got.toarray(), want.toarray(), atol=1e-6)
+        np.testing.assert_allclose(m.predict_proba_features(got), m.predict_proba_features(want), atol=1e-6)
+    assert model.coef.shape == (3, model.n_features) and model.coef.flags["F_CONTIGUOUS"]
+
+
 def test_text_without_known_ngrams_is_marked_unusable() -> None:
     model = LexicalModel(3).fit(TEXTS, Y)
     _, ok = model.proba_and_mask(["tømrer", "§§§ ¤¤¤", ""])
