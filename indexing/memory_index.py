@@ -111,7 +111,9 @@ class MemoryIndex:
             block = queries[start : start + step]
             cosines = block @ self.dense.T
             lexical = self._bm25(sparse[start : start + step])
-            rows.extend(self._fused(cosines[i], lexical.getrow(i), k) for i in range(len(block)))
+            for i in range(len(block)):
+                row = slice(lexical.indptr[i], lexical.indptr[i + 1])
+                rows.append(self._fused(cosines[i], lexical.data[row], lexical.indices[row], k))
         return rows
 
     def _bm25(self, queries: Sequence[SparseVector]) -> sp.csr_matrix:
@@ -130,17 +132,17 @@ class MemoryIndex:
         )
         return (weighted @ self.docs.T).tocsr()
 
-    def _fused(self, cosine: np.ndarray, lexical: sp.csr_matrix, k: int) -> list[Hit]:
-        """One query's hits: the dense and sparse top ``k`` fused by RRF, ordered as the store orders them."""
+    def _fused(self, cosine: np.ndarray, scores: np.ndarray, docs: np.ndarray, k: int) -> list[Hit]:
+        """One query's hits: the dense and the sparse top ``k`` (``scores`` of the documents ``docs`` that
+        share a term with it) fused by RRF, ordered as the store orders them."""
         dense_top = _top(cosine, k)
         rrf: dict[int, float] = {}
         for rank, point in enumerate(dense_top):
             rrf[int(point)] = 1.0 / (rank + RRF_K)
-        scores, points = lexical.data, lexical.indices
         positive = scores > 0
-        scores, points = scores[positive], points[positive]
+        scores, docs = scores[positive], docs[positive]
         for rank, j in enumerate(_top(scores, k)):
-            point = int(points[j])
+            point = int(docs[j])
             rrf[point] = rrf.get(point, 0.0) + 1.0 / (rank + RRF_K)
         points = self.points
         cos = {p: float(cosine[p]) for p in rrf}

@@ -101,20 +101,7 @@ class LexicalModel:
             raise RuntimeError("the lexical model is not fitted")
         if not self._readers:
             self._readers = [_Reader(v) for v in self._vectorizers]
-        indptr, indices, values = [0], list[int](), list[float]()
-        for text in texts:
-            offset = 0
-            for reader in self._readers:
-                cols, weights = reader.row(text)
-                indices.extend(c + offset for c in cols)
-                values.extend(weights)
-                offset += reader.width
-            indptr.append(len(indices))
-        width = sum(reader.width for reader in self._readers)
-        return sp.csr_matrix(
-            (np.asarray(values, dtype=np.float32), np.asarray(indices, dtype=np.int64), np.asarray(indptr)),
-            shape=(len(texts), width),
-        )
+        return sp.hstack([reader.transform(texts) for reader in self._readers], format="csr")
 
     def usable(self, features: sp.csr_matrix) -> np.ndarray:
         """Rows with at least one known n-gram (a boolean mask)."""
@@ -203,8 +190,8 @@ class LexicalModel:
 
 
 class _Reader:
-    """One fitted ``TfidfVectorizer``'s transform of a single text, as sklearn computes it: the analyzer's
-    terms counted, those in the vocabulary weighted ``(1 + ln count) · idf``, the row scaled to unit L2."""
+    """One fitted ``TfidfVectorizer``'s transform, as sklearn computes it: each text's analyzer terms
+    counted, those in the vocabulary weighted ``(1 + ln count) · idf``, each row scaled to unit L2."""
 
     def __init__(self, vectorizer: Any) -> None:
         self.analyze = vectorizer.build_analyzer()
@@ -212,18 +199,28 @@ class _Reader:
         self.idf = np.asarray(vectorizer.idf_, dtype=np.float64)
         self.width = len(self.vocabulary)
 
-    def row(self, text: str) -> tuple[list[int], list[float]]:
-        counts: dict[int, int] = {}
+    def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
+        indptr, indices, counts = [0], list[int](), list[int]()
         vocabulary = self.vocabulary
-        for term in self.analyze(text):
-            column = vocabulary.get(term)
-            if column is not None:
-                counts[column] = counts.get(column, 0) + 1
-        if not counts:
-            return [], []
-        cols = sorted(counts)
-        weights = (1.0 + np.log(np.array([counts[c] for c in cols], dtype=np.float64))) * self.idf[cols]
-        return cols, (weights / np.linalg.norm(weights)).tolist()
+        for text in texts:
+            row: dict[int, int] = {}
+            for term in self.analyze(text):
+                column = vocabulary.get(term)
+                if column is not None:
+                    row[column] = row.get(column, 0) + 1
+            indices.extend(row)
+            counts.extend(row.values())
+            indptr.append(len(indices))
+        cols = np.asarray(indices, dtype=np.int64)
+        weights = (1.0 + np.log(np.asarray(counts, dtype=np.float64))) * self.idf[cols]
+        rows = np.repeat(np.arange(len(texts)), np.diff(indptr))
+        norms = np.sqrt(np.bincount(rows, weights=weights * weights, minlength=len(texts)))
+        weights /= np.where(norms > 0, norms, 1.0)[rows]
+        matrix = sp.csr_matrix(
+            (weights.astype(np.float32), cols, np.asarray(indptr, dtype=np.int64)), shape=(len(texts), self.width)
+        )
+        matrix.sort_indices()
+        return matrix
 
 
 def _ordered(vocabulary: dict[str, Any]) -> list[str]:
