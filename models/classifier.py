@@ -46,6 +46,26 @@ class Neighbour:
     rank_score: float | None = None  # the hybrid query's fused (RRF) score, when it came from one
 
 
+@dataclass(frozen=True)
+class Signals:
+    """One batch's probabilities from each signal, before the blend; ``knn``/``lexical`` None when that
+    signal was not asked (no neighbours, no texts), and ``*_ok`` the rows where it has something to say."""
+
+    head: np.ndarray
+    knn: np.ndarray | None
+    knn_ok: np.ndarray | None
+    lexical: np.ndarray | None
+    lexical_ok: np.ndarray | None
+
+    def head_knn_disagreement(self) -> list[float | None]:
+        """Per row, the total variation distance between the head's and the vote's probabilities (0: they
+        agree exactly, 1: no overlap); None where the row has no usable neighbour (or none were given)."""
+        if self.knn is None or self.knn_ok is None:
+            return [None] * len(self.head)
+        tv = 0.5 * np.abs(self.head - self.knn).sum(axis=1)
+        return [float(d) if usable else None for d, usable in zip(tv, self.knn_ok, strict=True)]
+
+
 def neighbours_from_arrays(
     labels: Sequence[str], nb_labels: np.ndarray, nb_scores: np.ndarray
 ) -> list[list[Neighbour]]:
@@ -109,6 +129,26 @@ class FusedClassifier:
             return None, None
         return self.lexical.proba_and_mask(texts)
 
+    def signals(
+        self,
+        embeddings: np.ndarray,
+        neighbours: Sequence[Sequence[Neighbour]] | None = None,
+        texts: Sequence[str] | None = None,
+    ) -> Signals:
+        """Each signal's probabilities for the rows, before the blend (:meth:`fuse_signals`)."""
+        p_lex, lex_ok = self.lexical_proba(texts)
+        if neighbours is None:
+            return Signals(self.head_proba(embeddings), None, None, p_lex, lex_ok)
+        knn_ok = np.array([any(nb.label in self.index for nb in row) for row in neighbours], dtype=bool)
+        return Signals(self.head_proba(embeddings), self.knn_proba(neighbours), knn_ok, p_lex, lex_ok)
+
+    def fuse_signals(self, signals: Signals, neighbours: Sequence[Sequence[Neighbour]] | None = None) -> np.ndarray:
+        """The blend of :meth:`signals` (a missing signal left out), then the near-duplicate override."""
+        fused = fuse(
+            signals.head, signals.knn, self.params, signals.lexical, knn_ok=signals.knn_ok, lex_ok=signals.lexical_ok
+        )
+        return fused if neighbours is None else self.follow_duplicates(fused, neighbours)
+
     def predict_proba(
         self,
         embeddings: np.ndarray,
@@ -119,13 +159,7 @@ class FusedClassifier:
         texts the embeddings were made from). A signal that is missing — no neighbours (index
         unavailable), no texts, or a text with no known n-gram — is left out and the others answer.
         A near-duplicate neighbour overrides the blend (see the module docstring)."""
-        p_head = self.head_proba(embeddings)
-        p_lex, lex_ok = self.lexical_proba(texts)
-        if neighbours is None:
-            return fuse(p_head, None, self.params, p_lex, lex_ok=lex_ok)
-        knn_ok = np.array([any(nb.label in self.index for nb in row) for row in neighbours], dtype=bool)
-        fused = fuse(p_head, self.knn_proba(neighbours), self.params, p_lex, knn_ok=knn_ok, lex_ok=lex_ok)
-        return self.follow_duplicates(fused, neighbours)
+        return self.fuse_signals(self.signals(embeddings, neighbours, texts), neighbours)
 
     def duplicate_label(self, neighbours: Sequence[Neighbour]) -> str | None:
         """The label of the most recently labelled near-duplicate among ``neighbours``, if any."""

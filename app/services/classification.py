@@ -151,14 +151,15 @@ def classify(
         if hits is None
         else [[Neighbour(h.label, h.score, h.labelled_at, h.rank_score) for h in row] for row in hits]
     )
-    probs = classifier.predict_proba(vectors, neighbours, texts)  # texts: the lexical signal
+    signals = classifier.signals(vectors, neighbours, texts)  # texts: the lexical signal
+    probs = classifier.fuse_signals(signals, neighbours)
     decisions = loaded.rule.decide(probs, runtime.settings.abstain_threshold)
     if neighbours is not None:
         decisions = [
             follow_human_label(classifier, d, probs[i], row)
             for i, (d, row) in enumerate(zip(decisions, neighbours, strict=True))
         ]
-    disagreement = head_knn_disagreement(classifier, vectors, neighbours)
+    disagreement = signals.head_knn_disagreement()
     answers = hierarchical_answers(runtime, classifier, probs)
     top_k = max(1, min(top_k, classifier.n_classes))
     results = []
@@ -230,19 +231,6 @@ def follow_human_label(
     if classifier.index[label] != int(np.argmax(probs)):
         return decision
     return replace(decision, abstained=False, reason=None)
-
-
-def head_knn_disagreement(
-    classifier: FusedClassifier, vectors: np.ndarray, neighbours: Sequence[Sequence[Neighbour]] | None
-) -> list[float | None]:
-    """Per row, the total variation distance between the head's and the neighbour vote's probabilities
-    (0: they agree exactly, 1: no overlap); None where the row has no usable neighbour."""
-    if neighbours is None:
-        return [None] * len(vectors)
-    p_head, p_knn = classifier.head_proba(vectors), classifier.knn_proba(neighbours)
-    tv = 0.5 * np.abs(p_head - p_knn).sum(axis=1)
-    ok = [any(nb.label in classifier.index for nb in row) for row in neighbours]
-    return [float(d) if usable else None for d, usable in zip(tv, ok, strict=True)]
 
 
 def store_predictions(session: Session, results: Sequence[Classification], *, ids: Sequence[str] | None = None) -> None:

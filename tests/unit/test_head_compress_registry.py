@@ -185,6 +185,19 @@ def test_head_alone_when_no_neighbours() -> None:
     assert np.allclose(alone.sum(axis=1), 1.0)
 
 
+def test_signals_are_computed_once_for_the_blend_and_the_disagreement() -> None:
+    x, y = blobs()
+    clf, _ = train_classifier(x, y, ["a", "b", "c", "d"], seed=0)
+    rows = [[Neighbour("a", 0.9), Neighbour("b", 0.8)], [Neighbour("zzz-unknown", 0.9)]]
+    signals = clf.signals(x[:2], rows)
+    assert np.allclose(clf.fuse_signals(signals, rows), clf.predict_proba(x[:2], rows))
+    tv = signals.head_knn_disagreement()
+    expected = 0.5 * np.abs(clf.head_proba(x[:1]) - clf.knn_proba(rows[:1])).sum()
+    assert tv[0] == pytest.approx(expected) and 0.0 <= tv[0] <= 1.0
+    assert tv[1] is None  # no neighbour of a known label: nothing to disagree with
+    assert clf.signals(x[:2]).head_knn_disagreement() == [None, None]
+
+
 def test_stratified_split_keeps_every_class_in_training() -> None:
     y = np.array([0] * 10 + [1] * 3 + [2])
     tr, va = stratified_split(y, 0.2, seed=0)
