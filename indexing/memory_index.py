@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from indexing.sparse import SparseVector
-from indexing.store import Hit, SearchFilter, VectorStore, hit_of
+from indexing.store import Hit, VectorStore, hit_of
 from models.knn import RRF_K, idf
 
 MAX_POINTS = 500_000  # above this a bulk run queries the store (≈ 0.8 GB of 384-dim float32 vectors here)
@@ -87,18 +87,9 @@ class MemoryIndex:
     def __len__(self) -> int:
         return len(self.points)
 
-    def hybrid_search_many(
-        self,
-        dense: np.ndarray,
-        sparse: Sequence[SparseVector],
-        k: int,
-        flt: SearchFilter | None = None,
-        exclude_ids: Sequence[str] = (),
-    ) -> list[list[Hit]]:
-        """What :meth:`indexing.store.VectorStore.hybrid_search_many` returns for these queries (no filter:
-        a bulk run searches the whole index)."""
-        if flt is not None or exclude_ids:
-            raise ValueError("the in-memory index answers unfiltered queries only")
+    def hybrid_search_many(self, dense: np.ndarray, sparse: Sequence[SparseVector], k: int) -> list[list[Hit]]:
+        """What :meth:`indexing.store.VectorStore.hybrid_search_many` returns for these queries without a
+        filter (a bulk run searches the whole index)."""
         if len(sparse) != len(dense):
             raise ValueError(f"{len(dense)} dense but {len(sparse)} sparse query vectors")
         if len(dense) == 0 or len(self) == 0:

@@ -442,7 +442,5 @@ def test_the_in_memory_index_answers_as_the_store(
             for a, b in zip(want, got, strict=True):
                 _same(a, b)
     assert memory.hybrid_search_many(np.zeros((0, DIM), np.float32), [], 5) == []
-    with pytest.raises(ValueError, match="unfiltered"):
-        memory.hybrid_search_many(dense, sparse, 7, SearchFilter(labels=["a"]))
     with pytest.raises(memory_index.TooLarge, match="120 points"):
         MemoryIndex.load(stores[1], max_points=100)
