@@ -193,7 +193,7 @@ def test_signals_are_computed_once_for_the_blend_and_the_disagreement() -> None:
     assert np.allclose(clf.fuse_signals(signals, rows), clf.predict_proba(x[:2], rows))
     tv = signals.head_knn_disagreement()
     expected = 0.5 * np.abs(clf.head_proba(x[:1]) - clf.knn_proba(rows[:1])).sum()
-    assert tv[0] == pytest.approx(expected) and 0.0 <= tv[0] <= 1.0
+    assert tv[0] is not None and tv[0] == pytest.approx(expected) and 0.0 <= tv[0] <= 1.0
     assert tv[1] is None  # no neighbour of a known label: nothing to disagree with
     assert clf.signals(x[:2]).head_knn_disagreement() == [None, None]
 
