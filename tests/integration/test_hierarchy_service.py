@@ -69,7 +69,7 @@ def test_hierarchical_answers_fall_back_to_the_parent(
 
         # the trained model is sure of everything it knows: fix its probabilities to test the rule
         split = np.array([0.4, 0.35, 0.15, 0.1])
-        monkeypatch.setattr(classifier, "predict_proba", lambda x, *_a, **_k: np.tile(split, (len(x), 1)))
+        monkeypatch.setattr(classifier, "fuse_signals", lambda s, *_a, **_k: np.tile(split, (len(s.head), 1)))
         set_threshold(tree_runtime, tmp_path, 0.3)
         assert classify(client, MIXED, top_k=4)["path"] == [TECH, BUILD]
         set_threshold(tree_runtime, tmp_path, 0.5)  # no leaf reaches it, their parent does (0.75)
