@@ -27,7 +27,6 @@ from models.knn import RRF_K, idf
 
 MAX_POINTS = 500_000  # above this a bulk run queries the store (≈ 0.8 GB of 384-dim float32 vectors here)
 BLOCK = 1 << 22  # scores computed per block of queries: at most this many (≈ 16 MB of float32)
-PAYLOAD_FIELDS = ("vacancy_id", "label", "source", "snippet", "created_at", "text_hash", "labelled_at")
 
 
 class TooLarge(ValueError):
@@ -58,7 +57,7 @@ class MemoryIndex:
         sparse: list[SparseVector] = []
         payloads: list[dict[str, Any]] = []
         for payload, vectors in store.iter_points():
-            payloads.append({key: payload.get(key) for key in PAYLOAD_FIELDS})
+            payloads.append(payload)
             dense.append(vectors.dense)
             sparse.append(vectors.sparse)
         return cls.of(dense, sparse, payloads)

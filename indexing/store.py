@@ -419,10 +419,7 @@ class VectorStore:
         """The stored point's dense and sparse vectors (None when it is not stored)."""
         target = self._require_hybrid()
         records = self.client.retrieve(target, ids=[point_id(vacancy_id)], with_payload=False, with_vectors=True)
-        if not records or not isinstance(records[0].vector, dict) or DENSE not in records[0].vector:
-            return None
-        named = records[0].vector
-        return StoredVectors(np.asarray(named[DENSE], dtype=np.float32), _stored_sparse(named.get(LEXICAL)))
+        return _stored_vectors(records[0].vector) if records else None
 
     def iter_points(self, page: int = 1024) -> Iterator[tuple[dict[str, Any], StoredVectors]]:
         """Every point of the live collection with its payload and both vectors, read a page at a time."""
@@ -430,12 +427,9 @@ class VectorStore:
         while True:
             records, offset = self._scroll_page(offset, page)
             for record in records:
-                named = record.vector if isinstance(record.vector, dict) else {}
-                if DENSE in named:
-                    yield (
-                        record.payload or {},
-                        StoredVectors(np.asarray(named[DENSE], dtype=np.float32), _stored_sparse(named.get(LEXICAL))),
-                    )
+                vectors = _stored_vectors(record.vector)
+                if vectors is not None:
+                    yield record.payload or {}, vectors
             if offset is None or not records:
                 return
 
@@ -590,10 +584,17 @@ def _qdrant_sparse(vector: SparseVector) -> models.SparseVector:
     return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
 
 
-def _stored_sparse(lexical: Any) -> SparseVector:
-    if not isinstance(lexical, models.SparseVector):
-        return EMPTY_SPARSE
-    return SparseVector(tuple(int(i) for i in lexical.indices), tuple(float(v) for v in lexical.values))
+def _stored_vectors(named: Any) -> StoredVectors | None:
+    """A record's named vectors as :class:`StoredVectors`; None without a dense one (the old layout)."""
+    if not isinstance(named, dict) or DENSE not in named:
+        return None
+    lexical = named.get(LEXICAL)
+    sparse = (
+        SparseVector(tuple(int(i) for i in lexical.indices), tuple(float(v) for v in lexical.values))
+        if isinstance(lexical, models.SparseVector)
+        else EMPTY_SPARSE
+    )
+    return StoredVectors(np.asarray(named[DENSE], dtype=np.float32), sparse)
 
 
 def _hit(point: models.ScoredPoint, score: float | None = None, rank_score: float | None = None) -> Hit:
@@ -601,10 +602,11 @@ def _hit(point: models.ScoredPoint, score: float | None = None, rank_score: floa
     return hit_of(point.payload or {}, float(point.score) if score is None else score, rank_score, point.id)
 
 
-def hit_of(payload: dict[str, Any], score: float, rank_score: float | None = None, point: Any = None) -> Hit:
-    """The hit of a point's payload, with its ``score`` (cosine) and ``rank_score`` (RRF)."""
+def hit_of(payload: dict[str, Any], score: float, rank_score: float | None = None, fallback_id: Any = None) -> Hit:
+    """The hit of a point's payload, with its ``score`` (cosine) and ``rank_score`` (RRF); ``fallback_id``
+    (the point's id) names it when the payload has no vacancy id."""
     return Hit(
-        vacancy_id=str(payload.get("vacancy_id", point)),
+        vacancy_id=str(payload.get("vacancy_id", fallback_id)),
         label=str(payload.get("label", "")),
         score=score,
         rank_score=rank_score,

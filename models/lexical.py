@@ -99,8 +99,6 @@ class LexicalModel:
         without sklearn's per-call validation (a few milliseconds per request)."""
         if not self.fitted:
             raise RuntimeError("the lexical model is not fitted")
-        if not self._readers:
-            self._readers = [_Reader(v) for v in self._vectorizers]
         return sp.hstack([reader.transform(texts) for reader in self._readers], format="csr")
 
     def usable(self, features: sp.csr_matrix) -> np.ndarray:
@@ -114,8 +112,9 @@ class LexicalModel:
         y = np.asarray(y, dtype=np.int64)
         if len(texts) != len(y) or len(y) == 0:
             raise ValueError("the lexical model needs as many labels as texts, and at least one")
-        self._vectorizers, self._readers = _vectorizers(self.config), []
+        self._vectorizers = _vectorizers(self.config)
         x = sp.hstack([v.fit_transform(texts) for v in self._vectorizers], format="csr")
+        self._readers = [_Reader(v) for v in self._vectorizers]
         coef = np.zeros((self.n_classes, x.shape[1]), dtype=np.float32)
         intercept = np.full(self.n_classes, -30.0, dtype=np.float32)  # classes never seen: probability ≈ 0
         present = np.unique(y)
@@ -178,9 +177,10 @@ class LexicalModel:
         model = cls(int(meta["n_classes"]), config)
         tensors = load_file(str(directory / FILES[1]))
         vocab = tuple({term: i for i, term in enumerate(meta["vocabulary"][k])} for k in ("word", "char"))
-        model._vectorizers, model._readers = _vectorizers(config, vocab), []  # type: ignore[arg-type]
+        model._vectorizers = _vectorizers(config, vocab)  # type: ignore[arg-type]
         for vectorizer, key in zip(model._vectorizers, ("idf.word", "idf.char"), strict=True):
             vectorizer.idf_ = tensors[key].astype(np.float64)
+        model._readers = [_Reader(v) for v in model._vectorizers]
         model.coef, model.intercept = tensors["coef"], tensors["intercept"]
         return model
 
